@@ -1,0 +1,94 @@
+"""The library's entry points, one per command; the CLI only maps flags onto these."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.compiler import BuildResult, compile_fleet, is_fresh, load_build_data
+from orchestrator.compiler.content import groups_of, host_vars, query_data
+from orchestrator.errors import UsageError
+from orchestrator.evaluator.fleet import Evaluation, evaluate
+from orchestrator.loader.fleet import load_fleet
+
+STATE_DIR = ".orchestrate"
+
+
+def default_out(root: str) -> str:
+    return os.path.join(root, STATE_DIR, "build")
+
+
+def evaluate_fleet(root: str) -> Evaluation:
+    """Load and evaluate the fleet in ``root`` (raises FleetErrors)."""
+    return evaluate(load_fleet(root))
+
+
+def build(root: str, out: str | None = None) -> tuple[Evaluation, BuildResult]:
+    """`orchestrate compile`."""
+    ev = evaluate_fleet(root)
+    return ev, compile_fleet(ev, out or default_out(root))
+
+
+def fleet_data(root: str, out: str | None = None) -> dict[str, Any]:
+    """{fleet, hosts, groups, images}, from a fresh build when there is one, else compiled now."""
+    target = out or default_out(root)
+    if not is_fresh(target, root):
+        build(root, target)
+    return load_build_data(target)
+
+
+@dataclass(frozen=True)
+class Selection:
+    hosts: list[str]
+
+
+def select(data: dict[str, Any], limit: str | None) -> list[str]:
+    """Hosts named by ``--limit``: names, ``@group`` and ``arch:X``, comma-separated."""
+    hosts = sorted(data["hosts"])
+    if not limit:
+        return hosts
+    chosen: set[str] = set()
+    for term in (t.strip() for t in limit.split(",")):
+        if not term:
+            continue
+        if term.startswith("@"):
+            group = term[1:]
+            if group not in data["groups"]:
+                raise UsageError(f"--limit: unknown group {group!r}")
+            chosen.update(data["groups"][group])
+        elif term.startswith("arch:"):
+            chosen.update(data["groups"].get(f"arch_{term[5:]}", []))
+        elif term in data["hosts"]:
+            chosen.add(term)
+        else:
+            raise UsageError(f"--limit: unknown host {term!r}")
+    return [h for h in hosts if h in chosen]
+
+
+def inventory_list(data: dict[str, Any]) -> dict[str, Any]:
+    """Ansible's dynamic-inventory ``--list`` document."""
+    from orchestrator.evaluator.fleet import HostResult, RoleUse
+
+    hostvars = {}
+    for name, h in data["hosts"].items():
+        info = {k: v for k, v in h.items() if k not in ("config", "roles", "params")}
+        roles = tuple(RoleUse(r, "", False, p) for r, p in h.get("params", {}).items())
+        hostvars[name] = host_vars(HostResult(name, info, h["config"], roles))
+    groups = {g: {"hosts": members} for g, members in data["groups"].items() if members}
+    return {
+        "_meta": {"hostvars": hostvars},
+        "all": {"children": sorted(["ungrouped", *groups])},
+        **groups,
+    }
+
+
+__all__ = [
+    "build",
+    "evaluate_fleet",
+    "fleet_data",
+    "groups_of",
+    "inventory_list",
+    "query_data",
+    "select",
+]

@@ -1,0 +1,142 @@
+"""Write the build: inventory, generated roles, site playbook, ansible.cfg, query data and a
+manifest of input and output hashes. Files are produced in memory, written to a temporary
+folder beside the target and swapped in only when everything succeeded; output is byte-identical
+for identical inputs (sorted keys, no timestamps, no absolute paths)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator import __version__
+from orchestrator.compiler.content import render_outputs
+from orchestrator.errors import UsageError
+from orchestrator.evaluator.fleet import Evaluation
+from orchestrator.loader.fleet import LIBRARY_PREFIX, library_root
+
+MANIFEST = "manifest.json"
+QUERY_DATA = "fleet.json"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out_dir: str
+    files: int
+    hosts: int
+    roles: int
+
+
+def input_files(ev: Evaluation) -> list[str]:
+    files = {ev.spec.file, *ev.modules}
+    for folder in ev.spec.lib_dirs:
+        if os.path.isdir(folder):
+            files.update(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py"))
+    return sorted(files)
+
+
+def input_name(path: str, root: str) -> str:
+    """How an input is named in the manifest: relative to the fleet, or ``orchestrate:...``."""
+    lib = os.path.normpath(library_root())
+    if path.startswith(lib + os.sep):
+        return LIBRARY_PREFIX + os.path.relpath(path, lib)
+    return os.path.relpath(path, root)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def input_hashes(ev: Evaluation) -> dict[str, str]:
+    return {input_name(p, ev.spec.root): _sha256(p) for p in input_files(ev)}
+
+
+def compile_fleet(ev: Evaluation, out_dir: str) -> BuildResult:
+    """Render everything, then write it to ``out_dir`` atomically."""
+    outputs = render_outputs(ev)
+    manifest = {
+        "tool": "orchestrate",
+        "version": __version__,
+        "fleet": ev.spec.name,
+        "inputs": input_hashes(ev),
+        "outputs": {
+            name: hashlib.sha256(data).hexdigest() for name, data in sorted(outputs.items())
+        },
+    }
+    outputs[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    _write_atomically(outputs, out_dir)
+    roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}
+    return BuildResult(out_dir, len(outputs), len(ev.hosts), len(roles))
+
+
+def _write_atomically(outputs: dict[str, bytes], out_dir: str) -> None:
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    if (
+        os.path.exists(out_dir)
+        and not os.path.isfile(os.path.join(out_dir, MANIFEST))
+        and os.listdir(out_dir)
+    ):
+        raise UsageError(
+            f"{out_dir} exists and is not an orchestrate build; refusing to replace it"
+        )
+    tmp = tempfile.mkdtemp(prefix=".build-", dir=parent)
+    try:
+        made: set[str] = set()
+        for name in sorted(outputs):
+            path = os.path.join(tmp, name)
+            folder = os.path.dirname(path)
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            with open(path, "wb") as fh:
+                fh.write(outputs[name])
+        os.chmod(tmp, 0o755)
+        old = None
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+            os.rename(out_dir, os.path.join(old, "build"))
+        os.rename(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def is_fresh(out_dir: str, root: str) -> bool:
+    """Whether the build in ``out_dir`` was made from the fleet's current files by this version."""
+    try:
+        with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    if manifest.get("version") != __version__:
+        return False
+    lib = library_root()
+    for name, digest in manifest.get("inputs", {}).items():
+        if name.startswith(LIBRARY_PREFIX):
+            path = os.path.join(lib, name[len(LIBRARY_PREFIX) :])
+        else:
+            path = os.path.join(root, name)
+        try:
+            if _sha256(path) != digest:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def load_build_data(out_dir: str) -> dict[str, Any]:
+    with open(os.path.join(out_dir, QUERY_DATA), encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data

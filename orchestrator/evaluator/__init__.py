@@ -1,0 +1,1 @@
+"""Evaluation stage: the module system (options, priorities, merge, when, expressions, fixpoint)."""

@@ -1,0 +1,134 @@
+"""Evaluate a whole fleet: shapes for every host, the fixpoint, then assertions, warnings and
+the roles each host runs. The whole fleet is always evaluated, so cross-host values are right
+whatever subset a later command selects."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jmespath
+
+from orchestrator.errors import FleetErrors, Loc, Problem
+from orchestrator.evaluator.engine import ERROR, Evaluator, ExprFailure, HostEval
+from orchestrator.evaluator.expressions import load_lib_functions, make_functions, truthy
+from orchestrator.evaluator.shape import Instance, Shape, ShapeBuilder
+from orchestrator.loader.fleet import FleetSpec, ModuleCache, ModuleFile, OptionDecl
+
+
+@dataclass(frozen=True)
+class RoleUse:
+    """A role a host runs, from the module instance that brings it."""
+
+    name: str
+    module: str
+    generated: bool
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HostResult:
+    name: str
+    info: dict[str, Any]
+    config: dict[str, Any]
+    roles: tuple[RoleUse, ...]
+
+
+@dataclass
+class Evaluation:
+    """The evaluated fleet: what the compiler, query and explain read."""
+
+    spec: FleetSpec
+    hosts: dict[str, HostResult]
+    evaluator: Evaluator
+    modules: dict[str, ModuleFile]
+    warnings: list[Problem]
+
+    def host_eval(self, name: str) -> HostEval:
+        return self.evaluator.hosts[name]
+
+    def option_decls(self) -> dict[str, tuple[OptionDecl, list[str]]]:
+        """Every declared option in the fleet, with the hosts that have it."""
+        out: dict[str, tuple[OptionDecl, list[str]]] = {}
+        for name, he in self.evaluator.hosts.items():
+            for decl in he.shape.trie.options.values():
+                out.setdefault(decl.name, (decl, []))[1].append(name)
+        return out
+
+
+def role_name(file: ModuleFile, fleet_root: str) -> str:
+    """A module's role: its `role:` name, else one derived from its path in the fleet."""
+    if file.role:
+        return file.role
+    import os
+
+    rel = os.path.relpath(file.path, fleet_root)
+    if rel.startswith(".."):
+        rel = os.path.basename(file.path)
+    stem = re.sub(r"\.ya?ml$", "", rel)
+    return re.sub(r"[^a-z0-9_]", "_", stem.lower()).strip("_") or "module"
+
+
+def evaluate(spec: FleetSpec) -> Evaluation:
+    """Evaluate every host; raise FleetErrors with every problem found."""
+    cache = ModuleCache()
+    builder = ShapeBuilder(cache)
+    shapes: dict[str, Shape] = {}
+    for name, host in spec.hosts.items():
+        b = spec.builders.get(host.builder)
+        refs = spec.defaults + (b.modules if b else ()) + host.modules
+        shapes[name] = builder.shape(refs)
+    extra, lib_problems = load_lib_functions(spec.lib_dirs, spec.file)
+    problems = [*cache.problems, *builder.problems, *lib_problems]
+    for shape in {id(s.trie): s for s in shapes.values()}.values():
+        problems.extend(shape.trie.problems)
+    if problems:
+        raise FleetErrors(problems)
+    options = jmespath.Options(custom_functions=make_functions(extra))
+    ev = Evaluator(spec, shapes, options)
+    ev.run()
+    warnings = list(builder.warnings)
+    failed: dict[tuple[Loc | None, str], list[str]] = {}
+    results = {name: _finish(ev, he, spec, warnings, failed) for name, he in ev.hosts.items()}
+    for (loc, message), names in failed.items():
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        ev.problem(loc, f"assertion failed on {', '.join(names[:5])}{more}: {message}")
+    if ev.problems:
+        raise FleetErrors(ev.problems)
+    files = {p: f for p, f in cache.files.items() if f is not None}
+    return Evaluation(spec, results, ev, files, warnings)
+
+
+def _finish(
+    ev: Evaluator,
+    he: HostEval,
+    spec: FleetSpec,
+    warnings: list[Problem],
+    failed: dict[tuple[Loc | None, str], list[str]],
+) -> HostResult:
+    roles: list[RoleUse] = []
+    for inst in he.shape.instances:
+        f = inst.file
+        for check in f.assertions:
+            if not _holds(ev, he, inst, check.expr, check.loc):
+                failed.setdefault((check.loc, check.message), []).append(he.name)
+        for check in f.warnings:
+            if _holds(ev, he, inst, check.expr, check.loc):
+                warnings.append(Problem(check.loc, f"host {he.name}: {check.message}"))
+        if (f.role or f.tasks is not None) and (
+            f.role_when is None or _holds(ev, he, inst, f.role_when, f.role_when_loc)
+        ):
+            params = he.bound_params(inst) if f.params else {}
+            roles.append(RoleUse(role_name(f, spec.root), f.path, f.tasks is not None, params))
+    config = he.view.materialize()
+    return HostResult(he.name, he.info, config, tuple(roles))
+
+
+def _holds(ev: Evaluator, he: HostEval, inst: Instance, expr: str, loc: Loc | None) -> bool:
+    try:
+        value = he.expr("${" + expr + "}", inst, loc)
+    except ExprFailure as exc:
+        ev.problem(loc, exc.message, exc.hint)
+        return False
+    return value is not ERROR and truthy(value)

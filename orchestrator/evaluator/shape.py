@@ -1,0 +1,368 @@
+"""What a host is made of, before any value is computed: its module instances in order, the
+options they declare, and every definition flattened to (option, value, priority, place).
+
+Module expansion and option tries are shared between hosts; only expressions are per host.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.errors import Loc, Problem
+from orchestrator.evaluator.expressions import ExprSyntaxError, has_template, parse_template
+from orchestrator.loader.fleet import Block, ModuleCache, ModuleFile, ModuleRef, OptionDecl
+from orchestrator.loader.yamlfile import Map, Prio, Seq, loc_of
+
+PLAIN_PRIORITY = 100
+DEFAULT_PRIORITY = 1500
+
+
+@dataclass(eq=False)
+class Instance:
+    """A module file bound to arguments; the unit of ordering, params and roles."""
+
+    file: ModuleFile
+    ref: ModuleRef
+    key: tuple[str, str]
+    importer: Instance | None
+    static_args: bool
+
+
+DYNAMIC: Any = object()
+
+
+@dataclass(eq=False)
+class Def:
+    """One definition of one option."""
+
+    option: OptionDecl
+    raw: Any
+    plain: Any  # the value when it holds no expression, else DYNAMIC
+    priority: int
+    loc: Loc
+    block: Block | None
+    block_key: tuple[tuple[str, str], int]
+    instance: Instance
+
+
+@dataclass
+class Trie:
+    """The options a set of modules declares, and the groups (prefixes) above them."""
+
+    options: dict[tuple[str, ...], OptionDecl]
+    children: dict[tuple[str, ...], list[str]]
+    problems: list[Problem] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Shape:
+    instances: list[Instance]
+    trie: Trie
+    defs: dict[tuple[str, ...], list[Def]]
+    renamed: dict[tuple[str, ...], tuple[tuple[str, ...], Loc]]
+
+
+def args_key(args: Map | None) -> str:
+    return json.dumps(args, sort_keys=True, default=repr) if args else ""
+
+
+class ShapeBuilder:
+    """Expands module references and flattens definitions, caching what hosts share."""
+
+    def __init__(self, modules: ModuleCache) -> None:
+        self.modules = modules
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self._expansions: dict[tuple[str, str], list[Instance]] = {}
+        self._tries: dict[tuple[str, ...], Trie] = {}
+        self._flat: dict[tuple[tuple[str, str], int], list[Def]] = {}
+        self._seen_problem_keys: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------- expansion and import cycles
+    def expand(self, refs: tuple[ModuleRef, ...]) -> list[Instance]:
+        """Module instances in order: each reference's imports depth-first, then itself."""
+        order: list[Instance] = []
+        seen: set[tuple[str, str]] = set()
+        for ref in refs:
+            for inst in self._expand_ref(ref, None, ()):
+                if inst.key not in seen:
+                    seen.add(inst.key)
+                    order.append(inst)
+        return order
+
+    def _expand_ref(
+        self, ref: ModuleRef, importer: Instance | None, chain: tuple[ModuleRef, ...]
+    ) -> list[Instance]:
+        key = (ref.path, args_key(ref.args))
+        if key in self._expansions:
+            return self._expansions[key]
+        if any(r.path == ref.path for r in chain):
+            self._import_cycle(ref, chain)
+            return []
+        file = self.modules.get(ref)
+        if file is None:
+            return []
+        inst = Instance(file, ref, key, importer, not _has_expr(ref.args))
+        self._check_args(inst)
+        out: list[Instance] = []
+        for imp in file.imports:
+            out.extend(self._expand_ref(imp, inst, (*chain, ref)))
+        out.append(inst)
+        self._expansions[key] = out
+        return out
+
+    def _import_cycle(self, ref: ModuleRef, chain: tuple[ModuleRef, ...]) -> None:
+        start = next(i for i, r in enumerate(chain) if r.path == ref.path)
+        steps = [*chain[start + 1 :], ref]
+        text = " -> ".join(f"{r.path} (imported at {r.loc})" for r in steps)
+        self.problems.append(Problem(ref.loc, f"import cycle: {chain[start].path} -> {text}"))
+
+    def _check_args(self, inst: Instance) -> None:
+        declared = inst.file.params
+        args: dict[str, Any] = inst.ref.args or {}
+        name = inst.file.path
+        for key in args:
+            if key not in declared:
+                close = difflib.get_close_matches(key, list(declared), n=1)
+                hint = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else (
+                        f"parameters: {', '.join(declared)}"
+                        if declared
+                        else "it takes no parameters"
+                    )
+                )
+                self._problem(
+                    loc_of(args, key) or inst.ref.loc,
+                    f"unknown parameter {key!r} for module {name}",
+                    hint,
+                )
+        for key, (schema, _loc) in declared.items():
+            if key not in args and "default" not in schema:
+                self._problem(
+                    inst.ref.loc,
+                    f"missing parameter {key!r} for module {name}",
+                    "bind it with `use: ... with: {" + key + ": ...}`",
+                )
+
+    def _problem(self, loc: Loc | None, message: str, hint: str | None = None) -> None:
+        self.problems.append(Problem(loc, message, hint))
+
+    # ------------------------------------------------------------- option declarations
+    def trie(self, instances: list[Instance]) -> Trie:
+        files = []
+        seen = set()
+        for inst in instances:
+            if inst.file.options and inst.file.path not in seen:
+                seen.add(inst.file.path)
+                files.append(inst.file)
+        key = tuple(f.path for f in files)
+        if key not in self._tries:
+            self._tries[key] = _build_trie(files)
+        return self._tries[key]
+
+    # ------------------------------------------------------------- definitions
+    def shape(self, refs: tuple[ModuleRef, ...]) -> Shape:
+        instances = self.expand(refs)
+        trie = self.trie(instances)
+        renamed: dict[tuple[str, ...], tuple[tuple[str, ...], Loc]] = {}
+        for inst in instances:
+            for old, (new, loc) in inst.file.renamed.items():
+                renamed[tuple(old.split("."))] = (tuple(new.split(".")), loc)
+        defs: dict[tuple[str, ...], list[Def]] = {}
+        for inst in instances:
+            for d in self._flatten(inst, trie, renamed):
+                defs.setdefault(d.option.path, []).append(d)
+        return Shape(instances, trie, defs, renamed)
+
+    def _flatten(
+        self,
+        inst: Instance,
+        trie: Trie,
+        renamed: dict[tuple[str, ...], tuple[tuple[str, ...], Loc]],
+    ) -> list[Def]:
+        key = (inst.key, id(trie))
+        if key not in self._flat:
+            walker = _Flattener(inst, trie, renamed)
+            self._flat[key] = walker.run()
+            self.problems.extend(walker.problems)
+            self.warnings.extend(walker.warnings)
+        return self._flat[key]
+
+
+def _build_trie(files: list[ModuleFile]) -> Trie:
+    options: dict[tuple[str, ...], OptionDecl] = {}
+    children: dict[tuple[str, ...], set[str]] = {}
+    problems: list[Problem] = []
+    for f in files:
+        for decl in f.options:
+            if decl.path in options:
+                first = options[decl.path]
+                problems.append(
+                    Problem(
+                        decl.loc, f"option {decl.name} is declared twice (first at {first.loc})"
+                    )
+                )
+                continue
+            options[decl.path] = decl
+    for path, decl in options.items():
+        for i in range(1, len(path)):
+            outer = path[:i]
+            if outer in options:
+                problems.append(
+                    Problem(
+                        decl.loc,
+                        f"option {decl.name} is declared inside option "
+                        f"{options[outer].name} (declared at {options[outer].loc})",
+                    )
+                )
+            children.setdefault(outer, set()).add(path[i])
+        children.setdefault((), set()).add(path[0])
+    trie = Trie(options, {k: sorted(v) for k, v in children.items()}, problems)
+    trie.names = sorted(".".join(p) for p in options)
+    return trie
+
+
+def _has_expr(value: Any) -> bool:
+    if isinstance(value, str):
+        return has_template(value)
+    if isinstance(value, dict):
+        return any(_has_expr(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_expr(v) for v in value)
+    if isinstance(value, Prio):
+        return _has_expr(value.value)
+    return False
+
+
+class _Flattener:
+    """Walks a module's `config` blocks and attaches each value to the option it defines."""
+
+    def __init__(
+        self,
+        inst: Instance,
+        trie: Trie,
+        renamed: dict[tuple[str, ...], tuple[tuple[str, ...], Loc]],
+    ) -> None:
+        self.inst, self.trie, self.renamed = inst, trie, renamed
+        self.out: list[Def] = []
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def run(self) -> list[Def]:
+        for index, block in enumerate(self.inst.file.blocks):
+            if block.when is not None:
+                self._check_expr(block.when, block.when_loc)
+            self._walk(block.defs, (), PLAIN_PRIORITY, block, index)
+        return self.out
+
+    def _check_expr(self, text: str, loc: Loc | None) -> None:
+        try:
+            parse_template("${" + text + "}")
+        except ExprSyntaxError as exc:
+            self.problems.append(Problem(loc, exc.message))
+
+    def _walk(self, m: Map, prefix: tuple[str, ...], prio: int, block: Block, index: int) -> None:
+        for key, raw in m.items():
+            loc = m.key_locs.get(key, m.loc)
+            value, p = (raw.value, raw.priority) if isinstance(raw, Prio) else (raw, prio)
+            self._one(prefix, tuple(key.split(".")), value, p, loc, block, index)
+
+    def _one(
+        self,
+        prefix: tuple[str, ...],
+        parts: tuple[str, ...],
+        value: Any,
+        prio: int,
+        loc: Loc,
+        block: Block,
+        index: int,
+    ) -> None:
+        path = prefix
+        for i, part in enumerate(parts):
+            path = (*path, part)
+            path = self._rename(path, loc)
+            decl = self.trie.options.get(path)
+            if decl is not None:
+                self._emit(decl, _nest(parts[i + 1 :], value), prio, loc, block, index)
+                return
+            if path not in self.trie.children:
+                self._unknown(path, loc)
+                return
+        if isinstance(value, Map):
+            self._walk(value, path, prio, block, index)
+        else:
+            below = ", ".join(self.trie.children[path][:8])
+            self.problems.append(
+                Problem(
+                    loc,
+                    f"{'.'.join(path)} is a group of options, not an option",
+                    f"set one of: {below}",
+                )
+            )
+
+    def _rename(self, path: tuple[str, ...], loc: Loc) -> tuple[str, ...]:
+        target = self.renamed.get(path)
+        if target is None:
+            return path
+        new, _where = target
+        self.warnings.append(
+            Problem(
+                loc,
+                f"option {'.'.join(path)} is renamed to {'.'.join(new)}",
+                f"write {'.'.join(new)}",
+            )
+        )
+        return new
+
+    def _unknown(self, path: tuple[str, ...], loc: Loc) -> None:
+        name = ".".join(path)
+        close = difflib.get_close_matches(name, self.trie.names, n=1, cutoff=0.6)
+        if not close:
+            prefix = path[:-1]
+            close = [".".join((*prefix, c)) for c in self.trie.children.get(prefix, [])[:1]]
+        hint = f"did you mean {close[0]}?" if close else "no module on this host declares it"
+        self.problems.append(Problem(loc, f"unknown option {name}", hint))
+
+    def _emit(
+        self, decl: OptionDecl, value: Any, prio: int, loc: Loc, block: Block, index: int
+    ) -> None:
+        problems_before = len(self.problems)
+        dynamic = _has_expr(value)
+        plain = DYNAMIC if dynamic else self._plain(value, loc)
+        if len(self.problems) > problems_before:
+            return
+        conditional = block if block.when is not None else None
+        self.out.append(
+            Def(decl, value, plain, prio, loc, conditional, (self.inst.key, index), self.inst)
+        )
+
+    def _plain(self, value: Any, loc: Loc) -> Any:
+        if isinstance(value, Prio):
+            self.problems.append(
+                Problem(
+                    value.loc,
+                    "!default and !force apply to a whole option "
+                    "definition, not to a part of its value",
+                )
+            )
+            return None
+        if isinstance(value, dict):
+            return {k: self._plain(v, loc) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._plain(v, loc) for v in value]
+        return value
+
+
+def _nest(rest: tuple[str, ...], value: Any) -> Any:
+    for key in reversed(rest):
+        value = {key: value}
+    return value
+
+
+__all__ = ["DEFAULT_PRIORITY", "DYNAMIC", "Def", "Instance", "Seq", "Shape", "ShapeBuilder", "Trie"]

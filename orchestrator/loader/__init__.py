@@ -1,0 +1,1 @@
+"""Loading stage: fleet files to located YAML values (see :mod:`.yamlfile`, :mod:`.fleet`)."""

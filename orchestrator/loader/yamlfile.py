@@ -1,0 +1,245 @@
+"""YAML with a position for every value: the first stage of the pipeline.
+
+The document is built from parser events (libyaml when present), not from PyYAML's recursive
+composer, so nesting depth and alias expansion are checked while reading: a 10,000-deep document
+or an alias bomb is rejected in milliseconds with bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import FleetErrors, Loc, Problem, fail
+
+MAX_DEPTH = 64
+MAX_NODES = 2_000_000
+PRIORITY_TAGS = {"!default": 1000, "!force": 50}
+
+try:
+    _Loader: type = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - libyaml is in every supported install
+    _Loader = yaml.SafeLoader
+_RESOLVER = yaml.resolver.Resolver()
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+class Map(dict[str, Any]):
+    """A mapping that remembers where it and each of its keys were written."""
+
+    __slots__ = ("key_locs", "loc")
+
+    def __init__(self, loc: Loc) -> None:
+        super().__init__()
+        self.loc = loc
+        self.key_locs: dict[str, Loc] = {}
+
+
+class Seq(list[Any]):
+    """A sequence that remembers where it and each of its items were written."""
+
+    __slots__ = ("item_locs", "loc")
+
+    def __init__(self, loc: Loc) -> None:
+        super().__init__()
+        self.loc = loc
+        self.item_locs: list[Loc] = []
+
+
+@dataclass(frozen=True)
+class Prio:
+    """A value written with ``!default`` or ``!force``: a definition at another priority."""
+
+    value: Any
+    priority: int
+    loc: Loc
+
+
+def loc_of(container: Any, key: Any) -> Loc | None:
+    """The position of ``container[key]`` when the container is located."""
+    if isinstance(container, Map):
+        return container.key_locs.get(key, container.loc)
+    if isinstance(container, Seq) and isinstance(key, int) and 0 <= key < len(container.item_locs):
+        return container.item_locs[key]
+    return getattr(container, "loc", None)
+
+
+def locate(root: Any, path: list[Any] | tuple[Any, ...], fallback: Loc | None = None) -> Loc | None:
+    """The position of the deepest located value on ``path`` below ``root``."""
+    best = getattr(root, "loc", fallback)
+    node = root
+    for key in path:
+        if isinstance(node, Prio):
+            node = node.value
+        loc = loc_of(node, key)
+        if loc is not None:
+            best = loc
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    return best
+
+
+def load_file(path: str) -> Any:
+    """Read and parse one YAML file, or raise :class:`FleetErrors` pointing at the problem."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise fail(Loc(path, 1, 1), "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(Loc(path, 1, 1), f"cannot read file: {exc}") from None
+    return load_text(text, path)
+
+
+def load_text(text: str, path: str) -> Any:
+    """Parse YAML text into located values; an empty document is ``None``."""
+    try:
+        return _Builder(path).build(yaml.parse(text, Loader=_Loader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Loc(path, mark.line + 1, mark.column + 1) if mark is not None else Loc(path, 1, 1)
+        msg = f"invalid YAML: {exc.problem or exc.context}"
+        raise fail(loc, msg) from None
+    except yaml.YAMLError as exc:
+        raise fail(Loc(path, 1, 1), f"invalid YAML: {exc}") from None
+
+
+class _Frame:
+    __slots__ = ("container", "key", "key_loc", "size")
+
+    def __init__(self, container: Map | Seq | Prio | None) -> None:
+        self.container = container
+        self.key: Any = _NO_KEY
+        self.key_loc: Loc | None = None
+        self.size = 1
+
+
+_NO_KEY = object()
+
+
+class _Builder:
+    """Builds located values from a stream of parser events, iteratively."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.anchors: dict[str, tuple[Any, int]] = {}
+        self.total = 0
+        self.stack: list[_Frame] = []
+        self.tags: list[tuple[str | None, str | None]] = []  # (priority tag, anchor) per frame
+
+    def loc(self, event: yaml.Event) -> Loc:
+        mark = event.start_mark
+        return Loc(self.path, mark.line + 1, mark.column + 1) if mark else Loc(self.path, 1, 1)
+
+    def build(self, events: Iterator[yaml.Event]) -> Any:
+        result: Any = None
+        documents = 0
+        for event in events:
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise fail(self.loc(event), "only one YAML document per file is allowed")
+            elif isinstance(event, yaml.ScalarEvent):
+                self.add(self.scalar(event), self.loc(event), 1, event.anchor, event.tag)
+            elif isinstance(event, yaml.AliasEvent):
+                self.alias(event)
+            elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+                self.open(event)
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                frame = self.stack.pop()
+                prio_tag, anchor = self.tags.pop()
+                value = frame.container
+                assert value is not None
+                self.add(value, value.loc, frame.size, anchor, prio_tag)
+            elif isinstance(event, yaml.DocumentEndEvent):
+                result = self.result
+        return result
+
+    result: Any = None
+
+    def open(self, event: yaml.CollectionStartEvent) -> None:
+        if len(self.stack) >= MAX_DEPTH:
+            raise fail(self.loc(event), f"nesting deeper than {MAX_DEPTH} levels")
+        loc = self.loc(event)
+        container: Map | Seq = Map(loc) if isinstance(event, yaml.MappingStartEvent) else Seq(loc)
+        self.check_tag(event.tag, loc, isinstance(container, Map))
+        self.stack.append(_Frame(container))
+        self.tags.append((event.tag, event.anchor))
+
+    def check_tag(self, tag: str | None, loc: Loc, is_map: bool) -> None:
+        if tag is None or tag in PRIORITY_TAGS:
+            return
+        if tag in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq") or tag == "!":
+            return
+        raise fail(loc, f"unknown YAML tag {tag}", "only !default and !force are understood")
+
+    def scalar(self, event: yaml.ScalarEvent) -> Any:
+        tag = event.tag
+        loc = self.loc(event)
+        known = tag is None or tag in PRIORITY_TAGS or tag == "!" or tag.startswith("tag:yaml.org")
+        if not known:
+            raise fail(loc, f"unknown YAML tag {tag}", "only !default and !force are understood")
+        if tag in PRIORITY_TAGS or tag is None or tag == "!":
+            if event.style:  # quoted: always a string
+                return event.value
+            tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, (True, False))  # type: ignore[no-untyped-call]
+        node = yaml.ScalarNode(tag, event.value, None, None, event.style)
+        try:
+            return _CONSTRUCTOR.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            raise fail(loc, f"invalid YAML value: {exc.problem}") from None
+
+    def alias(self, event: yaml.AliasEvent) -> None:
+        anchor = event.anchor
+        if anchor not in self.anchors:
+            raise fail(self.loc(event), f"unknown alias *{anchor}")
+        value, size = self.anchors[anchor]
+        self.add(value, self.loc(event), size, None, None)
+
+    def add(self, value: Any, loc: Loc, size: int, anchor: str | None, tag: str | None) -> None:
+        self.total += size
+        if self.total > MAX_NODES:
+            raise fail(loc, f"document expands to more than {MAX_NODES:,} values (alias bomb?)")
+        if tag in PRIORITY_TAGS:
+            value = Prio(value, PRIORITY_TAGS[tag], loc)
+        if anchor is not None:
+            self.anchors[anchor] = (value, size)
+        if not self.stack:
+            self.result = value
+            return
+        frame = self.stack[-1]
+        frame.size += size
+        container = frame.container
+        if isinstance(container, Seq):
+            container.append(value)
+            container.item_locs.append(loc)
+        elif isinstance(container, Map):
+            self.add_to_map(frame, container, value, loc)
+
+    def add_to_map(self, frame: _Frame, container: Map, value: Any, loc: Loc) -> None:
+        if frame.key is _NO_KEY:
+            if isinstance(value, Map | Seq | Prio) or value is None:
+                raise fail(loc, "mapping keys must be plain scalars")
+            key = (
+                value
+                if isinstance(value, str)
+                else str(value).lower()
+                if isinstance(value, bool)
+                else str(value)
+            )
+            if key in container:
+                first = container.key_locs[key]
+                raise FleetErrors(
+                    [Problem(loc, f"duplicate key {key!r} (first written at {first})")]
+                )
+            frame.key, frame.key_loc = key, loc
+            return
+        assert frame.key_loc is not None
+        container[frame.key] = value
+        container.key_locs[frame.key] = frame.key_loc
+        frame.key, frame.key_loc = _NO_KEY, None

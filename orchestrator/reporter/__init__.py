@@ -1,0 +1,1 @@
+"""Report stage: rendering of options, explanations and runs."""

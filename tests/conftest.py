@@ -1,0 +1,61 @@
+"""Shared fixtures: write small fleets into temporary folders and run the real CLI on them."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "inventory"
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return root
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Callable[[dict[str, str]], Path]:
+    def make(files: dict[str, str]) -> Path:
+        return write_tree(tmp_path / "fleet", files)
+
+    return make
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
+    def run(*args: str, cwd: Path | None = None) -> Run:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below folder, by relative path (to prove nothing was written)."""
+    out = {}
+    for base, _dirs, names in os.walk(folder):
+        for n in names:
+            p = Path(base) / n
+            out[str(p.relative_to(folder))] = p.read_bytes()
+    return out
