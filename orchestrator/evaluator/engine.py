@@ -40,6 +40,10 @@ class CycleError(Exception):
         self.chain = chain
 
 
+class Unusable(Exception):
+    """A value needed here already failed (and was reported); fail quietly in turn."""
+
+
 class ExprFailure(Exception):
     """An expression could not be evaluated; carries the user-facing message."""
 
@@ -104,10 +108,20 @@ class ConfigView:
     __hash__ = None  # type: ignore[assignment]
 
     def materialize(self) -> dict[str, Any]:
+        """Every set option below this group as plain data (failed ones were reported: left out)."""
         out: dict[str, Any] = {}
-        for k, v in self.items():
-            if v is not None:
-                out[k] = plain(v)
+        trie = self.host.shape.trie
+        for k in trie.children.get(self.prefix, []):
+            path = (*self.prefix, k)
+            decl = trie.options.get(path)
+            if decl is None:
+                sub = ConfigView(self.host, path).materialize()
+                if sub:
+                    out[k] = sub
+                continue
+            value = self.host.option(decl)
+            if value is not ABSENT and value is not ERROR:
+                out[k] = value
         return out
 
 
@@ -151,7 +165,9 @@ class HostEval:
         decl = self.shape.trie.options.get(path)
         if decl is not None:
             value = self.option(decl)
-            return None if value is ABSENT or value is ERROR else value
+            if value is ERROR:
+                raise Unusable
+            return None if value is ABSENT else value
         if path in self.shape.trie.children:
             return ConfigView(self, path)
         if path not in self.ev.known_paths:
@@ -222,6 +238,8 @@ class HostEval:
             except ExprFailure as exc:
                 self.ev.problem(d.loc, f"{decl.name}: {exc.message}", exc.hint)
                 return ERROR
+            except Unusable:
+                return ERROR
         return self.ev.merged(decl, kept, items, self.name)
 
     def _cond(self, d: Def) -> bool:
@@ -236,6 +254,8 @@ class HostEval:
                 )
             except ExprFailure as exc:
                 self.ev.problem(block.when_loc, exc.message, exc.hint)
+                self.conds[key] = False
+            except Unusable:
                 self.conds[key] = False
             finally:
                 self.ev.stack.pop()

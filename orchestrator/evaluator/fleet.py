@@ -11,7 +11,7 @@ from typing import Any
 import jmespath
 
 from orchestrator.errors import FleetErrors, Loc, Problem
-from orchestrator.evaluator.engine import ERROR, Evaluator, ExprFailure, HostEval
+from orchestrator.evaluator.engine import ERROR, Evaluator, ExprFailure, HostEval, Unusable
 from orchestrator.evaluator.expressions import load_lib_functions, make_functions, truthy
 from orchestrator.evaluator.shape import Instance, Shape, ShapeBuilder
 from orchestrator.loader.fleet import FleetSpec, ModuleCache, ModuleFile, OptionDecl
@@ -110,6 +110,8 @@ def _finish(
     roles: list[RoleUse] = []
     for inst in he.shape.instances:
         f = inst.file
+        if f.params:
+            _bind(ev, he, inst)  # parameters are checked even where no expression reads them
         for check in f.assertions:
             if not _holds(ev, he, inst, check.expr, check.loc):
                 failed.setdefault((check.loc, check.message), []).append(he.name)
@@ -131,4 +133,15 @@ def _holds(ev: Evaluator, he: HostEval, inst: Instance, expr: str, loc: Loc | No
     except ExprFailure as exc:
         ev.problem(loc, exc.message, exc.hint)
         return False
+    except Unusable:
+        return True  # what it reads already failed and was reported
     return value is not ERROR and truthy(value)
+
+
+def _bind(ev: Evaluator, he: HostEval, inst: Instance) -> None:
+    try:
+        he.bound_params(inst)
+    except ExprFailure as exc:
+        ev.problem(inst.ref.loc, exc.message, exc.hint)
+    except Unusable:
+        pass

@@ -250,6 +250,7 @@ class _Flattener:
         renamed: dict[tuple[str, ...], tuple[tuple[str, ...], Loc]],
     ) -> None:
         self.inst, self.trie, self.renamed = inst, trie, renamed
+        self.renamed_groups = {old[:i] for old in renamed for i in range(1, len(old))}
         self.out: list[Def] = []
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
@@ -291,7 +292,7 @@ class _Flattener:
             if decl is not None:
                 self._emit(decl, _nest(parts[i + 1 :], value), prio, loc, block, index)
                 return
-            if path not in self.trie.children:
+            if path not in self.trie.children and path not in self.renamed_groups:
                 self._unknown(path, loc)
                 return
         if isinstance(value, Map):

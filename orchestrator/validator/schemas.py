@@ -139,7 +139,9 @@ def _expected(types: Any) -> str:
 
 def _describe(value: Any) -> str:
     kind = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
-    for cls in (bool, int, float, str, type(None)):
+    if value is None:
+        return "null"
+    for cls in (bool, int, float, str):
         if isinstance(value, cls):
             return f"{kind[cls]} {json.dumps(value)}"
     return "array" if isinstance(value, list) else "object"
