@@ -18,9 +18,9 @@ _TYPES = {
 }
 
 
-def arg_name(decl: OptionDecl) -> str:
-    """The role argument that carries an option: its path joined with underscores."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", "_".join(decl.path))
+def arg_name(role: str, decl: OptionDecl) -> str:
+    """The role argument that carries an option: the role's name, then the option's path."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", "_".join((role, *decl.path)))
 
 
 def _resolved(schema: Any) -> dict[str, Any]:

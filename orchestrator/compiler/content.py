@@ -169,9 +169,11 @@ def _role_files(ev: Evaluation) -> dict[str, ModuleFile]:
 def _generated_roles(ev: Evaluation) -> dict[str, dict[str, bytes]]:
     roles = {}
     for name, f in _role_files(ev).items():
-        args = {arg_name(d): arg_spec(d) for d in f.options}
+        args = {arg_name(name, d): arg_spec(d) for d in f.options}
         defaults = {
-            arg_name(d): plain(d.schema["default"]) for d in f.options if "default" in d.schema
+            arg_name(name, d): plain(d.schema["default"])
+            for d in f.options
+            if "default" in d.schema
         }
         files = {
             "tasks/main.yml": _yaml(plain(f.tasks) or []),
@@ -245,7 +247,12 @@ def _site(ev: Evaluation, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
                 "name": f"Converge {arch} hosts",
                 "hosts": f"arch_{arch}",
                 "gather_facts": False,
-                "vars": {"config": "{{ orchestrate_config }}"},
+                # Play variables are templated where they are used: inside a role, `params`
+                # is that role's bound parameters and `config` the host's configuration.
+                "vars": {
+                    "config": "{{ orchestrate_config }}",
+                    "params": "{{ orchestrate_params[ansible_role_name] | default({}) }}",
+                },
                 "roles": roles,
             }
         )
@@ -254,12 +261,12 @@ def _site(ev: Evaluation, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
 
 def _role_entry(name: str, f: ModuleFile | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"role": name, "when": f"'role_{name}' in group_names"}
-    variables: dict[str, Any] = {
-        "params": f"{{{{ orchestrate_params['{name}'] | default({{}}) }}}}"
-    }
-    if f is not None:
-        for d in f.options:
-            ref = "".join(f"['{p}']" for p in d.path)
-            variables[arg_name(d)] = f"{{{{ orchestrate_config{ref} | default(None) }}}}"
-    entry["vars"] = variables
+    if f is not None and f.options:
+        # role arguments, checked by Ansible against meta/argument_specs.yml when the role starts
+        entry["vars"] = {
+            arg_name(name, d): "{{ orchestrate_config"
+            + "".join(f"[{p!r}]" for p in d.path)
+            + " | default(None) }}"
+            for d in f.options
+        }
     return entry

@@ -1,0 +1,153 @@
+"""Real Ansible tools read what `orchestrate compile` writes: ansible-inventory, ansible-playbook
+(--syntax-check and a real local run with role argument validation) and ansible-lint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import BUNDLED, Run, snapshot
+
+pytestmark = pytest.mark.ansible
+
+
+def _env(build: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(build / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCAL_TEMP": str(build.parent / "tmp"),
+        "ANSIBLE_HOME": str(build.parent),
+    }
+
+
+def _run(args: list[str], build: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=build, env=_env(build), capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def bundled_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from orchestrator.cli import main
+
+    out = tmp_path_factory.mktemp("bundled") / "build"
+    assert main(["--fleet", str(BUNDLED), "compile", "--out", str(out)]) == 0
+    return out
+
+
+def test_ansible_inventory_sees_groups_and_connection_vars(bundled_build: Path) -> None:
+    r = _run(["ansible-inventory", "--list"], bundled_build)
+    assert r.returncode == 0, r.stderr
+    inv = json.loads(r.stdout)
+    assert sorted(inv["arch_x86_64"]["hosts"]) == [
+        "LINDA",
+        "cortex-alpha",
+        "data-storage",
+        "terminal-zero",
+    ]
+    assert sorted(inv["arch_aarch64"]["hosts"]) == ["pi-1", "pi-2"]
+    assert sorted(inv["builder_aarch64"]["hosts"]) == ["pi-1", "pi-2"]
+    assert sorted(inv["tag_core"]["hosts"]) == ["cortex-alpha", "data-storage"]
+    assert len(inv["role_base_motd"]["hosts"]) == 6
+    ds = inv["_meta"]["hostvars"]["data-storage"]
+    assert (ds["ansible_host"], ds["ansible_port"], ds["ansible_user"]) == (
+        "10.88.127.3",
+        1108,
+        "deploy",
+    )
+    prom = ds["orchestrate_config"]["services"]["prometheus"]
+    assert prom["port"] == 8080
+
+
+def test_orchestrate_inventory_matches_ansible_inventory(
+    bundled_build: Path, cli: Callable[..., Run]
+) -> None:
+    theirs = json.loads(_run(["ansible-inventory", "--list"], bundled_build).stdout)
+    r = cli("--fleet", str(BUNDLED), "inventory", "--list")
+    ours = json.loads(r.out)
+    assert ours["_meta"]["hostvars"] == theirs["_meta"]["hostvars"]
+    for group, body in ours.items():
+        if group not in ("_meta", "all"):
+            assert sorted(body["hosts"]) == sorted(theirs[group]["hosts"]), group
+    host = json.loads(cli("--fleet", str(BUNDLED), "inventory", "--host", "pi-1").out)
+    assert host == theirs["_meta"]["hostvars"]["pi-1"]
+
+
+def test_site_playbook_syntax_check(bundled_build: Path) -> None:
+    r = _run(["ansible-playbook", "--syntax-check", "site.yml"], bundled_build)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ansible_lint_production_profile(bundled_build: Path) -> None:
+    r = _run(
+        ["ansible-lint", "--offline", "--profile", "production", "site.yml", "roles"], bundled_build
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Profile 'production' was required, and it passed" in r.stderr + r.stdout
+
+
+ROLE_FLEET = {
+    "fleet.yaml": """
+        name: t
+        builders: {x86_64: {arch: x86_64}}
+        hosts:
+          local1: {builder: x86_64, modules: [web.yaml], deploy: {host: 127.0.0.1}}
+    """,
+    "web.yaml": """
+        params:
+          greeting: {type: string, default: hello}
+        options:
+          web.port: {$ref: "orchestrate:port", default: 8080}
+        config:
+          web.port: 8081
+        tasks:
+          - name: Show the port and the parameter
+            ansible.builtin.debug:
+              msg: "port={{ config.web.port }} greeting={{ params.greeting }}"
+    """,
+}
+
+
+def _play(build: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    interp = f"ansible_python_interpreter={sys.executable}"
+    return _run(["ansible-playbook", "site.yml", "-c", "local", "-e", interp, *extra], build)
+
+
+def test_generated_role_runs_and_ansible_validates_its_arguments(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run]
+) -> None:
+    root = fleet(ROLE_FLEET)
+    assert cli("--fleet", str(root), "compile").code == 0
+    build = root / ".orchestrate" / "build"
+    ok = _play(build)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "port=8081 greeting=hello" in ok.stdout
+    bad_config = json.dumps({"orchestrate_config": {"web": {"port": "not-a-port"}}})
+    bad = _play(build, "-e", bad_config)
+    assert bad.returncode != 0
+    assert "Validation of arguments failed" in bad.stdout
+    assert "web_port" in bad.stdout
+
+
+def test_build_is_byte_identical_across_runs_and_locations(
+    fleet: Callable[[dict[str, str]], Path], tmp_path: Path, cli: Callable[..., Run]
+) -> None:
+    first = tmp_path / "one"
+    second = tmp_path / "elsewhere" / "two"
+    assert cli("--fleet", str(BUNDLED), "compile", "--out", str(first)).code == 0
+    copy = tmp_path / "copy-of-fleet"
+    shutil.copytree(BUNDLED, copy, ignore=shutil.ignore_patterns(".orchestrate"))
+    assert cli("--fleet", str(copy), "compile", "--out", str(second)).code == 0
+    a, b = snapshot(first), snapshot(second)
+    assert a == b
+    manifest = json.loads(a["manifest.json"])
+    assert set(manifest["outputs"]) == set(a) - {"manifest.json"}
+    assert "fleet.yaml" in manifest["inputs"] and "modules/common.yaml" in manifest["inputs"]
+    assert not any(str(tmp_path) in v.decode(errors="replace") for v in a.values())

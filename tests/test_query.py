@@ -1,0 +1,63 @@
+"""`orchestrate query` over {hosts, images, groups, fleet}, in every output format."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import yaml
+from conftest import BUNDLED, Run
+
+
+def test_query_json_default(cli: Callable[..., Run]) -> None:
+    r = cli("--fleet", str(BUNDLED), "query", "values(hosts)[?arch=='aarch64'].name | sort(@)")
+    assert r.code == 0, r.err
+    assert json.loads(r.out) == ["pi-1", "pi-2"]
+
+
+def test_query_lines_and_yaml(cli: Callable[..., Run]) -> None:
+    r = cli("--fleet", str(BUNDLED), "query", "groups.tag_core", "-o", "lines")
+    assert r.out.splitlines() == ["cortex-alpha", "data-storage"]
+    r = cli("--fleet", str(BUNDLED), "query", 'images."pi-cards"', "--output", "yaml")
+    assert yaml.safe_load(r.out) == {
+        "name": "pi-cards",
+        "hosts": ["pi-1", "pi-2"],
+        "format": "sd",
+        "arch": ["aarch64"],
+    }
+
+
+def test_query_reads_cross_host_values(cli: Callable[..., Run]) -> None:
+    r = cli(
+        "--fleet",
+        str(BUNDLED),
+        "query",
+        'hosts."cortex-alpha".config.services.reverse_proxy.locations."/prometheus/"',
+    )
+    assert json.loads(r.out) == {"proxy_pass": "http://10.88.127.3:8080"}
+    r = cli(
+        "--fleet",
+        str(BUNDLED),
+        "query",
+        "hosts.\"data-storage\".config.services.prometheus.scrape_configs[?job_name=='nvidia']"
+        ".targets[]",
+    )
+    assert json.loads(r.out) == ["10.88.127.88:9835"]
+
+
+def test_query_syntax_error_is_precise(cli: Callable[..., Run]) -> None:
+    r = cli("--fleet", str(BUNDLED), "query", "hosts.[")
+    assert r.code == 1
+    assert r.err.startswith("error: <query>:1:")
+    assert "Traceback" not in r.err
+
+
+def test_query_sees_edits_without_explicit_compile(fleet, cli: Callable[..., Run]) -> None:
+    root = fleet(
+        {"fleet.yaml": "name: t\nbuilders: {x: {arch: x86_64}}\nhosts:\n  a: {builder: x}\n"}
+    )
+    assert json.loads(cli("--fleet", str(root), "query", "keys(hosts)").out) == ["a"]
+    (root / "fleet.yaml").write_text(
+        "name: t\nbuilders: {x: {arch: x86_64}}\nhosts:\n  a: {builder: x}\n  b: {builder: x}\n"
+    )
+    assert json.loads(cli("--fleet", str(root), "query", "keys(hosts)").out) == ["a", "b"]
