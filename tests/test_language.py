@@ -269,3 +269,27 @@ def test_options_command(fleet, cli: Callable[..., Run]) -> None:
     assert [row["path"] for row in rows] == ["svc.enable", "svc.port"]
     assert rows[1]["type"] == "port" and rows[1]["default"] == 9090
     assert rows[1]["declared"].endswith("decl.yaml:8:3")
+
+
+def test_existing_role_is_copied_into_build(fleet, cli: Callable[..., Run]) -> None:
+    root = fleet(
+        {
+            "fleet.yaml": FLEET,
+            "decl.yaml": DECL,
+            "b.yaml": "",
+            "builder.yaml": "",
+            "a.yaml": "role: webserver\nrole_when: config.svc.enable\n",
+            "roles/webserver/tasks/main.yml": "---\n- name: Hi\n  ansible.builtin.ping:\n",
+        }
+    )
+    assert cli("--fleet", str(root), "compile").code == 0
+    build = root / ".orchestrate" / "build"
+    assert (build / "roles/webserver/tasks/main.yml").exists()
+    data = json.loads((build / "fleet.json").read_text())
+    assert data["groups"].get("role_webserver", []) == []  # role_when is false
+    manifest = json.loads((build / "manifest.json").read_text())
+    assert "roles/webserver/tasks/main.yml" in manifest["inputs"]
+    (root / "a.yaml").write_text("role: webserver\nconfig: {svc.enable: true}\n")
+    assert cli("--fleet", str(root), "compile").code == 0
+    data = json.loads((build / "fleet.json").read_text())
+    assert data["groups"]["role_webserver"] == ["a"]

@@ -17,7 +17,7 @@ from orchestrator import __version__
 from orchestrator.compiler.content import render_outputs
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation
-from orchestrator.loader.fleet import LIBRARY_PREFIX, library_root
+from orchestrator.loader.fleet import LIBRARY_PREFIX, library_root, shipped_roles_dir
 
 MANIFEST = "manifest.json"
 QUERY_DATA = "fleet.json"
@@ -32,7 +32,12 @@ class BuildResult:
 
 
 def input_files(ev: Evaluation) -> list[str]:
+    from orchestrator.compiler.content import existing_roles
+
     files = {ev.spec.file, *ev.modules}
+    for folder in existing_roles(ev).values():
+        for base, _dirs, names in os.walk(folder):
+            files.update(os.path.join(base, n) for n in names)
     for folder in ev.spec.lib_dirs:
         if os.path.isdir(folder):
             files.update(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py"))
@@ -41,10 +46,26 @@ def input_files(ev: Evaluation) -> list[str]:
 
 def input_name(path: str, root: str) -> str:
     """How an input is named in the manifest: relative to the fleet, or ``orchestrate:...``."""
-    lib = os.path.normpath(library_root())
-    if path.startswith(lib + os.sep):
-        return LIBRARY_PREFIX + os.path.relpath(path, lib)
+    for prefix, folder in (
+        (LIBRARY_PREFIX, library_root()),
+        ("orchestrate-roles:", shipped_roles_dir()),
+    ):
+        folder = os.path.normpath(folder)
+        if path.startswith(folder + os.sep):
+            return prefix + os.path.relpath(path, folder)
     return os.path.relpath(path, root)
+
+
+def input_path(name: str, root: str) -> str:
+    """The file behind a manifest input name (the inverse of input_name)."""
+    for prefix, folder in _prefixes():
+        if name.startswith(prefix):
+            return os.path.join(folder, name[len(prefix) :])
+    return os.path.join(root, name)
+
+
+def _prefixes() -> tuple[tuple[str, str], ...]:
+    return ((LIBRARY_PREFIX, library_root()), ("orchestrate-roles:", shipped_roles_dir()))
 
 
 def _sha256(path: str) -> str:
@@ -122,12 +143,8 @@ def is_fresh(out_dir: str, root: str) -> bool:
         return False
     if manifest.get("version") != __version__:
         return False
-    lib = library_root()
     for name, digest in manifest.get("inputs", {}).items():
-        if name.startswith(LIBRARY_PREFIX):
-            path = os.path.join(lib, name[len(LIBRARY_PREFIX) :])
-        else:
-            path = os.path.join(root, name)
+        path = input_path(name, root)
         try:
             if _sha256(path) != digest:
                 return False

@@ -219,6 +219,10 @@ class HostEval:
             outcome.value = value
             return value
         outcome.kept = kept
+        if decl.schema.get("deprecated"):
+            why = decl.schema.get("description", "")
+            for d in kept:
+                self.ev.warnings.append(Problem(d.loc, f"option {decl.name} is deprecated. {why}"))
         if all(d.plain is not DYNAMIC for d in kept):
             value = self.ev.static_value(decl, kept)
         else:
@@ -344,6 +348,7 @@ class Evaluator:
         self.spec = spec
         self.jp_options = jp_options
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         self.stack: list[Frame] = []
         self.static_params: dict[tuple[str, str], dict[str, Any]] = {}
         self._checked_params: set[tuple[str, str, str]] = set()

@@ -83,21 +83,25 @@ def evaluate(spec: FleetSpec) -> Evaluation:
     problems = [*cache.problems, *builder.problems, *lib_problems]
     for shape in {id(s.trie): s for s in shapes.values()}.values():
         problems.extend(shape.trie.problems)
-    if problems:
-        raise FleetErrors(problems)
+    # Evaluation goes on after structural problems (bad definitions are left out), so that one
+    # run reports type errors and conflicts too; assertions, which assume a sound
+    # configuration, are only checked when there were none.
     options = jmespath.Options(custom_functions=make_functions(extra))
     ev = Evaluator(spec, shapes, options)
     ev.run()
-    warnings = list(builder.warnings)
+    warnings = [*builder.warnings, *ev.warnings]
     failed: dict[tuple[Loc | None, str], list[str]] = {}
-    results = {name: _finish(ev, he, spec, warnings, failed) for name, he in ev.hosts.items()}
+    results = {
+        name: _finish(ev, he, spec, warnings, failed if not problems else None)
+        for name, he in ev.hosts.items()
+    }
     for (loc, message), names in failed.items():
         more = f" and {len(names) - 5} more" if len(names) > 5 else ""
         ev.problem(loc, f"assertion failed on {', '.join(names[:5])}{more}: {message}")
-    if ev.problems:
-        raise FleetErrors(ev.problems)
+    if problems or ev.problems:
+        raise FleetErrors([*problems, *ev.problems])
     files = {p: f for p, f in cache.files.items() if f is not None}
-    return Evaluation(spec, results, ev, files, warnings)
+    return Evaluation(spec, results, ev, files, list(dict.fromkeys(warnings)))
 
 
 def _finish(
@@ -105,7 +109,7 @@ def _finish(
     he: HostEval,
     spec: FleetSpec,
     warnings: list[Problem],
-    failed: dict[tuple[Loc | None, str], list[str]],
+    failed: dict[tuple[Loc | None, str], list[str]] | None,
 ) -> HostResult:
     roles: list[RoleUse] = []
     for inst in he.shape.instances:
@@ -113,7 +117,7 @@ def _finish(
         if f.params:
             _bind(ev, he, inst)  # parameters are checked even where no expression reads them
         for check in f.assertions:
-            if not _holds(ev, he, inst, check.expr, check.loc):
+            if failed is not None and not _holds(ev, he, inst, check.expr, check.loc):
                 failed.setdefault((check.loc, check.message), []).append(he.name)
         for check in f.warnings:
             if _holds(ev, he, inst, check.expr, check.loc):

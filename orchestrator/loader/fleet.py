@@ -39,6 +39,13 @@ def find_fleet(explicit: str | None, env: dict[str, str], cwd: str) -> str:
         here = parent
 
 
+def shipped_roles_dir() -> str:
+    """The roles that come with orchestrate (the repository's roles/ folder)."""
+    return os.path.normpath(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "roles")
+    )
+
+
 def library_root() -> str:
     """Where modules named ``orchestrate:PATH`` live (the module library shipped with the tool)."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "library")
@@ -286,6 +293,7 @@ class ModuleFile:
     role: str | None
     role_when: str | None
     role_when_loc: Loc | None
+    role_loc: Loc | None
     tasks: Seq | None
     handlers: Seq | None
     templates: dict[str, str]
@@ -337,6 +345,7 @@ class ModuleCache:
             role=doc.get("role"),
             role_when=doc.get("role_when"),
             role_when_loc=loc_of(doc, "role_when"),
+            role_loc=loc_of(doc, "role"),
             tasks=doc.get("tasks"),
             handlers=doc.get("handlers"),
             templates=dict(doc.get("templates", {})),
