@@ -88,7 +88,82 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("host", metavar="HOST")
     e.add_argument("path", metavar="PATH")
     e.set_defaults(run=_explain)
+    _deploy_parsers(sub)
     return p
+
+
+def _selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--limit",
+        "-l",
+        metavar="SEL",
+        help="hosts, @group and arch:X, comma-separated (default: every host)",
+    )
+    p.add_argument("--forks", "-f", type=int, metavar="N", help="parallel hosts")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="pass -v... to Ansible (its output stays in the run record)",
+    )
+
+
+def _deploy_parsers(sub: Any) -> None:
+    pl = sub.add_parser(
+        "plan",
+        help="what would change on each host, and why",
+        description="Compile, then show per host the options changed since the last successful "
+        "apply (old -> new), the roles that would run and what check mode says would change, "
+        "with diffs. Tasks check mode cannot preview are listed as not previewable.",
+    )
+    _selection(pl)
+    pl.add_argument("--offline", action="store_true", help="do not contact the hosts")
+    pl.add_argument("-o", "--out", metavar="FILE", help="save the plan for `apply FILE`")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.add_argument(
+        "--detailed-exitcode", action="store_true", help="exit 2 when anything would change"
+    )
+    pl.set_defaults(run=_plan)
+
+    ap = sub.add_parser(
+        "apply",
+        help="converge the hosts through ansible-runner",
+        description="Compile and run the site playbook through ansible-runner, with a live "
+        "per-host display and a final table. With PLAN (from `plan -o`), refuse when any input "
+        "changed since. Records go to .orchestrate/runs/<id>/.",
+    )
+    ap.add_argument("plan_file", nargs="?", metavar="PLAN")
+    _selection(ap)
+    ap.add_argument("--serial", metavar="N|N%", help="apply in batches of N hosts (or N%%)")
+    ap.add_argument(
+        "--max-fail-percent",
+        type=int,
+        metavar="P",
+        help="stop when more than P%% of a batch failed",
+    )
+    ap.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask before touching every host"
+    )
+    ap.set_defaults(run=_apply)
+
+    tb = sub.add_parser(
+        "testbed",
+        help="local container hosts to try a fleet on",
+        description="Containers (podman, locally built Debian images) running "
+        "sshd and python3, one per fleet host; while they are up, plan and apply "
+        "reach the hosts through them.",
+    )
+    tsub = tb.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
+    tu = tsub.add_parser("up", help="start containers (all hosts, or --hosts)")
+    tu.add_argument("--hosts", metavar="H1,H2", help="only these hosts")
+    tu.set_defaults(run=_testbed_up)
+    tsub.add_parser("status", help="list containers and whether sshd answers").set_defaults(
+        run=_testbed_status
+    )
+    tsub.add_parser("down", help="remove the containers and the record").set_defaults(
+        run=_testbed_down
+    )
 
 
 def _root(args: argparse.Namespace) -> str:
@@ -189,6 +264,166 @@ def _explain(args: argparse.Namespace) -> int:
 
     ev = evaluate_fleet(_root(args))
     sys.stdout.write(render_explain(explain(ev, args.host, args.path)))
+    return 0
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _deploy_options(args: argparse.Namespace) -> Any:
+    from orchestrator.executor.deploy import Options
+
+    return Options(
+        limit=args.limit,
+        forks=args.forks,
+        serial=getattr(args, "serial", None),
+        max_fail_percent=getattr(args, "max_fail_percent", None),
+        verbosity=args.verbose,
+    )
+
+
+def _interruptible() -> Any:
+    """A flag set by Ctrl-C: the runner stops Ansible cleanly and records are kept."""
+    import signal
+    import threading
+
+    flag = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+        _err("interrupt: stopping Ansible (press Ctrl-C again to abort at once)")
+
+    signal.signal(signal.SIGINT, handler)
+    return flag
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from orchestrator.executor.deploy import make_plan
+    from orchestrator.reporter.run import LiveProgress, render_plan
+
+    root = _root(args)
+    flag = _interruptible()
+    err = _console(stderr=True)
+    with LiveProgress(err, [], "plan (check mode)") as live:
+        plan = make_plan(
+            root,
+            _deploy_options(args),
+            args.offline,
+            live,
+            flag,
+            lambda m: err.print(m, markup=False),
+        )
+    if args.out:
+        from orchestrator.executor.state import _atomic_json
+
+        _atomic_json(os.path.abspath(args.out), plan.to_json(), mode=0o600)
+    if args.json:
+        sys.stdout.write(json.dumps(plan.to_json(), indent=2, sort_keys=True) + "\n")
+    else:
+        render_plan(_console(), plan)
+    if flag.is_set():
+        return 130
+    failed = any(
+        hp.check and (hp.check["unreachable"] or hp.check["failed"]) for hp in plan.hosts.values()
+    )
+    if failed:
+        return 3
+    return 2 if args.detailed_exitcode and plan.has_changes else 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from orchestrator.executor.deploy import apply
+    from orchestrator.reporter.run import LiveProgress, apply_table
+
+    root = _root(args)
+    flag = _interruptible()
+    err = _console(stderr=True)
+
+    def confirm(hosts: list[str]) -> bool:
+        from orchestrator.api import fleet_data
+
+        everyone = len(hosts) == len(fleet_data(root)["hosts"])
+        if args.yes or not everyone:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "applying to every host needs --yes (or a saved plan) when "
+                "there is no terminal to ask on"
+            )
+        answer = input(f"apply to all {len(hosts)} hosts? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    with LiveProgress(err, [], "apply") as live:
+        result = apply(
+            root,
+            _deploy_options(args),
+            args.plan_file,
+            confirm,
+            live,
+            flag,
+            lambda m: err.print(m, markup=False),
+        )
+    if result is None:
+        _err("nothing applied")
+        return 1
+    _console().print(apply_table(result))
+    rel = os.path.relpath(result.run_dir)
+    if result.interrupted:
+        _err(f"interrupted; the run record is in {rel}")
+        return 130
+    if result.failed_hosts:
+        _err(f"failed or unreachable: {', '.join(result.failed_hosts)} (record: {rel})")
+        return 3
+    return 0
+
+
+def _testbed_up(args: argparse.Namespace) -> int:
+    from orchestrator.api import evaluate_fleet
+    from orchestrator.executor.state import state_dir
+    from orchestrator.testbed import up
+
+    root = _root(args)
+    ev = evaluate_fleet(root)
+    chosen = args.hosts.split(",") if args.hosts else sorted(ev.hosts)
+    unknown = [h for h in chosen if h not in ev.hosts]
+    if unknown:
+        raise UsageError(f"unknown host(s): {', '.join(unknown)}")
+    suite = ev.spec.channels["stable"]["suite"]
+    hosts = {h: ev.hosts[h].info["arch"] for h in chosen}
+    record = up(state_dir(root), ev.spec.name, hosts, suite, _err)
+    for name in chosen:
+        h = record[name]
+        _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")
+    return 0
+
+
+def _testbed_status(args: argparse.Namespace) -> int:
+    from orchestrator.executor.state import state_dir
+    from orchestrator.testbed import status
+
+    rows = status(state_dir(_root(args)))
+    if not rows:
+        _err("no testbed is up for this fleet")
+        return 0
+    bad = 0
+    for name, h, running, answering in rows:
+        state = "answering" if answering else ("running, sshd silent" if running else "stopped")
+        bad += not answering
+        sys.stdout.write(f"{name}\t{h.container}\t{h.arch}\t{h.address}:{h.port}\t{state}\n")
+    return 3 if bad else 0
+
+
+def _testbed_down(args: argparse.Namespace) -> int:
+    from orchestrator.executor.state import state_dir
+    from orchestrator.testbed import down
+
+    removed = down(state_dir(_root(args)))
+    _err(f"removed {len(removed)} container(s)")
     return 0
 
 

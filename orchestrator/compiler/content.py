@@ -136,7 +136,6 @@ def _ansible_cfg(hosts: int) -> str:
         "gathering = explicit\n"
         "interpreter_python = auto_silent\n"
         "retry_files_enabled = False\n"
-        "host_key_checking = False\n"
         "\n[inventory]\n"
         "enable_plugins = yaml\n"
         "\n[ssh_connection]\n"
@@ -250,6 +249,9 @@ def _site(ev: Evaluation, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
                 "name": f"Converge {arch} hosts",
                 "hosts": f"arch_{arch}",
                 "gather_facts": False,
+                # batches and failure threshold come from `apply --serial/--max-fail-percent`
+                "serial": "{{ orchestrate_serial | default('100%') }}",
+                "max_fail_percentage": "{{ orchestrate_max_fail_percent | default(100) }}",
                 # Play variables are templated where they are used: inside a role, `params`
                 # is that role's bound parameters and `config` the host's configuration.
                 "vars": {

@@ -1,0 +1,1 @@
+"""Execute stage: the ansible-runner adapter; typed events and results."""

@@ -1,0 +1,319 @@
+"""plan and apply: compile, select hosts, run the site playbook (check mode for plan) through
+the runner adapter, and keep state and run records. The library never prints: progress goes
+through callbacks, results come back as values."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from orchestrator import __version__
+from orchestrator.api import build, select
+from orchestrator.compiler import load_build_data
+from orchestrator.compiler.build import input_hashes, input_path
+from orchestrator.errors import OrchestrateError, UsageError
+from orchestrator.evaluator.fleet import Evaluation
+from orchestrator.executor import state
+from orchestrator.executor.lock import FleetLock
+from orchestrator.executor.runner import Event, HostStats, RunRequest, RunResult, TaskResult, run
+from orchestrator.testbed.manager import load_record
+
+TESTBED_SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+
+
+class PlanRefused(OrchestrateError):
+    """A saved plan no longer matches the fleet's files."""
+
+
+@dataclass
+class Options:
+    limit: str | None = None
+    forks: int | None = None
+    serial: str | None = None
+    max_fail_percent: int | None = None
+    verbosity: int = 0
+
+
+@dataclass
+class HostPlan:
+    host: str
+    roles: list[str]
+    first_apply: bool
+    config_changes: list[dict[str, Any]]
+    check: dict[str, Any] | None = None
+
+    @property
+    def changed(self) -> bool:
+        checked = bool(
+            self.check
+            and (self.check["changed"] or self.check["failed"] or self.check["unreachable"])
+        )
+        return bool(self.config_changes) or self.first_apply or checked
+
+
+@dataclass
+class Plan:
+    fleet: str
+    version: str
+    created_at: int
+    offline: bool
+    inputs: dict[str, str]
+    hosts: dict[str, HostPlan] = field(default_factory=dict)
+    run_id: str | None = None
+
+    @property
+    def has_changes(self) -> bool:
+        return any(h.changed for h in self.hosts.values())
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["has_changes"] = self.has_changes
+        return data
+
+
+@dataclass
+class ApplyResult:
+    run_id: str
+    run_dir: str
+    stats: dict[str, HostStats]
+    tasks: list[TaskResult]
+    interrupted: bool
+    duration: float
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return sorted(h for h, s in self.stats.items() if not s.success)
+
+
+Progress = Callable[[str], None]
+
+
+def _overrides(root: str, hosts: list[str], progress: Progress) -> dict[str, dict[str, Any]]:
+    record = load_record(state.state_dir(root))
+    if not record:
+        return {}
+    progress(
+        f"testbed: reaching {len(record)} host(s) through .orchestrate/testbed.json "
+        "instead of their deploy addresses"
+    )
+    return {
+        h: {
+            "ansible_host": t.address,
+            "ansible_port": t.port,
+            "ansible_user": t.user,
+            "ansible_ssh_private_key_file": t.private_key,
+            "ansible_ssh_common_args": TESTBED_SSH_ARGS,
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+        for h, t in record.items()
+        if h in hosts
+    }
+
+
+def config_changes(ev: Evaluation, host: str, old: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Option paths whose value differs from the last successful apply, old -> new."""
+    if old is None:
+        return []
+    new = ev.hosts[host].config
+    paths = sorted(d.path for d in ev.host_eval(host).shape.trie.options.values())
+    changes = []
+    old_paths = set(_leaf_paths(old))
+    for path in paths:
+        before, after = _get(old, path), _get(new, path)
+        old_paths.discard(path)
+        if before != after:
+            changes.append({"path": ".".join(path), "old": before, "new": after})
+    for path in sorted(p for p in old_paths if not any(p[:i] in paths for i in range(len(p)))):
+        changes.append({"path": ".".join(path), "old": _get(old, path), "new": None})
+    return changes
+
+
+def _get(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _leaf_paths(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.extend(_leaf_paths(v, (*prefix, k)))
+        else:
+            out.append((*prefix, k))
+    return out
+
+
+def _request(
+    root: str,
+    build_dir: str,
+    run_dir: str,
+    hosts: list[str],
+    opts: Options,
+    check: bool,
+    progress: Progress,
+) -> RunRequest:
+    return RunRequest(
+        build_dir=build_dir,
+        run_dir=run_dir,
+        hosts=hosts,
+        check=check,
+        forks=opts.forks,
+        serial=opts.serial,
+        max_fail_percent=opts.max_fail_percent,
+        overrides=_overrides(root, hosts, progress),
+        verbosity=opts.verbosity,
+    )
+
+
+def make_plan(
+    root: str,
+    opts: Options,
+    offline: bool,
+    on_event: Callable[[Event], None],
+    cancelled: threading.Event,
+    progress: Progress,
+) -> Plan:
+    with FleetLock(state.state_dir(root), "plan"):
+        ev, result = build(root)
+        data = load_build_data(result.out_dir)
+        hosts = select(data, opts.limit)
+        plan = Plan(ev.spec.name, __version__, int(time.time()), offline, input_hashes(ev))
+        for h in hosts:
+            old = state.load_host_state(root, h)
+            plan.hosts[h] = HostPlan(
+                h,
+                data["hosts"][h]["roles"],
+                old is None,
+                config_changes(ev, h, old["config"] if old else None),
+            )
+        if offline or not hosts:
+            return plan
+        run_id, run_dir = state.new_run_dir(root, "plan")
+        plan.run_id = run_id
+        req = _request(root, result.out_dir, run_dir, hosts, opts, True, progress)
+        res = run(req, on_event, cancelled)
+        _attach_check(plan, res)
+        state.write_summary(
+            run_dir,
+            {"mode": "plan", "plan": plan.to_json(), "runner_status": res.status, "rc": res.rc},
+        )
+        return plan
+
+
+def _attach_check(plan: Plan, res: RunResult) -> None:
+    for h, hp in plan.hosts.items():
+        mine = [t for t in res.tasks if t.host == h]
+        stats = res.stats.get(h, HostStats())
+        hp.check = {
+            "changed": [_task_json(t) for t in mine if t.status == "changed"],
+            "not_previewable": [_task_json(t) for t in mine if t.status == "not_previewable"],
+            "failed": [_task_json(t) for t in mine if t.status == "failed"],
+            "unreachable": stats.unreachable > 0,
+            "ok": stats.ok,
+        }
+
+
+def _task_json(t: TaskResult) -> dict[str, Any]:
+    return {
+        "task": t.task,
+        "role": t.role,
+        "action": t.action,
+        "diff": t.diff,
+        "message": t.message,
+    }
+
+
+def load_plan(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data: dict[str, Any] = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read plan {path}: {exc}") from None
+    if not isinstance(data, dict) or "inputs" not in data or "hosts" not in data:
+        raise UsageError(f"{path} is not a plan saved by `orchestrate plan -o`")
+    return data
+
+
+def changed_inputs(root: str, inputs: dict[str, str]) -> list[str]:
+    """Input files whose content differs from what a saved plan recorded."""
+    from orchestrator.compiler.build import _sha256
+
+    changed = []
+    for name, digest in sorted(inputs.items()):
+        try:
+            if _sha256(input_path(name, root)) != digest:
+                changed.append(name)
+        except OSError:
+            changed.append(name)
+    return changed
+
+
+def apply(
+    root: str,
+    opts: Options,
+    plan_file: str | None,
+    confirm: Callable[[list[str]], bool],
+    on_event: Callable[[Event], None],
+    cancelled: threading.Event,
+    progress: Progress,
+) -> ApplyResult | None:
+    """Run the site playbook for real; returns None when the user declined."""
+    with FleetLock(state.state_dir(root), "apply") as lock:
+        if lock.reclaimed:
+            progress(f"reclaimed a stale lock left by pid {lock.reclaimed.get('pid')}")
+        saved = load_plan(plan_file) if plan_file else None
+        if saved is not None:
+            stale = changed_inputs(root, saved["inputs"])
+            if stale:
+                raise PlanRefused(
+                    "the fleet changed since the plan was made ("
+                    + ", ".join(stale)
+                    + "); run `orchestrate plan` again"
+                )
+        ev, result = build(root)
+        if saved is not None and input_hashes(ev) != saved["inputs"]:
+            raise PlanRefused("the fleet's inputs changed since the plan was made; plan again")
+        data = load_build_data(result.out_dir)
+        hosts = sorted(saved["hosts"]) if saved is not None else select(data, opts.limit)
+        if saved is None and not confirm(hosts):
+            return None
+        run_id, run_dir = state.new_run_dir(root, "apply")
+        started = time.monotonic()
+        res = run(
+            _request(root, result.out_dir, run_dir, hosts, opts, False, progress),
+            on_event,
+            cancelled,
+        )
+        duration = time.monotonic() - started
+        inputs = input_hashes(ev)
+        for h in hosts:
+            s = res.stats.get(h)
+            if s is not None and s.success and not res.interrupted:
+                state.save_host_state(root, h, ev.hosts[h].config, run_id, inputs)
+        out = ApplyResult(run_id, run_dir, res.stats, res.tasks, res.interrupted, duration)
+        state.write_summary(run_dir, summary(out, hosts, opts, res))
+        return out
+
+
+def summary(out: ApplyResult, hosts: list[str], opts: Options, res: RunResult) -> dict[str, Any]:
+    return {
+        "mode": "apply",
+        "run": out.run_id,
+        "version": __version__,
+        "hosts": {h: asdict(out.stats.get(h, HostStats())) for h in hosts},
+        "failed_hosts": out.failed_hosts,
+        "interrupted": out.interrupted,
+        "duration": round(out.duration, 3),
+        "runner_status": res.status,
+        "rc": res.rc,
+        "limit": opts.limit,
+        "artifacts": os.path.relpath(res.artifacts, out.run_dir),
+    }

@@ -1,0 +1,221 @@
+"""The ansible-runner adapter: write a complete private data dir, run the site playbook through
+ansible-runner's Python API, and turn its events and stats into typed results. Nothing here
+parses Ansible's stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ansible_runner
+
+COMMAND_ACTIONS = {
+    "command",
+    "shell",
+    "raw",
+    "script",
+    "ansible.builtin.command",
+    "ansible.builtin.shell",
+    "ansible.builtin.raw",
+    "ansible.builtin.script",
+}
+
+
+@dataclass
+class TaskResult:
+    host: str
+    task: str
+    role: str
+    action: str
+    status: str  # ok | changed | failed | unreachable | skipped | not_previewable
+    diff: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass
+class HostStats:
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+
+    @property
+    def success(self) -> bool:
+        return self.failed == 0 and self.unreachable == 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """What the live display needs: a host started a task, or finished one."""
+
+    kind: str  # task_start | result | play_start
+    host: str
+    task: str
+    status: str = ""
+
+
+@dataclass
+class RunRequest:
+    build_dir: str
+    run_dir: str
+    hosts: list[str]
+    check: bool = False
+    forks: int | None = None
+    serial: str | None = None
+    max_fail_percent: int | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verbosity: int = 0
+
+
+@dataclass
+class RunResult:
+    status: str
+    rc: int
+    stats: dict[str, HostStats]
+    tasks: list[TaskResult]
+    interrupted: bool
+    artifacts: str
+
+
+def prepare(req: RunRequest) -> str:
+    """Write the private data dir; returns the project folder holding the playbook."""
+    os.makedirs(req.run_dir, mode=0o700, exist_ok=True)
+    os.chmod(req.run_dir, 0o700)
+    project = os.path.join(req.run_dir, "project")
+    os.makedirs(os.path.join(project, "host_vars"), exist_ok=True)
+    shutil.copyfile(os.path.join(req.build_dir, "site.yml"), os.path.join(project, "site.yml"))
+    # Playbook host_vars outrank the inventory's: connection settings of the testbed go here.
+    for host, values in req.overrides.items():
+        with open(os.path.join(project, "host_vars", f"{host}.json"), "w", encoding="utf-8") as fh:
+            json.dump(values, fh, sort_keys=True)
+    return project
+
+
+def run(
+    req: RunRequest, on_event: Callable[[Event], None], cancelled: threading.Event
+) -> RunResult:
+    project = prepare(req)
+    tasks: list[TaskResult] = []
+    collector = _Collector(req.check, tasks, on_event)
+    extravars: dict[str, Any] = {}
+    if req.serial:
+        extravars["orchestrate_serial"] = req.serial
+    if req.max_fail_percent is not None:
+        extravars["orchestrate_max_fail_percent"] = req.max_fail_percent
+    cmdline = "--check --diff" if req.check else "--diff"
+    r = ansible_runner.run(
+        private_data_dir=req.run_dir,
+        project_dir=project,
+        playbook="site.yml",
+        inventory=os.path.join(req.build_dir, "inventory", "hosts.json"),
+        envvars={
+            "ANSIBLE_CONFIG": os.path.join(req.build_dir, "ansible.cfg"),
+            "ANSIBLE_ROLES_PATH": os.path.join(req.build_dir, "roles"),
+            "ANSIBLE_NOCOLOR": "1",
+        },
+        extravars=extravars,
+        limit=",".join(req.hosts),
+        forks=req.forks,
+        cmdline=cmdline,
+        verbosity=req.verbosity or None,
+        quiet=True,
+        ident="artifacts",
+        event_handler=collector.handle,
+        cancel_callback=cancelled.is_set,
+        suppress_env_files=True,
+    )
+    stats = _stats(r.stats or {}, req.hosts)
+    return RunResult(
+        str(r.status),
+        int(r.rc or 0),
+        stats,
+        tasks,
+        cancelled.is_set(),
+        os.path.join(req.run_dir, "artifacts", "artifacts"),
+    )
+
+
+def _stats(raw: dict[str, dict[str, int]], hosts: list[str]) -> dict[str, HostStats]:
+    out = {h: HostStats() for h in hosts}
+    for key, attr in (
+        ("ok", "ok"),
+        ("changed", "changed"),
+        ("failures", "failed"),
+        ("dark", "unreachable"),
+        ("skipped", "skipped"),
+    ):
+        for host, n in (raw.get(key) or {}).items():
+            setattr(out.setdefault(host, HostStats()), attr, n)
+    return out
+
+
+class _Collector:
+    """Turns ansible-runner events into TaskResults and live-display Events."""
+
+    def __init__(
+        self, check: bool, tasks: list[TaskResult], on_event: Callable[[Event], None]
+    ) -> None:
+        self.check = check
+        self.tasks = tasks
+        self.on_event = on_event
+
+    def handle(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        host = data.get("host") or data.get("remote_addr") or ""
+        task = str(data.get("task") or "")
+        if kind == "runner_on_start":
+            self.on_event(Event("task_start", host, task))
+        elif kind.startswith("runner_on_") and kind not in ("runner_on_start",):
+            result = self._result(kind, data, host, task)
+            if result is not None:
+                self.tasks.append(result)
+                self.on_event(Event("result", host, task, result.status))
+        return True
+
+    def _result(self, kind: str, data: dict[str, Any], host: str, task: str) -> TaskResult | None:
+        res = data.get("res") or {}
+        action = str(data.get("task_action") or data.get("resolved_action") or "")
+        role = str(data.get("role") or "")
+        if kind == "runner_on_unreachable":
+            return TaskResult(host, task, role, action, "unreachable", message=_msg(res))
+        if kind == "runner_on_failed":
+            status = "ok" if data.get("ignore_errors") else "failed"
+            return TaskResult(host, task, role, action, status, message=_msg(res))
+        if kind == "runner_on_skipped":
+            if self.check and "check mode" in _msg(res):
+                return TaskResult(host, task, role, action, "not_previewable", message=_msg(res))
+            return TaskResult(host, task, role, action, "skipped")
+        if kind == "runner_on_ok":
+            if self.check and _unpreviewable_command(action, data, res):
+                return TaskResult(
+                    host,
+                    task,
+                    role,
+                    action,
+                    "not_previewable",
+                    message="command or shell without creates/removes",
+                )
+            status = "changed" if res.get("changed") else "ok"
+            diff = res.get("diff") or []
+            return TaskResult(
+                host, task, role, action, status, diff=diff if isinstance(diff, list) else [diff]
+            )
+        return None
+
+
+def _msg(res: dict[str, Any]) -> str:
+    return str(res.get("msg") or res.get("stderr") or "")[:2000]
+
+
+def _unpreviewable_command(action: str, data: dict[str, Any], res: dict[str, Any]) -> bool:
+    if action not in COMMAND_ACTIONS:
+        return False
+    args = data.get("task_args") or res.get("invocation", {}).get("module_args") or {}
+    return not (args.get("creates") or args.get("removes"))

@@ -1,0 +1,155 @@
+"""Local testbed images without a registry: debootstrap a Debian root, import it into podman,
+then build an SSH host image on top. Both are cached in podman's store by name."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+
+from orchestrator.errors import OrchestrateError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+Progress = Callable[[str], None]
+
+
+class TestbedError(OrchestrateError):
+    """The testbed cannot be set up on this machine (with what to do about it)."""
+
+
+def podman_env() -> dict[str, str]:
+    return {**os.environ, "CONTAINERS_CONF": os.path.join(HERE, "containers.conf")}
+
+
+def podman(
+    *args: str, check: bool = True, input: str | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    if shutil.which("podman") is None:
+        raise TestbedError("podman is not installed (apt-get install podman runc)")
+    proc = subprocess.run(
+        ["podman", *args],
+        env=podman_env(),
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise TestbedError(f"podman {' '.join(args[:2])} failed: {proc.stderr.strip()[-800:]}")
+    return proc
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt uses (so the testbed follows local configuration)."""
+    explicit = os.environ.get("ORCHESTRATE_MIRROR")
+    if explicit:
+        return explicit
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("URIs:") and "security" not in line:
+                    return line.split()[1]
+    if os.path.exists("/etc/apt/sources.list"):
+        with open("/etc/apt/sources.list", encoding="utf-8") as fh:
+            for line in fh:
+                parts = line.split()
+                if parts[:1] == ["deb"] and "security" not in line:
+                    return next(p for p in parts[1:] if "://" in p)
+    raise TestbedError("no Debian mirror found in /etc/apt; set ORCHESTRATE_MIRROR")
+
+
+def image_exists(name: str) -> bool:
+    return podman("image", "exists", name, check=False).returncode == 0
+
+
+def ssh_image(arch: str, suite: str, progress: Progress) -> str:
+    """The SSH host image for an architecture, built on first use."""
+    deb = DEB_ARCH[arch]
+    name = f"localhost/orchestrate-ssh:{suite}-{deb}"
+    if image_exists(name):
+        return name
+    if arch == "aarch64":
+        ensure_emulation()
+    base = base_image(arch, suite, progress)
+    progress(f"building {name} (sshd, python3) ...")
+    podman(
+        "build",
+        "--arch",
+        deb,
+        "--build-arg",
+        f"BASE={base}",
+        "-t",
+        name,
+        "-f",
+        os.path.join(HERE, "Containerfile"),
+        HERE,
+        timeout=1800,
+    )
+    return name
+
+
+def base_image(arch: str, suite: str, progress: Progress) -> str:
+    deb = DEB_ARCH[arch]
+    name = f"localhost/orchestrate-base:{suite}-{deb}"
+    if image_exists(name):
+        return name
+    if shutil.which("debootstrap") is None:
+        raise TestbedError("debootstrap is not installed (apt-get install debootstrap)")
+    progress(f"bootstrapping Debian {suite} for {arch} with debootstrap (a few minutes) ...")
+    with tempfile.TemporaryDirectory(prefix="orchestrate-rootfs-") as tmp:
+        root = os.path.join(tmp, "rootfs")
+        cmd = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--arch={deb}",
+            "--include=python3",
+            suite,
+            root,
+            apt_mirror(),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+        if proc.returncode != 0:
+            raise TestbedError(f"debootstrap failed: {proc.stdout[-600:]}{proc.stderr[-600:]}")
+        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+        imp = subprocess.run(
+            ["podman", "import", "--arch", deb, "-", name],
+            stdin=tar.stdout,
+            env=podman_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        tar.wait()
+        if imp.returncode != 0:
+            raise TestbedError(f"podman import failed: {imp.stderr.strip()}")
+    return name
+
+
+def ensure_emulation() -> None:
+    """aarch64 on another architecture needs qemu-user registered with binfmt_misc."""
+    if os.uname().machine == "aarch64":
+        return
+    entry = "/proc/sys/fs/binfmt_misc/qemu-aarch64"
+    if os.path.exists(entry):
+        return
+    if not os.path.exists("/proc/sys/fs/binfmt_misc/register"):
+        subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
+            capture_output=True,
+            check=False,
+        )
+    if shutil.which("update-binfmts"):
+        subprocess.run(
+            ["update-binfmts", "--enable", "qemu-aarch64"], capture_output=True, check=False
+        )
+    if not os.path.exists(entry):
+        raise TestbedError(
+            "aarch64 hosts need qemu-user emulation, which this machine does not have: "
+            "apt-get install qemu-user-static binfmt-support (and a kernel with binfmt_misc), "
+            "or leave the aarch64 hosts out with --hosts"
+        )

@@ -1,0 +1,177 @@
+"""`orchestrate testbed up|down|status`: containers for a fleet's hosts, recorded in
+`.orchestrate/testbed.json`; while the record exists, runs reach the hosts through it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from orchestrator.testbed.images import TestbedError, podman, ssh_image
+
+RECORD = "testbed.json"
+FIRST_PORT = 22001
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TestbedHost:
+    container: str
+    address: str
+    port: int
+    user: str
+    private_key: str
+    arch: str
+
+
+def record_path(state_dir: str) -> str:
+    return os.path.join(state_dir, RECORD)
+
+
+def load_record(state_dir: str) -> dict[str, TestbedHost]:
+    try:
+        with open(record_path(state_dir), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return {}
+    return {name: TestbedHost(**h) for name, h in data.get("hosts", {}).items()}
+
+
+def _save(state_dir: str, hosts: dict[str, TestbedHost]) -> None:
+    os.makedirs(state_dir, exist_ok=True)
+    tmp = record_path(state_dir) + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(
+            {"hosts": {n: asdict(h) for n, h in sorted(hosts.items())}},
+            fh,
+            indent=2,
+            sort_keys=True,
+        )
+    os.replace(tmp, record_path(state_dir))
+
+
+def container_name(fleet: str, host: str) -> str:
+    return f"orch-{fleet}-" + re.sub(r"[^a-z0-9_.-]", "-", host.lower())
+
+
+def _key(state_dir: str) -> tuple[str, str]:
+    folder = os.path.join(state_dir, "testbed")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    key = os.path.join(folder, "id_ed25519")
+    if not os.path.exists(key):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "orchestrate-testbed", "-f", key],
+            check=True,
+            capture_output=True,
+        )
+    with open(key + ".pub", encoding="utf-8") as fh:
+        return key, fh.read().strip()
+
+
+def _free_port(taken: set[int]) -> int:
+    port = FIRST_PORT
+    while True:
+        if port not in taken:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                    return port
+                except OSError:
+                    pass
+        port += 1
+
+
+def up(
+    state_dir: str, fleet: str, hosts: dict[str, str], suite: str, progress: Progress
+) -> dict[str, TestbedHost]:
+    """Start a container per host (``hosts`` maps name -> arch); reuse running ones."""
+    record = load_record(state_dir)
+    key, pub = _key(state_dir)
+    images = {arch: ssh_image(arch, suite, progress) for arch in sorted(set(hosts.values()))}
+    taken = {h.port for h in record.values()}
+    started = []
+    for name, arch in sorted(hosts.items()):
+        cname = container_name(fleet, name)
+        if name in record and _running(cname):
+            continue
+        podman("rm", "-f", cname, check=False)
+        port = _free_port(taken)
+        taken.add(port)
+        podman(
+            "run",
+            "-d",
+            "--name",
+            cname,
+            "--hostname",
+            name,
+            "--arch",
+            "arm64" if arch == "aarch64" else "amd64",
+            "-p",
+            f"127.0.0.1:{port}:22",
+            "-e",
+            f"AUTHORIZED_KEY={pub}",
+            "--label",
+            f"orchestrate.fleet={fleet}",
+            images[arch],
+        )
+        record[name] = TestbedHost(cname, "127.0.0.1", port, "root", key, arch)
+        started.append(name)
+        _save(state_dir, record)
+    progress(f"started {len(started)} container(s); waiting for sshd ...")
+    _wait_ssh([record[n] for n in started])
+    return record
+
+
+def _running(cname: str) -> bool:
+    out = podman("inspect", "-f", "{{.State.Running}}", cname, check=False)
+    return out.returncode == 0 and out.stdout.strip() == "true"
+
+
+def _wait_ssh(hosts: list[TestbedHost], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(hosts)
+    while pending and time.monotonic() < deadline:
+        pending = [h for h in pending if not answers(h)]
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        names = ", ".join(h.container for h in pending)
+        raise TestbedError(f"sshd did not answer within {timeout:.0f}s on {names}")
+
+
+def answers(h: TestbedHost) -> bool:
+    """Whether sshd on the host speaks SSH (its banner), not merely accepts a connection."""
+    try:
+        with socket.create_connection((h.address, h.port), timeout=2) as s:
+            s.settimeout(2)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def status(state_dir: str) -> list[tuple[str, TestbedHost, bool, bool]]:
+    """(host, record, container running, sshd answering) for each recorded host."""
+    out = []
+    for name, h in sorted(load_record(state_dir).items()):
+        running = _running(h.container)
+        out.append((name, h, running, running and answers(h)))
+    return out
+
+
+def down(state_dir: str) -> list[str]:
+    """Remove every recorded container and the record."""
+    record = load_record(state_dir)
+    for h in record.values():
+        podman("rm", "-f", "-t", "1", h.container, check=False)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(record_path(state_dir))
+    return sorted(record)
+
+
+__all__ = ["TestbedError", "TestbedHost", "down", "load_record", "status", "up"]
