@@ -1,0 +1,314 @@
+"""plan and apply against real container hosts over SSH (podman testbed), no mocks of Ansible.
+
+Ten hosts share one module whose tasks write files, can pause (to act mid-run) and can fail on
+purpose; each test edits the fleet and runs the real CLI in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import write_tree
+
+pytestmark = pytest.mark.containers
+
+HOSTS = [f"tb-{i}" for i in range(10)]
+MODULE = """
+options:
+  tb.message: {type: string, default: hello}
+  tb.pause: {type: integer, default: 0}
+  tb.fail: {type: boolean, default: false}
+tasks:
+  - name: Make the folder
+    ansible.builtin.file: {path: /etc/orchestrate-tb, state: directory, mode: "0755"}
+  - name: Write the message
+    ansible.builtin.copy:
+      dest: /etc/orchestrate-tb/message
+      content: "{{ config.tb.message }}\\n"
+      mode: "0644"
+  - name: Wait a while
+    ansible.builtin.wait_for: {timeout: "{{ config.tb.pause }}"}
+    when: config.tb.pause > 0 and not ansible_check_mode
+  - name: Fail on purpose
+    ansible.builtin.fail: {msg: failing as configured}
+    when: config.tb.fail
+  - name: Write the second file
+    ansible.builtin.copy: {dest: /etc/orchestrate-tb/second, content: "done\\n", mode: "0644"}
+"""
+
+
+def _fleet_yaml(extra: str = "") -> str:
+    hosts = "".join(f"  {h}: {{builder: x86_64, modules: [hosts/{h}.yaml]}}\n" for h in HOSTS)
+    return (
+        "name: tbtest\nbuilders:\n  x86_64: {arch: x86_64}\ndefaults: [tb.yaml]\nhosts:\n"
+        + hosts
+        + extra
+    )
+
+
+def orchestrate(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def spawn(root: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def host_file(host: str, path: str) -> str | None:
+    r = subprocess.run(
+        ["podman", "exec", f"orch-tbtest-{host}", "cat", path],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "CONTAINERS_CONF": _conf()},
+    )
+    return r.stdout if r.returncode == 0 else None
+
+
+def podman_exec(host: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", "exec", f"orch-tbtest-{host}", *cmd],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "CONTAINERS_CONF": _conf()},
+    )
+
+
+def podman(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "CONTAINERS_CONF": _conf()},
+    )
+
+
+def _conf() -> str:
+    import orchestrator.testbed.images as images
+
+    return os.path.join(images.HERE, "containers.conf")
+
+
+def tree(host: str) -> str:
+    """A fingerprint of the host's files (paths, sizes, modes, mtimes), minus volatile places."""
+    script = (
+        "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path "
+        "/tmp -o -path /var/tmp -o -path /root/.ansible \\) -prune -o "
+        "-printf '%p %s %m %T@\\n' | sort"
+    )
+    r = podman_exec(host, "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def set_host(root: Path, host: str, **values: object) -> None:
+    body = "config:\n" + "".join(f"  tb.{k}: {json.dumps(v)}\n" for k, v in values.items())
+    (root / "hosts" / f"{host}.yaml").write_text(body if values else "config: {}\n")
+
+
+def summary(root: Path) -> dict[str, object]:
+    runs = sorted((root / ".orchestrate" / "runs").glob("*-apply*"))
+    return json.loads((runs[-1] / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("tbfleet")
+    files = {"fleet.yaml": _fleet_yaml(), "tb.yaml": MODULE}
+    files.update({f"hosts/{h}.yaml": "config: {}\n" for h in HOSTS})
+    write_tree(root, files)
+    up = orchestrate(root, "testbed", "up", timeout=1800)
+    assert up.returncode == 0, up.stderr
+    yield root
+    orchestrate(root, "testbed", "down")
+
+
+@pytest.fixture
+def fresh(tb: Path) -> Path:
+    """Every host back to the module's defaults and converged."""
+    for h in HOSTS:
+        set_host(tb, h)
+    r = orchestrate(tb, "apply", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return tb
+
+
+def test_first_apply_changes_then_second_changes_nothing(tb: Path) -> None:
+    for h in HOSTS:
+        set_host(tb, h, message=f"first-{h}")
+    first = orchestrate(tb, "apply", "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    s = summary(tb)
+    assert all(s["hosts"][h]["changed"] >= 1 for h in HOSTS)  # type: ignore[index]
+    assert host_file("tb-4", "/etc/orchestrate-tb/message") == "first-tb-4\n"
+    second = orchestrate(tb, "apply", "--yes")
+    assert second.returncode == 0
+    s = summary(tb)
+    assert all(s["hosts"][h]["changed"] == 0 for h in HOSTS), s  # type: ignore[index]
+    assert "testbed: reaching 10 host(s)" in second.stderr
+
+
+def test_plan_after_edit_lists_exactly_the_edited_paths(fresh: Path) -> None:
+    set_host(fresh, "tb-2", message="edited")
+    r = orchestrate(fresh, "plan", "--json", "--detailed-exitcode")
+    assert r.returncode == 2, r.stderr
+    plan = json.loads(r.stdout)
+    changed = {h: p["config_changes"] for h, p in plan["hosts"].items() if p["config_changes"]}
+    assert changed == {"tb-2": [{"path": "tb.message", "old": "hello", "new": "edited"}]}
+    would = {h for h, p in plan["hosts"].items() if p["check"]["changed"]}
+    assert would == {"tb-2"}
+    task = plan["hosts"]["tb-2"]["check"]["changed"][0]
+    assert task["task"] == "Write the message"
+    assert any("edited" in str(d.get("after")) for d in task["diff"])
+
+
+def test_drift_by_hand_shows_in_plan(fresh: Path) -> None:
+    podman_exec("tb-6", "sh", "-c", "echo tampered > /etc/orchestrate-tb/message")
+    r = orchestrate(fresh, "plan", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert {h for h, p in plan["hosts"].items() if p["check"]["changed"]} == {"tb-6"}
+    assert all(not p["config_changes"] for p in plan["hosts"].values())
+    text = orchestrate(fresh, "plan", "--limit", "tb-6").stdout
+    assert "would change: Write the message" in text and "-tampered" in text
+
+
+def test_plan_changes_nothing_on_hosts(fresh: Path) -> None:
+    for h in HOSTS[:3]:
+        set_host(fresh, h, message="not-applied")
+    before = {h: tree(h) for h in HOSTS}
+    r = orchestrate(fresh, "plan")
+    assert r.returncode == 0, r.stderr
+    assert {h: tree(h) for h in HOSTS} == before
+    assert host_file("tb-0", "/etc/orchestrate-tb/message") == "hello\n"
+
+
+def test_failing_task_on_one_host(fresh: Path) -> None:
+    state = fresh / ".orchestrate" / "state" / "tb-5.json"
+    before = state.read_bytes()
+    set_host(fresh, "tb-5", fail=True, message="x")
+    set_host(fresh, "tb-1", message="y")
+    r = orchestrate(fresh, "apply", "--yes")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "failed or unreachable: tb-5" in r.stderr
+    s = summary(fresh)
+    assert s["failed_hosts"] == ["tb-5"]
+    assert state.read_bytes() == before  # its state untouched
+    assert (
+        json.loads((fresh / ".orchestrate/state/tb-1.json").read_text())["config"]["tb"]["message"]
+        == "y"
+    )
+
+
+def test_saved_plan_is_refused_after_an_edit(fresh: Path, tmp_path: Path) -> None:
+    saved = tmp_path / "plan.json"
+    r = orchestrate(fresh, "plan", "--offline", "-o", str(saved))
+    assert r.returncode == 0, r.stderr
+    set_host(fresh, "tb-0", message="after-plan")
+    refused = orchestrate(fresh, "apply", str(saved))
+    assert refused.returncode == 1
+    assert "changed since the plan" in refused.stderr and "hosts/tb-0.yaml" in refused.stderr
+    assert not any(
+        p.name.endswith("apply") and p.stat().st_mtime > saved.stat().st_mtime
+        for p in (fresh / ".orchestrate" / "runs").iterdir()
+    )
+    set_host(fresh, "tb-0")
+    accepted = orchestrate(fresh, "apply", str(saved))
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def _wait_for(predicate: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")
+
+
+def test_second_concurrent_apply_gets_exit_4(fresh: Path) -> None:
+    for h in HOSTS:
+        set_host(fresh, h, pause=8)
+    first = spawn(fresh, "apply", "--yes")
+    try:
+        lock = fresh / ".orchestrate" / "lock"
+        _wait_for(lambda: lock.exists() and lock.read_text().strip() != "")
+        second = orchestrate(fresh, "apply", "--yes")
+        assert second.returncode == 4, second.stderr
+        assert "another run holds the fleet's lock" in second.stderr
+    finally:
+        first.communicate(timeout=300)
+    assert first.returncode == 0
+
+
+def test_sshd_stopped_on_one_host_mid_run(fresh: Path) -> None:
+    victim = "tb-7"
+    state = fresh / ".orchestrate" / "state" / f"{victim}.json"
+    before = state.read_bytes()
+    for h in HOSTS:
+        set_host(fresh, h, pause=6, message="mid-run")
+    podman_exec(victim, "rm", "-f", "/etc/orchestrate-tb/second")
+    proc = spawn(fresh, "apply", "--yes")
+    _wait_for(lambda: host_file(victim, "/etc/orchestrate-tb/message") == "mid-run\n", 120)
+    # sshd is the container's PID 1, which SIGKILL cannot stop from inside: kill it from
+    # outside, which takes the running connection and the listener down together
+    podman("kill", f"orch-tbtest-{victim}")
+    out, err = proc.communicate(timeout=300)
+    try:
+        assert proc.returncode == 3, out + err
+        s = summary(fresh)
+        assert s["failed_hosts"] == [victim]
+        hosts = s["hosts"]
+        assert hosts[victim]["unreachable"] >= 1  # type: ignore[index]
+        others = [h for h in HOSTS if h != victim]
+        assert all(host_file(h, "/etc/orchestrate-tb/second") == "done\n" for h in others)
+        assert state.read_bytes() == before
+    finally:
+        from orchestrator.testbed.manager import answers, load_record
+
+        podman("start", f"orch-tbtest-{victim}")
+        record = load_record(str(fresh / ".orchestrate"))[victim]
+        _wait_for(lambda: answers(record))
+
+
+def test_kill_9_leaves_no_corrupt_state_and_next_apply_converges(fresh: Path) -> None:
+    for h in HOSTS:
+        set_host(fresh, h, pause=5, message="killed-run")
+    proc = spawn(fresh, "apply", "--yes")
+    _wait_for(lambda: host_file("tb-0", "/etc/orchestrate-tb/message") == "killed-run\n", 120)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    for f in (fresh / ".orchestrate" / "state").glob("*"):
+        assert f.suffix == ".json", f"leftover {f.name}"
+        json.loads(f.read_text())  # every state file still parses
+    for h in HOSTS:
+        set_host(fresh, h, message="killed-run")
+    r = orchestrate(fresh, "apply", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    again = orchestrate(fresh, "apply", "--yes")
+    assert again.returncode == 0
+    assert all(v["changed"] == 0 for v in summary(fresh)["hosts"].values())  # type: ignore[union-attr]
