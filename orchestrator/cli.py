@@ -164,6 +164,43 @@ def _deploy_parsers(sub: Any) -> None:
     tsub.add_parser("down", help="remove the containers and the record").set_defaults(
         run=_testbed_down
     )
+    _schedule_parsers(sub)
+
+
+def _schedule_parsers(sub: Any) -> None:
+    sc = sub.add_parser(
+        "schedule",
+        help="scheduled plan/apply runs from cron",
+        description="Install crontab entries that run plan or apply "
+        "non-interactively. A scheduled run never overlaps another run of the "
+        "fleet (it is skipped, exit 4), appends a JSON line to "
+        ".orchestrate/schedule/runs.jsonl and writes a Prometheus textfile.",
+    )
+    ssub = sc.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
+    sa = ssub.add_parser(
+        "add",
+        help="add or replace a schedule",
+        description="Example: orchestrate schedule add nightly --cron "
+        "'0 3 * * *' -- apply --limit @tag_core",
+    )
+    sa.add_argument("name", metavar="NAME")
+    sa.add_argument("--cron", required=True, metavar="EXPR", help="a cron expression")
+    sa.add_argument(
+        "--textfile-dir",
+        metavar="DIR",
+        help="where to write the .prom file (node_exporter's textfile collector "
+        "directory; default .orchestrate/schedule)",
+    )
+    sa.set_defaults(run=_schedule_add)
+    ssub.add_parser("list", help="schedules, whether installed, last result").set_defaults(
+        run=_schedule_list
+    )
+    sr = ssub.add_parser("remove", help="remove a schedule and its crontab entry")
+    sr.add_argument("name", metavar="NAME")
+    sr.set_defaults(run=_schedule_remove)
+    su = ssub.add_parser("run", help="run a schedule now, as cron does")
+    su.add_argument("name", metavar="NAME")
+    su.set_defaults(run=_schedule_run)
 
 
 def _root(args: argparse.Namespace) -> str:
@@ -427,8 +464,53 @@ def _testbed_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule_add(args: argparse.Namespace) -> int:
+    from orchestrator.schedule import add
+
+    s = add(_root(args), args.name, args.cron, args.command, args.textfile_dir)
+    _err(f"scheduled {s.name}: {s.cron} -> {s.mode} {' '.join(s.args)}".rstrip())
+    return 0
+
+
+def _schedule_list(args: argparse.Namespace) -> int:
+    from orchestrator.schedule import list_schedules
+
+    for s in list_schedules(_root(args)):
+        last = s["last"]
+        when = "never run" if not last else f"last exit {last['exit']} at {last['started']}"
+        flag = "" if s["installed"] else " (NOT in crontab)"
+        sys.stdout.write(
+            f"{s['name']}\t{s['cron']}\t{s['mode']} {' '.join(s['args'])}\t{when}{flag}\n"
+        )
+    return 0
+
+
+def _schedule_remove(args: argparse.Namespace) -> int:
+    from orchestrator.schedule import remove
+
+    remove(_root(args), args.name)
+    _err(f"removed schedule {args.name}")
+    return 0
+
+
+def _schedule_run(args: argparse.Namespace) -> int:
+    from orchestrator.schedule import run_scheduled
+
+    record = run_scheduled(_root(args), args.name)
+    sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+    code: int = record["exit"]
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # `schedule add NAME --cron EXPR -- plan|apply ARGS`: what follows `--` is the command
+    tail: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, tail = words[:cut], words[cut + 1 :]
+    args = _parser().parse_args(words)
+    args.command = tail
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
