@@ -311,3 +311,87 @@ def test_kill_9_leaves_no_corrupt_state_and_next_apply_converges(fresh: Path) ->
     again = orchestrate(fresh, "apply", "--yes")
     assert again.returncode == 0
     assert all(v["changed"] == 0 for v in summary(fresh)["hosts"].values())  # type: ignore[union-attr]
+
+
+def test_serial_batches_stop_at_max_fail_percent(fresh: Path) -> None:
+    for h in HOSTS:
+        set_host(fresh, h, message="batched")
+    set_host(fresh, "tb-4", message="batched", fail=True)
+    r = orchestrate(fresh, "apply", "--yes", "--serial", "3", "--max-fail-percent", "0")
+    assert r.returncode == 3, r.stdout + r.stderr
+    # batches [0-2] [3-5] [6-8] [9]: the second fails, so the play stops before the third
+    assert all(
+        host_file(h, "/etc/orchestrate-tb/message") == "batched\n"
+        for h in ("tb-0", "tb-1", "tb-2", "tb-3", "tb-5")
+    )
+    assert all(
+        host_file(h, "/etc/orchestrate-tb/message") == "hello\n"
+        for h in ("tb-6", "tb-7", "tb-8", "tb-9")
+    )
+    state = json.loads((fresh / ".orchestrate/state/tb-8.json").read_text())
+    assert state["config"]["tb"]["message"] == "hello"
+
+
+def test_limit_by_group_and_name(fresh: Path) -> None:
+    for h in HOSTS:
+        set_host(fresh, h, message="limited")
+    r = orchestrate(fresh, "apply", "--limit", "tb-1,tb-2")
+    assert r.returncode == 0, r.stderr  # a subset needs no confirmation
+    assert sorted(summary(fresh)["hosts"]) == ["tb-1", "tb-2"]  # type: ignore[arg-type]
+    assert host_file("tb-3", "/etc/orchestrate-tb/message") == "hello\n"
+    everyone = orchestrate(fresh, "apply")
+    assert everyone.returncode == 1
+    assert "needs --yes" in everyone.stderr
+    bad = orchestrate(fresh, "apply", "--limit", "@nosuchgroup")
+    assert bad.returncode == 1 and "unknown group 'nosuchgroup'" in bad.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_records(fresh: Path) -> None:
+    states = {p.name: p.read_bytes() for p in (fresh / ".orchestrate/state").iterdir()}
+    for h in HOSTS:
+        set_host(fresh, h, pause=20, message="interrupted")
+    proc = spawn(fresh, "apply", "--yes")
+    _wait_for(lambda: host_file("tb-0", "/etc/orchestrate-tb/message") == "interrupted\n", 120)
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    out, err = proc.communicate(timeout=120)
+    assert time.monotonic() - started < 20, "did not stop promptly"
+    assert proc.returncode == 130, out + err
+    assert "interrupted; the run record is in" in err
+    s = summary(fresh)
+    assert s["interrupted"] is True
+    assert {p.name: p.read_bytes() for p in (fresh / ".orchestrate/state").iterdir()} == states
+    assert (fresh / ".orchestrate/lock").read_text() == ""  # released
+    for h in HOSTS:
+        set_host(fresh, h)
+    assert orchestrate(fresh, "apply", "--yes").returncode == 0
+
+
+def test_scheduled_apply(fresh: Path) -> None:
+    set_host(fresh, "tb-9", message="from-cron")
+    add = orchestrate(
+        fresh,
+        "schedule",
+        "add",
+        "converge",
+        "--cron",
+        "0 4 * * *",
+        "--",
+        "apply",
+        "--limit",
+        "tb-8,tb-9",
+    )
+    assert add.returncode == 0, add.stderr
+    try:
+        r = orchestrate(fresh, "schedule", "run", "converge")
+        assert r.returncode == 0, r.stdout + r.stderr
+        rec = json.loads(r.stdout)
+        assert rec["changed"] == ["tb-9"] and rec["failed"] == [] and rec["unreachable"] == []
+        assert host_file("tb-9", "/etc/orchestrate-tb/message") == "from-cron\n"
+        prom = (fresh / ".orchestrate/schedule/orchestrate_tbtest_converge.prom").read_text()
+        assert (
+            'orchestrate_last_run_hosts_changed{fleet="tbtest",schedule="converge",'
+            'mode="apply"} 1' in prom
+        )
+    finally:
+        orchestrate(fresh, "schedule", "remove", "converge")

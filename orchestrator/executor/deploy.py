@@ -296,7 +296,8 @@ def apply(
         inputs = input_hashes(ev)
         for h in hosts:
             s = res.stats.get(h)
-            if s is not None and s.success and not res.interrupted:
+            reached = s is not None and (s.reached or not data["hosts"][h]["roles"])
+            if s is not None and s.success and reached and not res.interrupted:
                 state.save_host_state(root, h, ev.hosts[h].config, run_id, inputs)
         out = ApplyResult(run_id, run_dir, res.stats, res.tasks, res.interrupted, duration)
         state.write_summary(run_dir, summary(out, hosts, opts, res))

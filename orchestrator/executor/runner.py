@@ -44,6 +44,7 @@ class HostStats:
     failed: int = 0
     unreachable: int = 0
     skipped: int = 0
+    reached: bool = False  # the play got to this host (batches after an abort never do)
 
     @property
     def success(self) -> bool:
@@ -152,6 +153,8 @@ def _stats(raw: dict[str, dict[str, int]], hosts: list[str]) -> dict[str, HostSt
     ):
         for host, n in (raw.get(key) or {}).items():
             setattr(out.setdefault(host, HostStats()), attr, n)
+    for host in raw.get("processed") or {}:
+        out.setdefault(host, HostStats()).reached = True
     return out
 
 
