@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Apply speed on real container hosts: the same generated playbook three ways, in one run.
+
+1. ``ansible-playbook`` with Ansible's default settings (no ansible.cfg: forks 5, no pipelining);
+2. ``ansible-playbook`` with the build's tuned ansible.cfg (pipelining, ControlPersist, forks by
+   fleet size, explicit fact gathering);
+3. ``orchestrate apply --yes`` (ansible-runner's Python API, live event handling, run records).
+
+All three run against the same N testbed hosts, in interleaved rounds, on a converged fleet and
+on a fleet where every host has one change to make. Medians and ratios are printed and written
+to benchmarks/work/apply-results.json. With ``--bundled`` it also times a no-change apply of the
+bundled fleet (all six hosts, aarch64 under emulation).
+
+    python3 benchmarks/bench_apply.py --hosts 12 --rounds 3 [--bundled]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "work"
+
+MODULE = """
+options:
+  bench.message: {type: string, default: hello}
+tasks:
+  - name: Make the folder
+    ansible.builtin.file: {path: /etc/orchestrate-bench, state: directory, mode: "0755"}
+  - name: Write the message
+    ansible.builtin.copy:
+      dest: /etc/orchestrate-bench/message
+      content: "{{ config.bench.message }}\\n"
+      mode: "0644"
+  - name: Write a template
+    ansible.builtin.copy:
+      dest: /etc/orchestrate-bench/host
+      content: "{{ inventory_hostname }}\\n"
+      mode: "0644"
+  - name: Read the kernel name
+    ansible.builtin.command: uname -s
+    changed_when: false
+"""
+
+
+def orchestrate(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def make_fleet(n: int) -> Path:
+    root = WORK / f"apply-fleet-{n}"
+    (root / "hosts").mkdir(parents=True, exist_ok=True)
+    hosts = "".join(f"  bench-{i}: {{builder: x86_64}}\n" for i in range(n))
+    (root / "fleet.yaml").write_text(
+        "name: bench\nbuilders:\n  x86_64: {arch: x86_64}\ndefaults: [bench.yaml]\nhosts:\n" + hosts
+    )
+    set_message(root, "hello")
+    return root
+
+
+def set_message(root: Path, message: str) -> None:
+    (root / "bench.yaml").write_text(MODULE + f"config:\n  bench.message: {message}\n")
+
+
+def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+    start = time.perf_counter()
+    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - start
+    if r.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return took
+
+
+def playbook_cmds(root: Path) -> tuple[list[str], dict[str, str], dict[str, str], Path]:
+    """ansible-playbook on the project of orchestrate's last run (same playbook, same vars)."""
+    build = root / ".orchestrate" / "build"
+    runs = sorted((root / ".orchestrate" / "runs").glob("*-apply*"))
+    project = runs[-1] / "project"
+    cmd = ["ansible-playbook", "-i", str(build / "inventory" / "hosts.json"), "site.yml"]
+    base = {**os.environ, "ANSIBLE_ROLES_PATH": str(build / "roles"), "ANSIBLE_NOCOLOR": "1"}
+    empty = WORK / "empty-ansible.cfg"
+    empty.write_text("[defaults]\n")
+    default_env = {**base, "ANSIBLE_CONFIG": str(empty)}
+    tuned_env = {**base, "ANSIBLE_CONFIG": str(build / "ansible.cfg")}
+    return cmd, default_env, tuned_env, project
+
+
+def bench(root: Path, rounds: int, change: bool) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {"default": [], "tuned": [], "orchestrate": []}
+    cmd, default_env, tuned_env, project = playbook_cmds(root)
+    counter = 0
+
+    def prepare() -> None:
+        nonlocal counter
+        if change:  # every host has one file to rewrite; recompile so the playbooks see it
+            counter += 1
+            set_message(root, f"round-{counter}")
+            assert orchestrate(root, "compile").returncode == 0
+
+    for _ in range(rounds):
+        prepare()
+        samples["default"].append(timed(cmd, default_env, project))
+        prepare()
+        samples["tuned"].append(timed(cmd, tuned_env, project))
+        prepare()
+        start = time.perf_counter()
+        r = orchestrate(root, "apply", "--yes")
+        samples["orchestrate"].append(time.perf_counter() - start)
+        if r.returncode != 0:
+            raise SystemExit(r.stdout + r.stderr)
+    return samples
+
+
+def bundled_no_change(rounds: int) -> list[float]:
+    root = REPO / "inventory"
+    up = orchestrate(root, "testbed", "up")
+    if up.returncode != 0:
+        raise SystemExit(up.stderr)
+    orchestrate(root, "apply", "--yes")
+    out = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        r = orchestrate(root, "apply", "--yes")
+        out.append(time.perf_counter() - start)
+        if r.returncode != 0:
+            raise SystemExit(r.stdout + r.stderr)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--hosts", type=int, default=12)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--bundled", action="store_true", help="also time the bundled fleet")
+    p.add_argument("--keep", action="store_true", help="leave the testbed up")
+    args = p.parse_args()
+    WORK.mkdir(exist_ok=True)
+    root = make_fleet(args.hosts)
+    up = orchestrate(root, "testbed", "up")
+    if up.returncode != 0:
+        raise SystemExit(up.stderr)
+    results: dict[str, Any] = {"hosts": args.hosts, "rounds": args.rounds}
+    try:
+        assert orchestrate(root, "apply", "--yes").returncode == 0  # converge first
+        for label, change in (("no-change", False), ("one-change-per-host", True)):
+            s = bench(root, args.rounds, change)
+            med = {k: statistics.median(v) for k, v in s.items()}
+            results[label] = {
+                "samples": s,
+                "median": med,
+                "default_over_orchestrate": med["default"] / med["orchestrate"],
+                "orchestrate_over_tuned": med["orchestrate"] / med["tuned"],
+            }
+        if args.bundled:
+            b = bundled_no_change(args.rounds)
+            results["bundled-no-change"] = {"samples": b, "median": statistics.median(b)}
+    finally:
+        if not args.keep:
+            orchestrate(root, "testbed", "down")
+    (WORK / "apply-results.json").write_text(json.dumps(results, indent=2))
+    print(f"{args.hosts} container hosts, {args.rounds} interleaved rounds, medians in seconds")
+    print(
+        f"{'scenario':22} {'default':>8} {'tuned':>8} {'orch.':>8} {'def/orch':>9}"
+        f" {'orch/tuned':>10}"
+    )
+    for label in ("no-change", "one-change-per-host"):
+        r = results[label]
+        m = r["median"]
+        print(
+            f"{label:22} {m['default']:8.2f} {m['tuned']:8.2f} {m['orchestrate']:8.2f} "
+            f"{r['default_over_orchestrate']:8.2f}x {r['orchestrate_over_tuned']:9.2f}x"
+        )
+    if "bundled-no-change" in results:
+        print(f"bundled fleet, no-change apply: {results['bundled-no-change']['median']:.2f}s")
+
+
+if __name__ == "__main__":
+    main()
