@@ -41,6 +41,9 @@ tasks:
     when: config.tb.fail
   - name: Write the second file
     ansible.builtin.copy: {dest: /etc/orchestrate-tb/second, content: "done\\n", mode: "0644"}
+  - name: List the folder
+    ansible.builtin.command: ls /etc/orchestrate-tb
+    changed_when: false
 """
 
 
@@ -180,6 +183,8 @@ def test_plan_after_edit_lists_exactly_the_edited_paths(fresh: Path) -> None:
     assert changed == {"tb-2": [{"path": "tb.message", "old": "hello", "new": "edited"}]}
     would = {h for h, p in plan["hosts"].items() if p["check"]["changed"]}
     assert would == {"tb-2"}
+    for p in plan["hosts"].values():  # a command without creates/removes cannot be previewed
+        assert [t["task"] for t in p["check"]["not_previewable"]] == ["List the folder"]
     task = plan["hosts"]["tb-2"]["check"]["changed"][0]
     assert task["task"] == "Write the message"
     assert any("edited" in str(d.get("after")) for d in task["diff"])

@@ -14,6 +14,7 @@ from typing import Any
 
 import ansible_runner
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 COMMAND_ACTIONS = {
     "command",
     "shell",
@@ -35,6 +36,7 @@ class TaskResult:
     status: str  # ok | changed | failed | unreachable | skipped | not_previewable
     diff: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    uuid: str = ""
 
 
 @dataclass
@@ -110,6 +112,7 @@ def run(
     if req.max_fail_percent is not None:
         extravars["orchestrate_max_fail_percent"] = req.max_fail_percent
     cmdline = "--check --diff" if req.check else "--diff"
+    skips = os.path.join(req.run_dir, "skips.jsonl")
     r = ansible_runner.run(
         private_data_dir=req.run_dir,
         project_dir=project,
@@ -119,6 +122,9 @@ def run(
             "ANSIBLE_CONFIG": os.path.join(req.build_dir, "ansible.cfg"),
             "ANSIBLE_ROLES_PATH": os.path.join(req.build_dir, "roles"),
             "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_CALLBACK_PLUGINS": os.path.join(HERE, "callback_plugins"),
+            "ANSIBLE_CALLBACKS_ENABLED": "orchestrate_skips",
+            "ORCHESTRATE_SKIPS": skips,
         },
         extravars=extravars,
         limit=",".join(req.hosts),
@@ -132,6 +138,8 @@ def run(
         suppress_env_files=True,
     )
     stats = _stats(r.stats or {}, req.hosts)
+    if req.check:
+        _explain_skips(tasks, skips)
     return RunResult(
         str(r.status),
         int(r.rc or 0),
@@ -191,10 +199,8 @@ class _Collector:
         if kind == "runner_on_failed":
             status = "ok" if data.get("ignore_errors") else "failed"
             return TaskResult(host, task, role, action, status, message=_msg(res))
-        if kind == "runner_on_skipped":
-            if self.check and "check mode" in _msg(res):
-                return TaskResult(host, task, role, action, "not_previewable", message=_msg(res))
-            return TaskResult(host, task, role, action, "skipped")
+        if kind == "runner_on_skipped":  # its reason arrives through orchestrate_skips
+            return TaskResult(host, task, role, action, "skipped", uuid=str(data.get("task_uuid")))
         if kind == "runner_on_ok":
             if self.check and _unpreviewable_command(action, data, res):
                 return TaskResult(
@@ -222,3 +228,19 @@ def _unpreviewable_command(action: str, data: dict[str, Any], res: dict[str, Any
         return False
     args = data.get("task_args") or res.get("invocation", {}).get("module_args") or {}
     return not (args.get("creates") or args.get("removes"))
+
+
+def _explain_skips(tasks: list[TaskResult], path: str) -> None:
+    """Skips that check mode caused (the module cannot preview) become not_previewable."""
+    reasons: dict[tuple[str, str], str] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                rec = json.loads(line)
+                reasons[(rec["host"], rec["task_uuid"])] = rec["msg"]
+    except FileNotFoundError:
+        return
+    for t in tasks:
+        msg = reasons.get((t.host, t.uuid), "")
+        if t.status == "skipped" and ("check mode" in msg or "would have run" in msg):
+            t.status, t.message = "not_previewable", msg
