@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from crontab import CronSlices, CronTab  # type: ignore[import-untyped]
+from crontab import CronSlices, CronTab
 
 from orchestrator.errors import OrchestrateError, UsageError
 from orchestrator.executor.deploy import Options, apply, make_plan
