@@ -151,3 +151,33 @@ def test_build_is_byte_identical_across_runs_and_locations(
     assert set(manifest["outputs"]) == set(a) - {"manifest.json"}
     assert "fleet.yaml" in manifest["inputs"] and "modules/common.yaml" in manifest["inputs"]
     assert not any(str(tmp_path) in v.decode(errors="replace") for v in a.values())
+
+
+def test_inventory_command_works_as_an_ansible_inventory_script(tmp_path: Path) -> None:
+    script = tmp_path / "fleet-inventory"
+    script.write_text(
+        f'#!/bin/sh\nexec {sys.executable} -m orchestrator.cli --fleet {BUNDLED} inventory "$@"\n'
+    )
+    script.chmod(0o755)
+    env = {**os.environ, "ANSIBLE_INVENTORY_ENABLED": "script"}
+    r = subprocess.run(
+        ["ansible-inventory", "-i", str(script), "--list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    inv = json.loads(r.stdout)
+    assert sorted(inv["arch_aarch64"]["hosts"]) == ["pi-1", "pi-2"]
+    assert inv["_meta"]["hostvars"]["LINDA"]["ansible_port"] == 1108
+    h = subprocess.run(
+        ["ansible-inventory", "-i", str(script), "--host", "pi-2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert json.loads(h.stdout)["orchestrate_host"]["arch"] == "aarch64"
