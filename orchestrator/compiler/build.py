@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -128,10 +129,25 @@ def _write_atomically(outputs: dict[str, bytes], out_dir: str) -> None:
             os.rename(out_dir, os.path.join(old, "build"))
         os.rename(tmp, out_dir)
         if old:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_later(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _remove_later(folder: str) -> None:
+    """Delete a replaced build in the background: on a large fleet that is thousands of
+    unlinks the user need not wait for. A folder left by an interrupted deletion is swept by
+    the next compile."""
+    parent = os.path.dirname(folder)
+    stale = [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(".old-")]
+    subprocess.Popen(
+        ["rm", "-rf", "--", *stale],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def is_fresh(out_dir: str, root: str) -> bool:

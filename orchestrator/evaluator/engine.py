@@ -19,6 +19,7 @@ from orchestrator.errors import Loc, Problem
 from orchestrator.evaluator.expressions import (
     Expr,
     ExprSyntaxError,
+    compile_expr,
     parse_template,
     plain,
     to_text,
@@ -29,6 +30,7 @@ from orchestrator.evaluator.shape import DEFAULT_PRIORITY, DYNAMIC, Def, Instanc
 from orchestrator.loader.fleet import FleetSpec, OptionDecl
 from orchestrator.loader.yamlfile import Prio, locate
 from orchestrator.validator import Finding, findings, option_validator
+from orchestrator.validator.fast import compile_check
 
 ABSENT: Any = object()
 ERROR: Any = object()
@@ -202,10 +204,14 @@ class HostEval:
 
     # ------------------------------------------------------------------ computing
     def _compute(self, decl: OptionDecl) -> Any:
-        defs = self.shape.defs.get(decl.path, ())
+        defs = self.shape.defs.get(decl.path)
+        if not defs and not self.ev.explaining:  # the common case: only the option's default
+            return self.ev.checked_default(decl) if "default" in decl.schema else ABSENT
+        defs = defs or []
         active = [d for d in defs if d.block is None or self._cond(d)]
         outcome = Outcome(ABSENT, active=active)
-        self.outcomes[decl.path] = outcome
+        if self.ev.explaining:
+            self.outcomes[decl.path] = outcome
         if active:
             best = min(d.priority for d in active)
             kept = [d for d in active if d.priority == best]
@@ -253,9 +259,7 @@ class HostEval:
             assert block is not None and block.when is not None
             self.ev.stack.append(Frame(self.name, "when", block.when_loc))
             try:
-                self.conds[key] = truthy(
-                    self.expr("${" + block.when + "}", d.instance, block.when_loc)
-                )
+                self.conds[key] = truthy(plain(self.search(when_expr(block.when), d.instance)))
             except ExprFailure as exc:
                 self.ev.problem(block.when_loc, exc.message, exc.hint)
                 self.conds[key] = False
@@ -327,6 +331,14 @@ class HostEval:
         return raw
 
     def search(self, expr: Expr, inst: Instance | None) -> Any:
+        if expr.path is not None:
+            value: Any = self.context(inst)
+            for key in expr.path:
+                get = getattr(value, "get", None)
+                if get is None:
+                    return None
+                value = get(key)
+            return value
         try:
             return expr.compiled.search(self.context(inst), options=self.ev.jp_options)
         except jexc.JMESPathTypeError as exc:
@@ -338,7 +350,20 @@ class HostEval:
             raise ExprFailure(f"expression {expr.source!r} failed: {exc}") from None
 
 
+def when_expr(text: str) -> Expr:
+    """A `when`/`assert` condition as a compiled expression (cached by text)."""
+    found = _WHEN.get(text)
+    if found is None:
+        try:
+            found = _WHEN[text] = compile_expr(text)
+        except ExprSyntaxError as exc:
+            raise ExprFailure(exc.message) from None
+    return found
+
+
+_WHEN: dict[str, Expr] = {}
 _BUSY: Any = object()
+_UNSET: Any = object()
 
 
 class Evaluator:
@@ -353,6 +378,8 @@ class Evaluator:
         self.static_params: dict[tuple[str, str], dict[str, Any]] = {}
         self._checked_params: set[tuple[str, str, str]] = set()
         self._validators: dict[int, Any] = {}
+        self._fast: dict[int, Any] = {}
+        self.explaining = False  # record every option's definitions, for `explain`
         self._valid: dict[tuple[int, str], list[Finding]] = {}
         self._static: dict[tuple[int, ...], Any] = {}
         self._defaults: dict[int, Any] = {}
@@ -446,6 +473,11 @@ class Evaluator:
     ) -> Any:
         if value is ERROR:
             return ERROR
+        fast = self._fast.get(id(decl), _UNSET)
+        if fast is _UNSET:
+            fast = self._fast[id(decl)] = compile_check(decl.schema)
+        if fast is not None and fast(value):
+            return value  # certainly valid: no jsonschema run needed
         vkey = (id(decl), _value_key(value))
         found = self._valid.get(vkey)
         if found is None:

@@ -39,6 +39,24 @@ class Template:
 class Expr:
     source: str
     compiled: Any
+    path: tuple[str, ...] | None = None  # set when the expression is a plain field chain
+
+
+def field_chain(node: dict[str, Any]) -> tuple[str, ...] | None:
+    """``a.b."c-d"`` as ('a', 'b', 'c-d'); None for anything else. Such chains (most of a
+    fleet's expressions) are read with .get() directly, as JMESPath's field lookup does."""
+    kind = node.get("type")
+    if kind == "field":
+        return (node["value"],)
+    if kind == "subexpression":
+        out: tuple[str, ...] = ()
+        for child in node["children"]:
+            part = field_chain(child)
+            if part is None:
+                return None
+            out += part
+        return out
+    return None
 
 
 class ExprSyntaxError(Exception):
@@ -62,15 +80,25 @@ def compile_expr(source: str) -> Expr:
         except jexc.JMESPathError as exc:
             raise ExprSyntaxError(f"invalid expression {source!r}: {exc}") from None
         _COMPILED[source] = compiled
-    return Expr(source, compiled)
+    return Expr(source, compiled, field_chain(compiled.parsed))
 
 
 def has_template(text: str) -> bool:
     return "${" in text
 
 
+_TEMPLATES: dict[str, Template] = {}
+
+
 def parse_template(text: str) -> Template:
-    """Split a string into literal text and ``${...}`` expressions."""
+    """Split a string into literal text and ``${...}`` expressions (cached by text)."""
+    found = _TEMPLATES.get(text)
+    if found is None:
+        found = _TEMPLATES[text] = _parse_template(text)
+    return found
+
+
+def _parse_template(text: str) -> Template:
     parts: list[str | Expr] = []
     buf: list[str] = []
     i, n = 0, len(text)

@@ -11,8 +11,15 @@ from typing import Any
 import jmespath
 
 from orchestrator.errors import FleetErrors, Loc, Problem
-from orchestrator.evaluator.engine import ERROR, Evaluator, ExprFailure, HostEval, Unusable
-from orchestrator.evaluator.expressions import load_lib_functions, make_functions, truthy
+from orchestrator.evaluator.engine import (
+    ERROR,
+    Evaluator,
+    ExprFailure,
+    HostEval,
+    Unusable,
+    when_expr,
+)
+from orchestrator.evaluator.expressions import load_lib_functions, make_functions, plain, truthy
 from orchestrator.evaluator.shape import Instance, Shape, ShapeBuilder
 from orchestrator.loader.fleet import FleetSpec, ModuleCache, ModuleFile, OptionDecl
 
@@ -133,7 +140,7 @@ def _finish(
 
 def _holds(ev: Evaluator, he: HostEval, inst: Instance, expr: str, loc: Loc | None) -> bool:
     try:
-        value = he.expr("${" + expr + "}", inst, loc)
+        value = plain(he.search(when_expr(expr), inst))
     except ExprFailure as exc:
         ev.problem(loc, exc.message, exc.hint)
         return False

@@ -44,6 +44,8 @@ def explain(ev: Evaluation, host: str, path: str) -> Explanation:
             f"unknown host {host!r}" + (f"; did you mean {close[0]!r}?" if close else "")
         )
     he = ev.host_eval(host)
+    he.ev.explaining = True
+    he.values.clear()  # recompute with every definition recorded
     key = tuple(path.split("."))
     decl = he.shape.trie.options.get(key)
     if decl is None:

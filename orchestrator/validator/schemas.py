@@ -59,6 +59,14 @@ def _document_validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(_load(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
+@cache
+def _document_fast(name: str) -> Any:
+    from orchestrator.validator.fast import compile_check
+
+    schema = _load(name)
+    return compile_check(schema, schema)
+
+
 def option_validator(schema: dict[str, Any]) -> Draft202012Validator:
     """A validator for one option's schema, resolving ``orchestrate:`` types."""
     return Draft202012Validator(
@@ -95,6 +103,9 @@ class Finding:
 def document_problems(doc: Any, schema_name: str, file: str) -> list[Problem]:
     """Problems of a whole fleet file against one of the shipped schemas."""
     fallback = Loc(file, 1, 1)
+    fast = _document_fast(schema_name)
+    if fast is not None and fast(doc):
+        return []  # certainly valid; jsonschema runs only to explain a problem
     return [
         Problem(locate(doc, f.path, fallback) or fallback, f.message, f.hint)
         for f in findings(_document_validator(schema_name), doc, "")
