@@ -25,6 +25,9 @@ except AttributeError:  # pragma: no cover - libyaml is in every supported insta
     _Loader = yaml.SafeLoader
 _RESOLVER = yaml.resolver.Resolver()
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_STR, _NULL, _BOOL, _INT, _TIMESTAMP = (
+    f"tag:yaml.org,2002:{t}" for t in ("str", "null", "bool", "int", "timestamp")
+)
 
 
 class Map(dict[str, Any]):
@@ -179,20 +182,32 @@ class _Builder:
         raise fail(loc, f"unknown YAML tag {tag}", "only !default and !force are understood")
 
     def scalar(self, event: yaml.ScalarEvent) -> Any:
-        tag = event.tag
-        loc = self.loc(event)
+        tag, value = event.tag, event.value
         known = tag is None or tag in PRIORITY_TAGS or tag == "!" or tag.startswith("tag:yaml.org")
         if not known:
-            raise fail(loc, f"unknown YAML tag {tag}", "only !default and !force are understood")
+            raise fail(
+                self.loc(event),
+                f"unknown YAML tag {tag}",
+                "only !default and !force are understood",
+            )
         if tag in PRIORITY_TAGS or tag is None or tag == "!":
             if event.style:  # quoted: always a string
-                return event.value
-            tag = _RESOLVER.resolve(yaml.ScalarNode, event.value, (True, False))  # type: ignore[no-untyped-call]
-        node = yaml.ScalarNode(tag, event.value, None, None, event.style)
+                return value
+            tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+        # the common cases directly; the rest (octal, sexagesimal, floats, ...) as PyYAML does
+        if tag == _STR or tag == _TIMESTAMP:  # dates stay strings, as in JSON
+            return value
+        if tag == _NULL:
+            return None
+        if tag == _BOOL:
+            return _CONSTRUCTOR.bool_values[value.lower()]
+        if tag == _INT and value.isdigit() and (value == "0" or value[0] != "0"):
+            return int(value)
+        node = yaml.ScalarNode(tag, value, None, None, event.style)
         try:
             return _CONSTRUCTOR.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            raise fail(loc, f"invalid YAML value: {exc.problem}") from None
+            raise fail(self.loc(event), f"invalid YAML value: {exc.problem}") from None
 
     def alias(self, event: yaml.AliasEvent) -> None:
         anchor = event.anchor

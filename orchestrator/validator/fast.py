@@ -131,7 +131,7 @@ def _bound(key: str, limit: Any) -> Check:
 
 
 def _length(key: str, n: int) -> Check:
-    kind: type = str if key.endswith("Length") else list
+    kind: tuple[type[str] | type[list[Any]], ...] = (str,) if key.endswith("Length") else (list,)
     if key.startswith("min"):
         return lambda v: not isinstance(v, kind) or len(v) >= n
     return lambda v: not isinstance(v, kind) or len(v) <= n
