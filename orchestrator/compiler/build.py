@@ -19,6 +19,7 @@ from orchestrator.compiler.content import render_outputs
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation
 from orchestrator.loader.fleet import LIBRARY_PREFIX, library_root, shipped_roles_dir
+from orchestrator.loader.yamlfile import file_digest
 
 MANIFEST = "manifest.json"
 QUERY_DATA = "fleet.json"
@@ -70,11 +71,7 @@ def _prefixes() -> tuple[tuple[str, str], ...]:
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path)
 
 
 def input_hashes(ev: Evaluation) -> dict[str, str]:

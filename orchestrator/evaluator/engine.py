@@ -112,18 +112,16 @@ class ConfigView:
     def materialize(self) -> dict[str, Any]:
         """Every set option below this group as plain data (failed ones were reported: left out)."""
         out: dict[str, Any] = {}
-        trie = self.host.shape.trie
-        for k in trie.children.get(self.prefix, []):
-            path = (*self.prefix, k)
-            decl = trie.options.get(path)
-            if decl is None:
-                sub = ConfigView(self.host, path).materialize()
-                if sub:
-                    out[k] = sub
+        depth = len(self.prefix)
+        option = self.host.option
+        for decl in self.host.shape.trie.below(self.prefix):
+            value = option(decl)
+            if value is ABSENT or value is ERROR:
                 continue
-            value = self.host.option(decl)
-            if value is not ABSENT and value is not ERROR:
-                out[k] = value
+            node = out
+            for key in decl.path[depth:-1]:
+                node = node.setdefault(key, {})
+            node[decl.path[-1]] = value
         return out
 
 

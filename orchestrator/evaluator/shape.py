@@ -56,6 +56,18 @@ class Trie:
     children: dict[tuple[str, ...], list[str]]
     problems: list[Problem] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    _below: dict[tuple[str, ...], list[OptionDecl]] = field(default_factory=dict)
+
+    def below(self, prefix: tuple[str, ...]) -> list[OptionDecl]:
+        """The options inside a group, in path order (cached)."""
+        found = self._below.get(prefix)
+        if found is None:
+            n = len(prefix)
+            found = sorted(
+                (d for p, d in self.options.items() if p[:n] == prefix), key=lambda d: d.path
+            )
+            self._below[prefix] = found
+        return found
 
 
 @dataclass

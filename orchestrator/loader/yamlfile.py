@@ -7,6 +7,8 @@ or an alias bomb is rejected in milliseconds with bounded memory.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -90,13 +92,32 @@ def locate(root: Any, path: list[Any] | tuple[Any, ...], fallback: Loc | None = 
 def load_file(path: str) -> Any:
     """Read and parse one YAML file, or raise :class:`FleetErrors` pointing at the problem."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            stat = os.fstat(fh.fileno())
+            data = fh.read()
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise fail(Loc(path, 1, 1), "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise fail(Loc(path, 1, 1), f"cannot read file: {exc}") from None
+    _DIGESTS[path] = (stat.st_mtime_ns, stat.st_size, hashlib.sha256(data).hexdigest())
     return load_text(text, path)
+
+
+_DIGESTS: dict[str, tuple[int, int, str]] = {}
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file; reuses the hash taken when it was loaded if it has not changed since."""
+    stat = os.stat(path)
+    known = _DIGESTS.get(path)
+    if known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
+        return known[2]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_text(text: str, path: str) -> Any:
@@ -195,7 +216,7 @@ class _Builder:
                 return value
             tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
         # the common cases directly; the rest (octal, sexagesimal, floats, ...) as PyYAML does
-        if tag == _STR or tag == _TIMESTAMP:  # dates stay strings, as in JSON
+        if tag in (_STR, _TIMESTAMP):  # dates stay strings, as in JSON
             return value
         if tag == _NULL:
             return None
