@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.compiler import BuildResult, compile_fleet, is_fresh, load_build_data
-from orchestrator.compiler.content import groups_of, host_vars, query_data
+from orchestrator.compiler.content import groups_of, query_data
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation, evaluate
 from orchestrator.loader.fleet import load_fleet
@@ -39,12 +39,17 @@ def build(root: str, out: str | None = None) -> tuple[Evaluation, BuildResult]:
             gc.enable()
 
 
-def fleet_data(root: str, out: str | None = None) -> dict[str, Any]:
-    """{fleet, hosts, groups, images}, from a fresh build when there is one, else compiled now."""
+def fresh_build(root: str, out: str | None = None) -> str:
+    """The build folder, compiled first when any input changed since it was written."""
     target = out or default_out(root)
     if not is_fresh(target, root):
         build(root, target)
-    return load_build_data(target)
+    return target
+
+
+def fleet_data(root: str, out: str | None = None) -> dict[str, Any]:
+    """{fleet, hosts, groups, images} of a fresh build."""
+    return load_build_data(fresh_build(root, out))
 
 
 @dataclass(frozen=True)
@@ -75,29 +80,12 @@ def select(data: dict[str, Any], limit: str | None) -> list[str]:
     return [h for h in hosts if h in chosen]
 
 
-def inventory_list(data: dict[str, Any]) -> dict[str, Any]:
-    """Ansible's dynamic-inventory ``--list`` document."""
-    from orchestrator.evaluator.fleet import HostResult, RoleUse
-
-    hostvars = {}
-    for name, h in data["hosts"].items():
-        info = {k: v for k, v in h.items() if k not in ("config", "roles", "params")}
-        roles = tuple(RoleUse(r, "", False, p) for r, p in h.get("params", {}).items())
-        hostvars[name] = host_vars(HostResult(name, info, h["config"], roles))
-    groups = {g: {"hosts": members} for g, members in data["groups"].items() if members}
-    return {
-        "_meta": {"hostvars": hostvars},
-        "all": {"children": sorted(["ungrouped", *groups])},
-        **groups,
-    }
-
-
 __all__ = [
     "build",
     "evaluate_fleet",
     "fleet_data",
+    "fresh_build",
     "groups_of",
-    "inventory_list",
     "query_data",
     "select",
 ]

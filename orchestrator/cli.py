@@ -262,17 +262,17 @@ def _print_value(value: Any, fmt: str) -> None:
 
 
 def _inventory(args: argparse.Namespace) -> int:
-    from orchestrator.api import fleet_data, inventory_list
+    from orchestrator.api import fresh_build
 
-    data = fleet_data(_root(args))
-    doc = inventory_list(data)
+    build = fresh_build(_root(args))
     if args.list:
-        json.dump(doc, sys.stdout, sort_keys=True)
+        path = os.path.join(build, "inventory.json")
     else:
-        if args.host not in data["hosts"]:
+        path = os.path.join(build, "inventory", "host_vars", f"{args.host}.json")
+        if "/" in args.host or not os.path.isfile(path):
             raise UsageError(f"unknown host {args.host!r}")
-        json.dump(doc["_meta"]["hostvars"][args.host], sys.stdout, sort_keys=True)
-    sys.stdout.write("\n")
+    with open(path, encoding="utf-8") as fh:  # written by compile: pass it on as it is
+        sys.stdout.write(fh.read())
     return 0
 
 
