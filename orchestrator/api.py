@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,7 @@ def select(data: dict[str, Any], limit: str | None) -> list[str]:
         if not term:
             continue
         if term.startswith("@"):
-            group = term[1:]
+            group = re.sub(r"[^A-Za-z0-9_]", "_", term[1:])  # as group names are written
             if group not in data["groups"]:
                 raise UsageError(f"--limit: unknown group {group!r}")
             chosen.update(data["groups"][group])

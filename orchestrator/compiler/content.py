@@ -14,6 +14,7 @@ each host's variables in its own JSON file that Ansible reads only for the hosts
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import orjson
@@ -53,12 +54,17 @@ def _yaml(data: Any, header: bool = True) -> bytes:
     return ((HEADER if header else "") + text).encode()
 
 
+def group_name(kind: str, name: str) -> str:
+    """An Ansible-safe group name: characters other than letters, digits and _ become _."""
+    return f"{kind}_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
 def groups_of(ev: Evaluation) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {f"arch_{a}": [] for a in ARCHES}
     for name in sorted(ev.hosts):
         h = ev.hosts[name]
-        keys = [f"arch_{h.info['arch']}", f"builder_{h.info['builder']}"]
-        keys += [f"tag_{t}" for t in h.info["tags"]]
+        keys = [f"arch_{h.info['arch']}", group_name("builder", h.info["builder"])]
+        keys += [group_name("tag", t) for t in h.info["tags"]]
         keys += [f"role_{r.name}" for r in h.roles]
         for key in dict.fromkeys(keys):
             groups.setdefault(key, []).append(name)
