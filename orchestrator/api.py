@@ -6,13 +6,14 @@ import gc
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.compiler import BuildResult, compile_fleet, is_fresh, load_build_data
-from orchestrator.compiler.content import groups_of, query_data
+from orchestrator.compiler.freshness import is_fresh, load_build_data
 from orchestrator.errors import UsageError
-from orchestrator.evaluator.fleet import Evaluation, evaluate
-from orchestrator.loader.fleet import load_fleet
+
+if TYPE_CHECKING:  # the heavy stages load only when a command needs them
+    from orchestrator.compiler.build import BuildResult
+    from orchestrator.evaluator.fleet import Evaluation
 
 STATE_DIR = ".orchestrate"
 
@@ -23,6 +24,9 @@ def default_out(root: str) -> str:
 
 def evaluate_fleet(root: str) -> Evaluation:
     """Load and evaluate the fleet in ``root`` (raises FleetErrors)."""
+    from orchestrator.evaluator.fleet import evaluate
+    from orchestrator.loader.fleet import load_fleet
+
     return evaluate(load_fleet(root))
 
 
@@ -30,6 +34,8 @@ def build(root: str, out: str | None = None) -> tuple[Evaluation, BuildResult]:
     """`orchestrate compile`."""
     # Evaluation allocates millions of small objects and frees few: the cyclic collector's
     # repeated passes over them would cost a fifth of a large fleet's compile.
+    from orchestrator.compiler.build import compile_fleet
+
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -86,7 +92,5 @@ __all__ = [
     "evaluate_fleet",
     "fleet_data",
     "fresh_build",
-    "groups_of",
-    "query_data",
     "select",
 ]

@@ -204,9 +204,13 @@ def _schedule_parsers(sub: Any) -> None:
 
 
 def _root(args: argparse.Namespace) -> str:
-    from orchestrator.loader.fleet import find_fleet
+    from orchestrator.paths import find_fleet
 
-    return find_fleet(args.fleet, dict(os.environ), os.getcwd())
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        raise UsageError("the working directory no longer exists; cd somewhere else") from None
+    return find_fleet(args.fleet, dict(os.environ), cwd)
 
 
 def _err(text: str) -> None:

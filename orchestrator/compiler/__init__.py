@@ -1,5 +1,2 @@
-"""Compile stage: an evaluated fleet to Ansible content, written atomically."""
-
-from orchestrator.compiler.build import BuildResult, compile_fleet, is_fresh, load_build_data
-
-__all__ = ["BuildResult", "compile_fleet", "is_fresh", "load_build_data"]
+"""Compile stage: an evaluated fleet to Ansible content, written atomically (`build`), and
+the light checks of whether a build is current (`freshness`)."""

@@ -5,8 +5,6 @@ for identical inputs (sorted keys, no timestamps, no absolute paths)."""
 
 from __future__ import annotations
 
-import functools
-import gc
 import hashlib
 import json
 import os
@@ -14,19 +12,18 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Any
-
-import orjson
 
 from orchestrator import __version__
 from orchestrator.compiler.content import render_outputs
+from orchestrator.compiler.freshness import (
+    MANIFEST,
+    prefixes,
+    sha256_file,
+    tool_digest,
+    write_stamp,
+)
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation
-from orchestrator.loader.fleet import LIBRARY_PREFIX, library_root, shipped_roles_dir
-from orchestrator.loader.yamlfile import file_digest
-
-MANIFEST = "manifest.json"
-QUERY_DATA = "fleet.json"
 
 
 @dataclass(frozen=True)
@@ -52,34 +49,15 @@ def input_files(ev: Evaluation) -> list[str]:
 
 def input_name(path: str, root: str) -> str:
     """How an input is named in the manifest: relative to the fleet, or ``orchestrate:...``."""
-    for prefix, folder in (
-        (LIBRARY_PREFIX, library_root()),
-        ("orchestrate-roles:", shipped_roles_dir()),
-    ):
+    for prefix, folder in prefixes():
         folder = os.path.normpath(folder)
         if path.startswith(folder + os.sep):
             return prefix + os.path.relpath(path, folder)
     return os.path.relpath(path, root)
 
 
-def input_path(name: str, root: str) -> str:
-    """The file behind a manifest input name (the inverse of input_name)."""
-    for prefix, folder in _prefixes():
-        if name.startswith(prefix):
-            return os.path.join(folder, name[len(prefix) :])
-    return os.path.join(root, name)
-
-
-def _prefixes() -> tuple[tuple[str, str], ...]:
-    return ((LIBRARY_PREFIX, library_root()), ("orchestrate-roles:", shipped_roles_dir()))
-
-
-def _sha256(path: str) -> str:
-    return file_digest(path)
-
-
 def input_hashes(ev: Evaluation) -> dict[str, str]:
-    return {input_name(p, ev.spec.root): _sha256(p) for p in input_files(ev)}
+    return {input_name(p, ev.spec.root): sha256_file(p) for p in input_files(ev)}
 
 
 def compile_fleet(ev: Evaluation, out_dir: str) -> BuildResult:
@@ -97,7 +75,7 @@ def compile_fleet(ev: Evaluation, out_dir: str) -> BuildResult:
     }
     outputs[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     _write_atomically(outputs, out_dir)
-    _write_stamp(out_dir, ev, hashlib.sha256(outputs[MANIFEST]).hexdigest())
+    write_stamp(out_dir, input_files(ev), hashlib.sha256(outputs[MANIFEST]).hexdigest())
     roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}
     return BuildResult(out_dir, len(outputs), len(ev.hosts), len(roles))
 
@@ -138,22 +116,6 @@ def _write_atomically(outputs: dict[str, bytes], out_dir: str) -> None:
         raise
 
 
-@functools.cache
-def tool_digest() -> str:
-    """A hash of orchestrate's own code and schemas: a build made by other code is stale."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    h = hashlib.sha256()
-    for base, dirs, names in os.walk(package, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for n in sorted(names):
-            if n.endswith((".py", ".json", ".conf", ".sh")) or n == "Containerfile":
-                path = os.path.join(base, n)
-                h.update(os.path.relpath(path, package).encode() + b"\0")
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
-    return h.hexdigest()
-
-
 def _remove_later(folder: str) -> None:
     """Delete a replaced build in the background: on a large fleet that is thousands of
     unlinks the user need not wait for. A folder left by an interrupted deletion is swept by
@@ -167,75 +129,3 @@ def _remove_later(folder: str) -> None:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-
-
-def _stamp_path(out_dir: str) -> str:
-    out_dir = os.path.abspath(out_dir)
-    return os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}-stamp.json")
-
-
-def _stat_key(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_mtime_ns, st.st_size]
-
-
-def _write_stamp(out_dir: str, ev: Evaluation, manifest_sha: str) -> None:
-    """Beside the build (not in it, which must not depend on the machine): each input's mtime
-    and size when it was compiled, so that `query` and `inventory` can tell a build is fresh
-    from stat() calls instead of hashing every file again."""
-    stamp = {"manifest": manifest_sha, "inputs": {p: _stat_key(p) for p in input_files(ev)}}
-    tmp = _stamp_path(out_dir) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(stamp, fh)
-    os.replace(tmp, _stamp_path(out_dir))
-
-
-def _stamp_says_fresh(out_dir: str, manifest_bytes: bytes) -> bool:
-    try:
-        with open(_stamp_path(out_dir), encoding="utf-8") as fh:
-            stamp = json.load(fh)
-    except (OSError, ValueError):
-        return False
-    if stamp.get("manifest") != hashlib.sha256(manifest_bytes).hexdigest():
-        return False
-    return all(_stat_key(p) == key for p, key in stamp.get("inputs", {}).items())
-
-
-def is_fresh(out_dir: str, root: str) -> bool:
-    """Whether the build in ``out_dir`` was made from the fleet's current files by this version."""
-    try:
-        with open(os.path.join(out_dir, MANIFEST), "rb") as fh:
-            raw = fh.read()
-        manifest = json.loads(raw)
-    except (OSError, ValueError):
-        return False
-    if manifest.get("version") != __version__ or manifest.get("tool_digest") != tool_digest():
-        return False
-    if _stamp_says_fresh(out_dir, raw):
-        return True
-    for name, digest in manifest.get("inputs", {}).items():
-        path = input_path(name, root)
-        try:
-            if _sha256(path) != digest:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def load_build_data(out_dir: str) -> dict[str, Any]:
-    with open(os.path.join(out_dir, QUERY_DATA), "rb") as fh:
-        raw = fh.read()
-    # a large fleet is millions of small containers: collecting while they are made would
-    # triple the time to read them
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        data: dict[str, Any] = orjson.loads(raw)
-    finally:
-        if enabled:
-            gc.enable()
-    return data

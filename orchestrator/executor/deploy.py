@@ -14,8 +14,8 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.api import build, select
-from orchestrator.compiler import load_build_data
-from orchestrator.compiler.build import input_hashes, input_path
+from orchestrator.compiler.build import input_hashes
+from orchestrator.compiler.freshness import input_path, load_build_data, sha256_file
 from orchestrator.errors import OrchestrateError, UsageError
 from orchestrator.evaluator.fleet import Evaluation
 from orchestrator.executor import state
@@ -244,12 +244,10 @@ def load_plan(path: str) -> dict[str, Any]:
 
 def changed_inputs(root: str, inputs: dict[str, str]) -> list[str]:
     """Input files whose content differs from what a saved plan recorded."""
-    from orchestrator.compiler.build import _sha256
-
     changed = []
     for name, digest in sorted(inputs.items()):
         try:
-            if _sha256(input_path(name, root)) != digest:
+            if sha256_file(input_path(name, root)) != digest:
                 changed.append(name)
         except OSError:
             changed.append(name)

@@ -10,45 +10,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.errors import FleetErrors, Loc, Problem, UsageError, fail
+from orchestrator.errors import FleetErrors, Loc, Problem, fail
 from orchestrator.loader.yamlfile import Map, Seq, load_file, loc_of
+from orchestrator.paths import FLEET_FILE, LIBRARY_PREFIX, library_root
 from orchestrator.validator import check_option_schema, document_problems
 
-FLEET_FILE = "fleet.yaml"
-LIBRARY_PREFIX = "orchestrate:"
 ARCHES = ("x86_64", "aarch64")
-
-
-def find_fleet(explicit: str | None, env: dict[str, str], cwd: str) -> str:
-    """--fleet DIR, else $ORCHESTRATE_FLEET, else the nearest folder above cwd with fleet.yaml."""
-    chosen = explicit or env.get("ORCHESTRATE_FLEET")
-    if chosen:
-        root = os.path.abspath(chosen)
-        if not os.path.isfile(os.path.join(root, FLEET_FILE)):
-            raise UsageError(f"no {FLEET_FILE} in {root}")
-        return root
-    here = os.path.abspath(cwd)
-    while True:
-        if os.path.isfile(os.path.join(here, FLEET_FILE)):
-            return here
-        parent = os.path.dirname(here)
-        if parent == here:
-            raise UsageError(
-                f"no {FLEET_FILE} in {cwd} or above; pass --fleet DIR or set ORCHESTRATE_FLEET"
-            )
-        here = parent
-
-
-def shipped_roles_dir() -> str:
-    """The roles that come with orchestrate (the repository's roles/ folder)."""
-    return os.path.normpath(
-        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "roles")
-    )
-
-
-def library_root() -> str:
-    """Where modules named ``orchestrate:PATH`` live (the module library shipped with the tool)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "library")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.digest import remember_digest
 from orchestrator.errors import FleetErrors, Loc, Problem, fail
 
 MAX_DEPTH = 64
@@ -100,24 +101,8 @@ def load_file(path: str) -> Any:
         raise fail(Loc(path, 1, 1), "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise fail(Loc(path, 1, 1), f"cannot read file: {exc}") from None
-    _DIGESTS[path] = (stat.st_mtime_ns, stat.st_size, hashlib.sha256(data).hexdigest())
+    remember_digest(path, stat, hashlib.sha256(data).hexdigest())
     return load_text(text, path)
-
-
-_DIGESTS: dict[str, tuple[int, int, str]] = {}
-
-
-def file_digest(path: str) -> str:
-    """sha256 of a file; reuses the hash taken when it was loaded if it has not changed since."""
-    stat = os.stat(path)
-    known = _DIGESTS.get(path)
-    if known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
-        return known[2]
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_text(text: str, path: str) -> Any:

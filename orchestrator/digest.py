@@ -1,0 +1,25 @@
+"""sha256 of input files, remembered from when they were read (standard library only)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+_DIGESTS: dict[str, tuple[int, int, str]] = {}
+
+
+def remember_digest(path: str, stat: os.stat_result, digest: str) -> None:
+    _DIGESTS[path] = (stat.st_mtime_ns, stat.st_size, digest)
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file; reuses the hash taken when it was loaded if it has not changed since."""
+    stat = os.stat(path)
+    known = _DIGESTS.get(path)
+    if known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
+        return known[2]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

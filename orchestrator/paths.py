@@ -1,0 +1,43 @@
+"""Where orchestrate's own files are: the module library and the shipped roles (no imports
+beyond the standard library, so that fast commands stay fast)."""
+
+from __future__ import annotations
+
+import os
+
+from orchestrator.errors import UsageError
+
+FLEET_FILE = "fleet.yaml"
+LIBRARY_PREFIX = "orchestrate:"
+ROLES_PREFIX = "orchestrate-roles:"
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def library_root() -> str:
+    """Where modules named ``orchestrate:PATH`` live (the module library shipped with the tool)."""
+    return os.path.join(_HERE, "library")
+
+
+def shipped_roles_dir() -> str:
+    """The roles that come with orchestrate (the repository's roles/ folder)."""
+    return os.path.normpath(os.path.join(_HERE, "..", "roles"))
+
+
+def find_fleet(explicit: str | None, env: dict[str, str], cwd: str) -> str:
+    """--fleet DIR, else $ORCHESTRATE_FLEET, else the nearest folder above cwd with fleet.yaml."""
+    chosen = explicit or env.get("ORCHESTRATE_FLEET")
+    if chosen:
+        root = os.path.abspath(chosen)
+        if not os.path.isfile(os.path.join(root, FLEET_FILE)):
+            raise UsageError(f"no {FLEET_FILE} in {root}")
+        return root
+    here = os.path.abspath(cwd)
+    while True:
+        if os.path.isfile(os.path.join(here, FLEET_FILE)):
+            return here
+        parent = os.path.dirname(here)
+        if parent == here:
+            raise UsageError(
+                f"no {FLEET_FILE} in {cwd} or above; pass --fleet DIR or set ORCHESTRATE_FLEET"
+            )
+        here = parent
