@@ -80,7 +80,7 @@ def spawn(root: Path, *args: str) -> subprocess.Popen[str]:
 
 def host_file(host: str, path: str) -> str | None:
     r = subprocess.run(
-        ["podman", "exec", f"orch-tbtest-{host}", "cat", path],
+        ["podman", "exec", _container(host), "cat", path],
         capture_output=True,
         text=True,
         check=False,
@@ -91,12 +91,19 @@ def host_file(host: str, path: str) -> str | None:
 
 def podman_exec(host: str, *cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["podman", "exec", f"orch-tbtest-{host}", *cmd],
+        ["podman", "exec", _container(host), *cmd],
         capture_output=True,
         text=True,
         check=False,
         env={**os.environ, "CONTAINERS_CONF": _conf()},
     )
+
+
+CONTAINERS: dict[str, str] = {}
+
+
+def _container(host: str) -> str:
+    return CONTAINERS[host]
 
 
 def podman(*args: str) -> subprocess.CompletedProcess[str]:
@@ -145,6 +152,8 @@ def tb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     write_tree(root, files)
     up = orchestrate(root, "testbed", "up", timeout=1800)
     assert up.returncode == 0, up.stderr
+    record = json.loads((root / ".orchestrate" / "testbed.json").read_text())
+    CONTAINERS.update({h: v["container"] for h, v in record["hosts"].items()})
     yield root
     orchestrate(root, "testbed", "down")
 
@@ -280,7 +289,7 @@ def test_sshd_stopped_on_one_host_mid_run(fresh: Path) -> None:
     _wait_for(lambda: host_file(victim, "/etc/orchestrate-tb/message") == "mid-run\n", 120)
     # sshd is the container's PID 1, which SIGKILL cannot stop from inside: kill it from
     # outside, which takes the running connection and the listener down together
-    podman("kill", f"orch-tbtest-{victim}")
+    podman("kill", _container(victim))
     out, err = proc.communicate(timeout=300)
     try:
         assert proc.returncode == 3, out + err
@@ -294,7 +303,7 @@ def test_sshd_stopped_on_one_host_mid_run(fresh: Path) -> None:
     finally:
         from orchestrator.testbed.manager import answers, load_record
 
-        podman("start", f"orch-tbtest-{victim}")
+        podman("start", _container(victim))
         record = load_record(str(fresh / ".orchestrate"))[victim]
         _wait_for(lambda: answers(record))
 

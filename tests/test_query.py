@@ -64,8 +64,12 @@ def test_query_sees_edits_without_explicit_compile(fleet, cli: Callable[..., Run
 
 
 def test_group_names_are_ansible_safe(fleet, cli: Callable[..., Run]) -> None:
-    root = fleet({"fleet.yaml": "name: t\nbuilders: {arm-boards: {arch: aarch64}}\nhosts:\n"
-                                "  a: {builder: arm-boards, tags: [rack-1]}\n"})
+    root = fleet(
+        {
+            "fleet.yaml": "name: t\nbuilders: {arm-boards: {arch: aarch64}}\nhosts:\n"
+            "  a: {builder: arm-boards, tags: [rack-1]}\n"
+        }
+    )
     groups = json.loads(cli("--fleet", str(root), "query", "keys(groups)").out)
     assert "tag_rack_1" in groups and "builder_arm_boards" in groups
     assert not any("-" in g for g in groups)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -56,8 +57,10 @@ def _save(state_dir: str, hosts: dict[str, TestbedHost]) -> None:
     os.replace(tmp, record_path(state_dir))
 
 
-def container_name(fleet: str, host: str) -> str:
-    return f"orch-{fleet}-" + re.sub(r"[^a-z0-9_.-]", "-", host.lower())
+def container_name(fleet: str, host: str, state_dir: str) -> str:
+    """Unique per fleet folder, so two checkouts of one fleet keep their own containers."""
+    where = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:6]
+    return f"orch-{fleet}-{where}-" + re.sub(r"[^a-z0-9_.-]", "-", host.lower())
 
 
 def _key(state_dir: str) -> tuple[str, str]:
@@ -97,7 +100,7 @@ def up(
     taken = {h.port for h in record.values()}
     started = []
     for name, arch in sorted(hosts.items()):
-        cname = container_name(fleet, name)
+        cname = container_name(fleet, name, state_dir)
         if name in record and _running(cname):
             continue
         podman("rm", "-f", cname, check=False)

@@ -1,0 +1,76 @@
+"""The bundled fleet on its testbed: six container hosts, two of them aarch64 under qemu-user
+emulation, converge over SSH on the first apply and report no change on the second."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BUNDLED
+
+pytestmark = pytest.mark.containers
+
+
+def orchestrate(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("bundled") / "fleet"
+    shutil.copytree(BUNDLED, root, ignore=shutil.ignore_patterns(".orchestrate"))
+    up = orchestrate(root, "testbed", "up")
+    assert up.returncode == 0, up.stderr
+    yield root
+    orchestrate(root, "testbed", "down")
+
+
+def test_testbed_has_both_architectures(bundled: Path) -> None:
+    r = orchestrate(bundled, "testbed", "status")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {line.split("\t")[0]: line.split("\t") for line in r.stdout.splitlines()}
+    assert rows["pi-1"][2] == "aarch64" and rows["LINDA"][2] == "x86_64"
+    assert all(row[-1] == "answering" for row in rows.values())
+    uname = subprocess.run(
+        ["podman", "exec", rows["pi-2"][1], "uname", "-m"],
+        text=True,
+        capture_output=True,
+        check=False,
+        env={
+            "CONTAINERS_CONF": str(
+                Path(__file__).parent.parent / "orchestrator/testbed/containers.conf"
+            ),
+            "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+        },
+    )
+    assert uname.stdout.strip() == "aarch64"
+
+
+def test_bundled_fleet_converges_then_changes_nothing(bundled: Path) -> None:
+    first = orchestrate(bundled, "apply", "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = orchestrate(bundled, "apply", "--yes")
+    assert second.returncode == 0, second.stdout + second.stderr
+    runs = sorted((bundled / ".orchestrate/runs").glob("*-apply*"))
+    summary = json.loads((runs[-1] / "summary.json").read_text())
+    assert set(summary["hosts"]) == {
+        "terminal-zero",
+        "data-storage",
+        "LINDA",
+        "cortex-alpha",
+        "pi-1",
+        "pi-2",
+    }
+    assert all(h["changed"] == 0 and h["ok"] > 0 for h in summary["hosts"].values()), summary
