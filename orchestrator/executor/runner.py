@@ -111,7 +111,8 @@ def run(
         extravars["orchestrate_serial"] = req.serial
     if req.max_fail_percent is not None:
         extravars["orchestrate_max_fail_percent"] = req.max_fail_percent
-    cmdline = "--check --diff" if req.check else "--diff"
+    # diffs only for plan: in apply they cost a read of every changed file on the host
+    cmdline = "--check --diff" if req.check else ""
     skips = os.path.join(req.run_dir, "skips.jsonl")
     r = ansible_runner.run(
         private_data_dir=req.run_dir,
@@ -129,7 +130,7 @@ def run(
         extravars=extravars,
         limit=",".join(req.hosts),
         forks=req.forks,
-        cmdline=cmdline,
+        cmdline=cmdline or None,
         verbosity=req.verbosity or None,
         quiet=True,
         ident="artifacts",
