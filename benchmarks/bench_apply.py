@@ -172,6 +172,8 @@ def main() -> None:
     finally:
         if not args.keep:
             orchestrate(root, "testbed", "down")
+            if args.bundled:
+                orchestrate(REPO / "inventory", "testbed", "down")
     (WORK / "apply-results.json").write_text(json.dumps(results, indent=2))
     print(f"{args.hosts} container hosts, {args.rounds} interleaved rounds, medians in seconds")
     print(
