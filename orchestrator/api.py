@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.compiler.freshness import is_fresh, load_build_data
@@ -57,11 +56,6 @@ def fresh_build(root: str, out: str | None = None) -> str:
 def fleet_data(root: str, out: str | None = None) -> dict[str, Any]:
     """{fleet, hosts, groups, images} of a fresh build."""
     return load_build_data(fresh_build(root, out))
-
-
-@dataclass(frozen=True)
-class Selection:
-    hosts: list[str]
 
 
 def select(data: dict[str, Any], limit: str | None) -> list[str]:

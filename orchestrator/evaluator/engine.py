@@ -302,9 +302,6 @@ class HostEval:
             self.params[inst.key] = out
         return out
 
-    def expr(self, text: str, inst: Instance | None, loc: Loc | None) -> Any:
-        return self.resolve(text, inst, loc)
-
     def resolve(self, raw: Any, inst: Instance | None, loc: Loc | None) -> Any:
         """A definition's value with every ``${...}`` evaluated for this host."""
         if isinstance(raw, str):

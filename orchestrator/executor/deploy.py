@@ -277,7 +277,8 @@ def apply(
                     + "); run `orchestrate plan` again"
                 )
         ev, result = build(root)
-        if saved is not None and input_hashes(ev) != saved["inputs"]:
+        inputs = input_hashes(ev)
+        if saved is not None and inputs != saved["inputs"]:
             raise PlanRefused("the fleet's inputs changed since the plan was made; plan again")
         data = load_build_data(result.out_dir)
         hosts = sorted(saved["hosts"]) if saved is not None else select(data, opts.limit)
@@ -291,7 +292,6 @@ def apply(
             cancelled,
         )
         duration = time.monotonic() - started
-        inputs = input_hashes(ev)
         for h in hosts:
             s = res.stats.get(h)
             reached = s is not None and (s.reached or not data["hosts"][h]["roles"])
