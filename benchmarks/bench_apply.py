@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -77,13 +78,47 @@ def set_message(root: Path, message: str) -> None:
     (root / "bench.yaml").write_text(MODULE + f"config:\n  bench.message: {message}\n")
 
 
-def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
-    start = time.perf_counter()
-    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
-    took = time.perf_counter() - start
-    if r.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return took
+CGROUP_CPU = Path("/sys/fs/cgroup/cpuacct/libpod_parent/cpuacct.usage")
+
+
+class Meter:
+    """Wall time plus where the CPU went: the controller (this process's children: Ansible,
+    ssh) and the container hosts (podman's cgroup, when this machine exposes it)."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {"wall": [], "controller_cpu": [], "hosts_cpu": []}
+
+    def run(
+        self, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        hosts_before = _hosts_cpu()
+        start = time.perf_counter()
+        r = subprocess.run(
+            cmd,
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        took = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if r.returncode != 0:
+            raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        self.samples["wall"].append(took)
+        self.samples["controller_cpu"].append(
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        )
+        self.samples["hosts_cpu"].append(_hosts_cpu() - hosts_before)
+
+
+def _hosts_cpu() -> float:
+    try:
+        return int(CGROUP_CPU.read_text()) / 1e9
+    except (OSError, ValueError):
+        return float("nan")
 
 
 def playbook_cmds(root: Path) -> tuple[list[str], dict[str, str], dict[str, str], Path]:
@@ -100,9 +135,10 @@ def playbook_cmds(root: Path) -> tuple[list[str], dict[str, str], dict[str, str]
     return cmd, default_env, tuned_env, project
 
 
-def bench(root: Path, rounds: int, change: bool) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {"default": [], "tuned": [], "orchestrate": []}
+def bench(root: Path, rounds: int, change: bool) -> dict[str, Meter]:
+    meters = {"default": Meter(), "tuned": Meter(), "orchestrate": Meter()}
     cmd, default_env, tuned_env, project = playbook_cmds(root)
+    orch = [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), "apply", "--yes"]
     counter = 0
 
     def prepare() -> None:
@@ -114,20 +150,33 @@ def bench(root: Path, rounds: int, change: bool) -> dict[str, list[float]]:
 
     for _ in range(rounds):
         prepare()
-        samples["default"].append(timed(cmd, default_env, project))
+        meters["default"].run(cmd, default_env, project)
         prepare()
-        samples["tuned"].append(timed(cmd, tuned_env, project))
+        meters["tuned"].run(cmd, tuned_env, project)
         prepare()
-        start = time.perf_counter()
-        r = orchestrate(root, "apply", "--yes")
-        samples["orchestrate"].append(time.perf_counter() - start)
+        meters["orchestrate"].run(orch)
+    return meters
+
+
+def bundled_fleet() -> Path:
+    """A copy of the bundled fleet with its demo host keys queued for delivery."""
+    import shutil
+
+    root = WORK / "bundled"
+    if root.exists():
+        orchestrate(root, "testbed", "down")
+        shutil.rmtree(root)
+    shutil.copytree(REPO / "inventory", root, ignore=shutil.ignore_patterns(".orchestrate"))
+    for host in ("cortex-alpha", "data-storage", "terminal-zero"):
+        key = root / "demo-keys" / "hosts" / f"{host}.agekey"
+        r = orchestrate(root, "secrets", "host-key", host, "--import", str(key), "--force")
         if r.returncode != 0:
-            raise SystemExit(r.stdout + r.stderr)
-    return samples
+            raise SystemExit(r.stderr)
+    return root
 
 
 def bundled_no_change(rounds: int) -> list[float]:
-    root = REPO / "inventory"
+    root = bundled_fleet()
     up = orchestrate(root, "testbed", "up")
     if up.returncode != 0:
         raise SystemExit(up.stderr)
@@ -158,11 +207,17 @@ def main() -> None:
     try:
         assert orchestrate(root, "apply", "--yes").returncode == 0  # converge first
         for label, change in (("no-change", False), ("one-change-per-host", True)):
-            s = bench(root, args.rounds, change)
-            med = {k: statistics.median(v) for k, v in s.items()}
+            meters = bench(root, args.rounds, change)
+            med = {k: statistics.median(m.samples["wall"]) for k, m in meters.items()}
             results[label] = {
-                "samples": s,
+                "samples": {k: m.samples for k, m in meters.items()},
                 "median": med,
+                "median_controller_cpu": {
+                    k: statistics.median(m.samples["controller_cpu"]) for k, m in meters.items()
+                },
+                "median_hosts_cpu": {
+                    k: statistics.median(m.samples["hosts_cpu"]) for k, m in meters.items()
+                },
                 "default_over_orchestrate": med["default"] / med["orchestrate"],
                 "orchestrate_over_tuned": med["orchestrate"] / med["tuned"],
             }
@@ -173,7 +228,7 @@ def main() -> None:
         if not args.keep:
             orchestrate(root, "testbed", "down")
             if args.bundled:
-                orchestrate(REPO / "inventory", "testbed", "down")
+                orchestrate(WORK / "bundled", "testbed", "down")
     (WORK / "apply-results.json").write_text(json.dumps(results, indent=2))
     print(f"{args.hosts} container hosts, {args.rounds} interleaved rounds, medians in seconds")
     print(
@@ -186,6 +241,15 @@ def main() -> None:
         print(
             f"{label:22} {m['default']:8.2f} {m['tuned']:8.2f} {m['orchestrate']:8.2f} "
             f"{r['default_over_orchestrate']:8.2f}x {r['orchestrate_over_tuned']:9.2f}x"
+        )
+    print("CPU seconds (medians), controller = Ansible + ssh on this machine, hosts = containers")
+    for label in ("no-change", "one-change-per-host"):
+        r = results[label]
+        c, h = r["median_controller_cpu"], r["median_hosts_cpu"]
+        print(
+            f"{label:22} controller default {c['default']:.1f} tuned {c['tuned']:.1f}"
+            f" orch. {c['orchestrate']:.1f} | hosts default {h['default']:.1f}"
+            f" tuned {h['tuned']:.1f} orch. {h['orchestrate']:.1f}"
         )
     if "bundled-no-change" in results:
         print(f"bundled fleet, no-change apply: {results['bundled-no-change']['median']:.2f}s")

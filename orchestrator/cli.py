@@ -107,6 +107,11 @@ def _selection(p: argparse.ArgumentParser) -> None:
         default=0,
         help="pass -v... to Ansible (its output stays in the run record)",
     )
+    p.add_argument(
+        "--diff",
+        action="store_true",
+        help="have Ansible report file diffs (plan always does; secrets never show)",
+    )
 
 
 def _deploy_parsers(sub: Any) -> None:
@@ -165,6 +170,7 @@ def _deploy_parsers(sub: Any) -> None:
         run=_testbed_down
     )
     _schedule_parsers(sub)
+    _secrets_parsers(sub)
 
 
 def _schedule_parsers(sub: Any) -> None:
@@ -201,6 +207,131 @@ def _schedule_parsers(sub: Any) -> None:
     su = ssub.add_parser("run", help="run a schedule now, as cron does")
     su.add_argument("name", metavar="NAME")
     su.set_defaults(run=_schedule_run)
+
+
+SECRETS_HELP = """\
+Secrets are SOPS files under secrets/ encrypted with age to the admins and to exactly the
+hosts that use a secret in them (secrets/recipients.yaml lists both). A host decrypts its
+secrets itself, with its own key, during apply: plaintext never passes through this machine.
+The admin key is $SOPS_AGE_KEY_FILE, else ~/.config/sops/age/keys.txt.
+
+  orchestrate secrets keygen                 # once per admin
+  orchestrate secrets host-key cortex-alpha  # once per host that uses secrets
+  orchestrate secrets edit wireguard         # secrets/wireguard.yaml in $EDITOR
+  orchestrate secrets rekey                  # after adding or removing a host or admin
+  orchestrate secrets check                  # in CI: no plaintext, nothing missing
+"""
+
+
+def _secrets_parsers(sub: Any) -> None:
+    se = sub.add_parser(
+        "secrets",
+        help="age keys, recipients and SOPS-encrypted secrets",
+        description=SECRETS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ssub = se.add_subparsers(dest="secrets_command", metavar="ACTION", required=True)
+    kg = ssub.add_parser("keygen", help="a new admin key, added to the admins")
+    kg.add_argument("--key-file", metavar="PATH", help="where to append the private key")
+    kg.set_defaults(run=_secrets_keygen)
+    hk = ssub.add_parser(
+        "host-key",
+        help="a host's age identity: new, imported, given, or read from the host",
+        description="Record a host's age key in secrets/recipients.yaml. By default a new "
+        "identity is made and kept in .orchestrate/host-keys/ (0600) until the host's next "
+        "successful apply installs it at /var/lib/orchestrate/host.agekey.",
+    )
+    hk.add_argument("host", metavar="HOST")
+    how = hk.add_mutually_exclusive_group()
+    how.add_argument("--import", dest="import_file", metavar="FILE", help="an age key file")
+    how.add_argument("--public", metavar="AGE1...", help="record this public key only")
+    how.add_argument(
+        "--from-host", action="store_true", help="read the key the host already has, over SSH"
+    )
+    hk.add_argument("--force", action="store_true", help="replace a recorded key")
+    hk.set_defaults(run=_secrets_host_key)
+    ed = ssub.add_parser(
+        "edit",
+        help="decrypt into $EDITOR through sops, re-encrypt, replace atomically",
+        description="Open secrets/FILE in $EDITOR through sops (a new file is created). "
+        "The plaintext lives in a private temporary folder (in /dev/shm when available) "
+        "that sops removes when the editor exits, also on error.",
+    )
+    ed.add_argument("file", metavar="FILE", help="e.g. db, db.yaml or secrets/db.yaml")
+    ed.set_defaults(run=_secrets_edit)
+    en = ssub.add_parser("encrypt", help="encrypt a plaintext file under secrets/ in place")
+    en.add_argument("file", metavar="FILE")
+    en.set_defaults(run=_secrets_encrypt)
+    ssub.add_parser(
+        "rekey",
+        help="re-encrypt each file to exactly the recipients it needs (rotating its data key)",
+    ).set_defaults(run=_secrets_rekey)
+    ssub.add_parser(
+        "check",
+        help="exit 1 on plaintext files, missing secrets or wrong recipients",
+    ).set_defaults(run=_secrets_check)
+
+
+def _secrets_keygen(args: argparse.Namespace) -> int:
+    from orchestrator.secrets.commands import keygen
+
+    keygen(_root(args), args.key_file, _err)
+    return 0
+
+
+def _secrets_host_key(args: argparse.Namespace) -> int:
+    from orchestrator.secrets.commands import host_key
+
+    host_key(
+        _root(args),
+        args.host,
+        import_file=args.import_file,
+        public=args.public,
+        from_host=args.from_host,
+        force=args.force,
+        say=_err,
+    )
+    return 0
+
+
+def _secrets_edit(args: argparse.Namespace) -> int:
+    from orchestrator.secrets.commands import edit
+
+    edit(_root(args), args.file, _err)
+    return 0
+
+
+def _secrets_encrypt(args: argparse.Namespace) -> int:
+    from orchestrator.secrets.commands import encrypt
+
+    encrypt(_root(args), args.file, _err)
+    return 0
+
+
+def _secrets_rekey(args: argparse.Namespace) -> int:
+    from orchestrator.secrets.commands import rekey
+
+    rekey(_root(args), _err)
+    return 0
+
+
+def _secrets_check(args: argparse.Namespace) -> int:
+    from orchestrator.secrets.commands import check
+    from orchestrator.secrets.store import load_recipients, secret_files
+
+    root = _root(args)
+    problems = check(root)
+    for p in problems:
+        _err(p.render())
+    if problems:
+        _err(f"{len(problems)} problem(s) with the fleet's secrets")
+        return 1
+    r = load_recipients(root)
+    _err(
+        f"secrets OK: {len(secret_files(root))} encrypted file(s), "
+        f"{len(r.admins)} admin(s), {len(r.hosts)} host key(s)"
+    )
+    return 0
 
 
 def _root(args: argparse.Namespace) -> str:
@@ -323,6 +454,7 @@ def _deploy_options(args: argparse.Namespace) -> Any:
         serial=getattr(args, "serial", None),
         max_fail_percent=getattr(args, "max_fail_percent", None),
         verbosity=args.verbose,
+        diff=args.diff,
     )
 
 
@@ -418,6 +550,9 @@ def _apply(args: argparse.Namespace) -> int:
         _err(f"interrupted; the run record is in {rel}")
         return 130
     if result.failed_hosts:
+        for t in result.tasks:
+            if t.status in ("failed", "unreachable"):
+                _err(f"{t.host}: {t.status} at {t.task!r}: {t.message[:300]}")
         _err(f"failed or unreachable: {', '.join(result.failed_hosts)} (record: {rel})")
         return 3
     return 0

@@ -14,6 +14,8 @@ import pytest
 from conftest import BUNDLED
 
 pytestmark = pytest.mark.containers
+VPN_HOSTS = ("cortex-alpha", "data-storage", "terminal-zero")
+CONTAINERS_CONF = str(Path(__file__).parent.parent / "orchestrator/testbed/containers.conf")
 
 
 def orchestrate(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,6 +33,14 @@ def orchestrate(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("bundled") / "fleet"
     shutil.copytree(BUNDLED, root, ignore=shutil.ignore_patterns(".orchestrate"))
+    # the example's demo host keys, installed by the first apply like any new host key
+    for host in VPN_HOSTS:
+        key = root / "demo-keys" / "hosts" / f"{host}.agekey"
+        r = orchestrate(root, "secrets", "host-key", host, "--import", str(key), "--force")
+        assert r.returncode == 0, r.stderr
+    assert (root / "secrets/recipients.yaml").read_text() == (
+        BUNDLED / "secrets/recipients.yaml"
+    ).read_text()
     up = orchestrate(root, "testbed", "up")
     assert up.returncode == 0, up.stderr
     yield root
@@ -74,3 +84,35 @@ def test_bundled_fleet_converges_then_changes_nothing(bundled: Path) -> None:
         "pi-2",
     }
     assert all(h["changed"] == 0 and h["ok"] > 0 for h in summary["hosts"].values()), summary
+
+
+def test_bundled_vpn_hosts_hold_only_their_own_wireguard_key(bundled: Path) -> None:
+    status = orchestrate(bundled, "testbed", "status")
+    containers = {ln.split("\t")[0]: ln.split("\t")[1] for ln in status.stdout.splitlines()}
+    env = {
+        "SOPS_AGE_KEY_FILE": str(bundled / "demo-keys/admin.agekey"),
+        "PATH": "/usr/bin:/bin",
+    }
+    from orchestrator.secrets.sops import controller_binary
+
+    plain = subprocess.run(
+        [controller_binary(), "decrypt", "--output-type", "json",
+         str(bundled / "secrets/wireguard.yaml")],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    keys = json.loads(plain.stdout)["hosts"]
+    for host, container in containers.items():
+        listing = subprocess.run(
+            ["podman", "exec", container, "sh", "-c",
+             "cd /run/orchestrate/secrets 2>/dev/null && "
+             "find . -type f -exec stat -c '%n %U %a' {} + && cat wireguard/hosts/*"],
+            capture_output=True, text=True, check=False,
+            env={"CONTAINERS_CONF": CONTAINERS_CONF, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+        )  # fmt: skip
+        if host in VPN_HOSTS:
+            assert listing.stdout.splitlines() == [
+                f"./wireguard/hosts/{host} root 400",
+                keys[host],
+            ], listing
+        else:
+            assert listing.stdout == "", (host, listing.stdout)

@@ -24,6 +24,7 @@ from orchestrator.compiler.freshness import (
 )
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation
+from orchestrator.paths import shipped_roles_dir
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,15 @@ def input_files(ev: Evaluation) -> list[str]:
     files = {ev.spec.file, *ev.modules}
     for folder in existing_roles(ev).values():
         for base, _dirs, names in os.walk(folder):
+            files.update(os.path.join(base, n) for n in names)
+    secrets = os.path.join(ev.spec.root, "secrets")
+    if os.path.isdir(secrets):
+        for base, dirs, names in os.walk(secrets):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            files.update(os.path.join(base, n) for n in names if not n.startswith("."))
+        role = os.path.join(shipped_roles_dir(), "orchestrate_secrets")
+        for base, dirs, names in os.walk(role):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
             files.update(os.path.join(base, n) for n in names)
     for folder in ev.spec.lib_dirs:
         if os.path.isdir(folder):

@@ -40,6 +40,9 @@ class HostResult:
     info: dict[str, Any]
     config: dict[str, Any]
     roles: tuple[RoleUse, ...]
+    # the `secrets:` entries of the host's modules (name or glob, owner/group/mode, where):
+    # they set how a secret is installed; which secrets a host gets comes from its config
+    secret_decls: tuple[tuple[str, dict[str, str], Loc | None], ...] = ()
 
 
 @dataclass
@@ -119,6 +122,7 @@ def _finish(
     failed: dict[tuple[Loc | None, str], list[str]] | None,
 ) -> HostResult:
     roles: list[RoleUse] = []
+    decls: list[tuple[str, dict[str, str], Loc | None]] = []
     for inst in he.shape.instances:
         f = inst.file
         if f.params:
@@ -134,8 +138,9 @@ def _finish(
         ):
             params = he.bound_params(inst) if f.params else {}
             roles.append(RoleUse(role_name(f, spec.root), f.path, f.tasks is not None, params))
+        decls.extend((n, a, f.loc) for n, a in f.secrets.items())
     config = he.view.materialize()
-    return HostResult(he.name, he.info, config, tuple(roles))
+    return HostResult(he.name, he.info, config, tuple(roles), tuple(decls))
 
 
 def _holds(ev: Evaluator, he: HostEval, inst: Instance, expr: str, loc: Loc | None) -> bool:

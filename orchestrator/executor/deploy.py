@@ -37,6 +37,7 @@ class Options:
     serial: str | None = None
     max_fail_percent: int | None = None
     verbosity: int = 0
+    diff: bool = False
 
 
 @dataclass
@@ -93,14 +94,18 @@ class ApplyResult:
 Progress = Callable[[str], None]
 
 
-def _overrides(root: str, hosts: list[str], progress: Progress) -> dict[str, dict[str, Any]]:
+def connection_overrides(
+    root: str, hosts: list[str], progress: Progress | None = None
+) -> dict[str, dict[str, Any]]:
+    """Connection variables that send hosts to their testbed containers, when there is one."""
     record = load_record(state.state_dir(root))
     if not record:
         return {}
-    progress(
-        f"testbed: reaching {len(record)} host(s) through .orchestrate/testbed.json "
-        "instead of their deploy addresses"
-    )
+    if progress is not None:
+        progress(
+            f"testbed: reaching {len(record)} host(s) through .orchestrate/testbed.json "
+            "instead of their deploy addresses"
+        )
     return {
         h: {
             "ansible_host": t.address,
@@ -151,6 +156,31 @@ def _leaf_paths(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tupl
     return out
 
 
+SECRETS_GROUP = "role_orchestrate_secrets"
+
+
+def secrets_overrides(
+    root: str, data: dict[str, Any], hosts: list[str], progress: Progress
+) -> dict[str, dict[str, Any]]:
+    """Machine-local inputs of the secrets role: the sops binary for each host's architecture
+    and, for a host whose key was just made, the key file that its apply installs."""
+    from orchestrator.secrets.commands import pending_key
+    from orchestrator.secrets.sops import binary_for
+
+    delivered = set(data["groups"].get(SECRETS_GROUP, [])) & set(hosts)
+    out: dict[str, dict[str, Any]] = {}
+    binaries: dict[str, str] = {}
+    for h in sorted(delivered):
+        arch = data["hosts"][h]["arch"]
+        if arch not in binaries:
+            binaries[arch] = binary_for(arch, progress)
+        out[h] = {"orchestrate_sops_binary": binaries[arch]}
+        key = pending_key(root, h)
+        if key:
+            out[h]["orchestrate_pending_key"] = key
+    return out
+
+
 def _request(
     root: str,
     build_dir: str,
@@ -159,7 +189,11 @@ def _request(
     opts: Options,
     check: bool,
     progress: Progress,
+    data: dict[str, Any],
 ) -> RunRequest:
+    overrides = connection_overrides(root, hosts, progress)
+    for h, extra in secrets_overrides(root, data, hosts, progress).items():
+        overrides.setdefault(h, {}).update(extra)
     return RunRequest(
         build_dir=build_dir,
         run_dir=run_dir,
@@ -168,8 +202,9 @@ def _request(
         forks=opts.forks,
         serial=opts.serial,
         max_fail_percent=opts.max_fail_percent,
-        overrides=_overrides(root, hosts, progress),
+        overrides=overrides,
         verbosity=opts.verbosity,
+        diff=opts.diff,
     )
 
 
@@ -198,7 +233,7 @@ def make_plan(
             return plan
         run_id, run_dir = state.new_run_dir(root, "plan")
         plan.run_id = run_id
-        req = _request(root, result.out_dir, run_dir, hosts, opts, True, progress)
+        req = _request(root, result.out_dir, run_dir, hosts, opts, True, progress, data)
         res = run(req, on_event, cancelled)
         _attach_check(plan, res)
         state.write_summary(
@@ -287,7 +322,7 @@ def apply(
         run_id, run_dir = state.new_run_dir(root, "apply")
         started = time.monotonic()
         res = run(
-            _request(root, result.out_dir, run_dir, hosts, opts, False, progress),
+            _request(root, result.out_dir, run_dir, hosts, opts, False, progress, data),
             on_event,
             cancelled,
         )
@@ -297,9 +332,20 @@ def apply(
             reached = s is not None and (s.reached or not data["hosts"][h]["roles"])
             if s is not None and s.success and reached and not res.interrupted:
                 state.save_host_state(root, h, ev.hosts[h].config, run_id, inputs)
+                if h in data["groups"].get(SECRETS_GROUP, []):
+                    _forget_delivered_key(root, h)
         out = ApplyResult(run_id, run_dir, res.stats, res.tasks, res.interrupted, duration)
         state.write_summary(run_dir, summary(out, hosts, opts, res))
         return out
+
+
+def _forget_delivered_key(root: str, host: str) -> None:
+    """A host's new private key stays on the control node only until an apply installed it."""
+    from orchestrator.secrets.commands import pending_key
+
+    key = pending_key(root, host)
+    if key:
+        os.unlink(key)
 
 
 def summary(out: ApplyResult, hosts: list[str], opts: Options, res: RunResult) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class RunRequest:
     max_fail_percent: int | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     verbosity: int = 0
+    diff: bool = False
 
 
 @dataclass
@@ -111,8 +112,8 @@ def run(
         extravars["orchestrate_serial"] = req.serial
     if req.max_fail_percent is not None:
         extravars["orchestrate_max_fail_percent"] = req.max_fail_percent
-    # diffs only for plan: in apply they cost a read of every changed file on the host
-    cmdline = "--check --diff" if req.check else ""
+    # diffs always for plan; in apply only on request: they cost a read of every changed file
+    cmdline = "--check --diff" if req.check else ("--diff" if req.diff else "")
     skips = os.path.join(req.run_dir, "skips.jsonl")
     r = ansible_runner.run(
         private_data_dir=req.run_dir,
@@ -137,6 +138,9 @@ def run(
         event_handler=collector.handle,
         cancel_callback=cancelled.is_set,
         suppress_env_files=True,
+        # ansible-runner would point the fact cache into this run's artifacts, so every run
+        # gathered facts again; any other value leaves the build's persistent cache in charge.
+        fact_cache_type="ansible.cfg",
     )
     stats = _stats(r.stats or {}, req.hosts)
     if req.check:
@@ -215,7 +219,13 @@ class _Collector:
             status = "changed" if res.get("changed") else "ok"
             diff = res.get("diff") or []
             return TaskResult(
-                host, task, role, action, status, diff=diff if isinstance(diff, list) else [diff]
+                host,
+                task,
+                role,
+                action,
+                status,
+                diff=diff if isinstance(diff, list) else [diff],
+                message=_msg(res) if status == "changed" else "",
             )
         return None
 

@@ -121,7 +121,8 @@ def render_plan(console: Console, plan: Plan) -> None:
         if hp.check["unreachable"]:
             console.print("    [magenta]unreachable[/]: check mode could not run")
         for t in hp.check["changed"]:
-            console.print(f"    [yellow]would change[/]: {t['task']}")
+            note = f" ({t['message'][:200]})" if t["message"] and not t["diff"] else ""
+            console.print(f"    [yellow]would change[/]: {t['task']}{note}", highlight=False)
             for d in t["diff"]:
                 _render_diff(console, d)
         for t in hp.check["not_previewable"]:

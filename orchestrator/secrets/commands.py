@@ -1,0 +1,348 @@
+"""`orchestrate secrets ...`: keys, recipients and the SOPS files of a fleet."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.errors import FleetErrors, Problem, UsageError
+from orchestrator.fsutil import atomic_write
+from orchestrator.secrets import sops
+from orchestrator.secrets.sops import SecretsError
+from orchestrator.secrets.store import (
+    AGE_RE,
+    RECIPIENTS,
+    Recipients,
+    SecretsPlan,
+    load_recipients,
+    plan_for,
+    read_sops_file,
+    save_recipients,
+    secret_files,
+    secrets_dir,
+)
+
+Say = Callable[[str], None]
+HOST_KEY = "/var/lib/orchestrate/host.agekey"
+
+
+def pending_keys_dir(root: str) -> str:
+    """Host private keys waiting for their host's next successful apply (0700)."""
+    return os.path.join(root, ".orchestrate", "host-keys")
+
+
+def pending_key(root: str, host: str) -> str | None:
+    path = os.path.join(pending_keys_dir(root), f"{host}.agekey")
+    return path if os.path.exists(path) else None
+
+
+def _identity_text(identity: object, public: str, what: str) -> str:
+    return f"# {what}\n# public key: {public}\n{identity}\n"
+
+
+def _fleet_plan(root: str) -> SecretsPlan:
+    from orchestrator.api import evaluate_fleet
+
+    return plan_for(evaluate_fleet(root))
+
+
+def keygen(root: str, key_file: str | None, say: Say) -> str:
+    """A new admin identity, appended to the admin key file and added to the admins."""
+    import pyrage
+
+    path = key_file or sops.admin_key_file()
+    identity = pyrage.x25519.Identity.generate()
+    public = str(identity.to_public())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    old = b""
+    if os.path.exists(path):
+        with open(path, "rb") as fh:
+            old = fh.read()
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+    text = _identity_text(identity, public, "orchestrate admin key")
+    atomic_write(path, old + text.encode(), mode=0o600)
+    r = load_recipients(root)
+    r.admins.append(public)
+    save_recipients(root, r)
+    say(f"admin key {public}")
+    say(f"private key appended to {path} (keep it out of version control)")
+    if secret_files(root):
+        say("existing files are not encrypted to it yet: run `orchestrate secrets rekey`")
+    return public
+
+
+def host_key(
+    root: str,
+    host: str,
+    *,
+    import_file: str | None,
+    public: str | None,
+    from_host: bool,
+    force: bool,
+    say: Say,
+) -> str:
+    """Record a host's age identity: new (kept until its next apply delivers it), imported
+    from a key file, given as a public key, or read from the host itself."""
+    import pyrage
+
+    from orchestrator.loader.fleet import load_fleet
+
+    spec = load_fleet(root)
+    if host not in spec.hosts:
+        raise UsageError(f"unknown host {host!r} (hosts: {', '.join(sorted(spec.hosts))})")
+    r = load_recipients(root)
+    if host in r.hosts and not force:
+        raise UsageError(
+            f"host {host} already has key {r.hosts[host]}; pass --force to replace it "
+            "(then `orchestrate secrets rekey`)"
+        )
+    private_text: str | None = None
+    if import_file:
+        try:
+            with open(import_file, encoding="utf-8") as fh:
+                lines = [ln.strip() for ln in fh if ln.strip().startswith("AGE-SECRET-KEY-")]
+            identity = pyrage.x25519.Identity.from_str(lines[0])
+        except (OSError, IndexError, ValueError) as e:
+            raise UsageError(f"{import_file}: no age identity in it ({e})") from None
+        public = str(identity.to_public())
+        private_text = _identity_text(identity, public, f"age identity of host {host}")
+    elif public:
+        if not AGE_RE.match(public):
+            raise UsageError(f"{public!r} is not an age public key (age1...)")
+    elif from_host:
+        public = read_public_from_host(root, host)
+    else:
+        identity = pyrage.x25519.Identity.generate()
+        public = str(identity.to_public())
+        private_text = _identity_text(identity, public, f"age identity of host {host}")
+    if private_text is not None:
+        folder = pending_keys_dir(root)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.chmod(folder, 0o700)
+        atomic_write(os.path.join(folder, f"{host}.agekey"), private_text.encode(), mode=0o600)
+        say(f"host {host}: key {public}; its next successful apply installs it at {HOST_KEY}")
+    else:
+        stale = pending_key(root, host)
+        if stale:
+            os.unlink(stale)
+        say(f"host {host}: key {public} recorded")
+    r.hosts[host] = public
+    save_recipients(root, r)
+    say("run `orchestrate secrets rekey` so that the files it uses are encrypted to it")
+    return public
+
+
+def read_public_from_host(root: str, host: str) -> str:
+    """The public line of the key already installed on a host, read over SSH by Ansible."""
+    import json
+
+    from orchestrator.api import fresh_build
+    from orchestrator.executor.deploy import connection_overrides
+
+    build = fresh_build(root)
+    extra = connection_overrides(root, [host]).get(host, {})
+    cmd = [
+        "ansible", host, "-i", os.path.join(build, "inventory", "hosts.json"),
+        "-m", "ansible.builtin.command", "-a", f"sed -n 's/^# public key: //p' {HOST_KEY}",
+        "-o",
+    ]  # fmt: skip
+    if extra:
+        cmd += ["-e", json.dumps(extra)]
+    env = {**os.environ, "ANSIBLE_CONFIG": os.path.join(build, "ansible.cfg")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    words = [w for w in proc.stdout.split() if AGE_RE.match(w)]
+    if proc.returncode != 0 or not words:
+        detail = (proc.stdout + proc.stderr).strip().splitlines()
+        raise SecretsError(
+            f"could not read {HOST_KEY} from {host}: {detail[-1] if detail else 'no output'}"
+        )
+    return words[-1]
+
+
+def resolve_file(root: str, name: str) -> str:
+    """FILE as given (`db`, `db.yaml`, `secrets/db.yaml` or a path) -> its path under secrets/."""
+    base = secrets_dir(root)
+    candidates = [name] if os.path.isabs(name) else [os.path.join(os.getcwd(), name)]
+    candidates.append(os.path.join(base, name))
+    for c in candidates:
+        if os.path.exists(c):
+            path = os.path.abspath(c)
+            break
+    else:
+        rel = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+        path = os.path.join(base, os.path.basename(rel))
+    if os.path.dirname(path) != base:
+        raise UsageError(f"{name}: secrets live directly in {base}")
+    if os.path.basename(path) == RECIPIENTS:
+        raise UsageError(f"{RECIPIENTS} is not a secrets file")
+    return path
+
+
+def _file_recipients(plan: SecretsPlan, path: str) -> list[str]:
+    needed = plan.needed_recipients(os.path.basename(path))
+    if not plan.recipients.admins:
+        raise SecretsError("no admin key yet: run `orchestrate secrets keygen` first")
+    return needed
+
+
+def encrypt(root: str, name: str, say: Say) -> None:
+    """Encrypt a plaintext file in place, to exactly the recipients it needs."""
+    path = resolve_file(root, name)
+    if not os.path.exists(path):
+        raise UsageError(f"{path} does not exist")
+    if read_sops_file(path).encrypted:
+        raise UsageError(f"{os.path.relpath(path)} is already encrypted")
+    plan = _fleet_plan(root)
+    recipients = _file_recipients(plan, path)
+    proc = sops.run(
+        ["encrypt", "--age", ",".join(recipients), "--input-type", "yaml",
+         "--output-type", "yaml", path]
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SecretsError(sops.explain_failure(path, proc.stderr))
+    atomic_write(path, proc.stdout, mode=0o644)
+    say(f"{os.path.relpath(path)}: encrypted to {len(recipients)} recipient(s)")
+
+
+def _scratch_dir() -> str | None:
+    """Where sops puts the plaintext while the editor runs: memory-backed when possible."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def edit(root: str, name: str, say: Say) -> None:
+    """Decrypt into $EDITOR through sops, re-encrypt, and replace the file atomically. sops
+    keeps the plaintext in a private temporary folder (in /dev/shm when there is one) that it
+    removes when the editor exits, whatever the outcome; the file itself is only replaced
+    after sops has written a complete encrypted copy."""
+    path = resolve_file(root, name)
+    plan = _fleet_plan(root)
+    exists = os.path.exists(path)
+    if exists and not read_sops_file(path).encrypted:
+        raise UsageError(
+            f"{os.path.relpath(path)} is not encrypted: run `orchestrate secrets encrypt` first"
+        )
+    recipients = _file_recipients(plan, path)
+    fd, work = tempfile.mkstemp(prefix=".edit-", suffix=".yaml", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        args = ["edit"]
+        if exists:
+            shutil.copyfile(path, work)  # ciphertext only
+        else:
+            os.unlink(work)
+            args += ["--age", ",".join(recipients)]
+        env_tmp = _scratch_dir()
+        old_tmp = os.environ.get("TMPDIR")
+        if env_tmp:
+            os.environ["TMPDIR"] = env_tmp
+        try:
+            proc = subprocess.run(
+                [sops.controller_binary(), *args, work],
+                env={
+                    **os.environ,
+                    "SOPS_AGE_KEY_FILE": sops.admin_key_file(),
+                    "SOPS_AGE_SSH_PRIVATE_KEY_FILE": os.devnull,
+                },
+                stderr=subprocess.PIPE,
+                check=False,
+            )
+        finally:
+            if env_tmp:
+                if old_tmp is None:
+                    os.environ.pop("TMPDIR", None)
+                else:
+                    os.environ["TMPDIR"] = old_tmp
+        if proc.returncode == 200:  # sops: the file has not been modified
+            say(f"{os.path.relpath(path)}: unchanged")
+            return
+        if proc.returncode != 0:
+            raise SecretsError(sops.explain_failure(path, proc.stderr))
+        if not read_sops_file(work).encrypted:
+            raise SecretsError(f"{os.path.relpath(path)}: sops did not write an encrypted file")
+        os.chmod(work, 0o644)
+        os.replace(work, path)
+    finally:
+        if os.path.exists(work):
+            os.unlink(work)
+    say(f"{os.path.relpath(path)}: saved")
+    current = read_sops_file(path).recipients
+    if sorted(current) != sorted(recipients):
+        say("its recipients differ from what the fleet needs: run `orchestrate secrets rekey`")
+
+
+@dataclass
+class RekeyResult:
+    changed: list[str]
+    unchanged: list[str]
+
+
+def rekey(root: str, say: Say) -> RekeyResult:
+    """Re-encrypt every file whose recipients differ from what the fleet needs; the data key
+    is rotated with them, so a removed recipient cannot read any current file."""
+    plan = _fleet_plan(root)
+    plaintext = [p for p in plan.problems if "not SOPS-encrypted" in p.message]
+    if plaintext:
+        raise FleetErrors(plaintext)
+    result = RekeyResult([], [])
+    for rel in secret_files(root):
+        path = os.path.join(secrets_dir(root), rel)
+        current = read_sops_file(path).recipients
+        needed = _file_recipients(plan, path)
+        added = [k for k in needed if k not in current]
+        removed = [k for k in current if k not in needed]
+        if not added and not removed:
+            result.unchanged.append(rel)
+            continue
+        args = ["rotate"]
+        if added:
+            args += ["--add-age", ",".join(added)]
+        if removed:
+            args += ["--rm-age", ",".join(removed)]
+        proc = sops.run([*args, path])
+        if proc.returncode != 0:
+            raise SecretsError(sops.explain_failure(path, proc.stderr))
+        atomic_write(path, proc.stdout, mode=0o644)
+        result.changed.append(rel)
+        say(f"{rel}: +{len(added)} -{len(removed)} recipient(s), data key rotated")
+    say(f"{len(result.changed)} file(s) re-encrypted, {len(result.unchanged)} already right")
+    return result
+
+
+def check(root: str) -> list[Problem]:
+    """Every problem with the fleet's secrets: plaintext files, missing secrets, hosts without
+    keys, and files whose recipients differ from what the fleet needs."""
+    plan = _fleet_plan(root)
+    problems = list(plan.problems)
+    names = {v: k for k, v in plan.recipients.hosts.items()}
+    names.update({a: "admin" for a in plan.recipients.admins})
+
+    def who(keys: set[str]) -> str:
+        return ", ".join(sorted(names.get(k, k[:16] + "...") for k in keys)) or "-"
+
+    for rel in secret_files(root):
+        path = os.path.join(secrets_dir(root), rel)
+        sf = plan.files.get(rel) or read_sops_file(path)
+        if not sf.encrypted:
+            continue
+        needed = plan.needed_recipients(rel)
+        if sorted(set(sf.recipients)) != sorted(set(needed)):
+            problems.append(
+                Problem(
+                    None,
+                    f"secrets/{rel}: recipients differ from what the fleet needs "
+                    f"(missing: {who(set(needed) - set(sf.recipients))}; "
+                    f"extra: {who(set(sf.recipients) - set(needed))})",
+                    "run `orchestrate secrets rekey`",
+                )
+            )
+    return problems
+
+
+def recipients_summary(r: Recipients) -> str:
+    return f"{len(r.admins)} admin(s), {len(r.hosts)} host key(s)"

@@ -1,0 +1,366 @@
+"""The fleet's secrets folder: recipients.yaml, the SOPS files, and what each host needs.
+
+Nothing here decrypts. Key names and recipients are readable in a SOPS file without a key, so
+everything the compiler and `secrets check` need is known from the ciphertext alone.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import FleetErrors, Loc, Problem
+
+SECRETS_DIR = "secrets"
+RECIPIENTS = "recipients.yaml"
+TARGET_ROOT = "/run/orchestrate/secrets"
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+$")
+PATH_RE = re.compile(re.escape(TARGET_ROOT) + r"/([A-Za-z0-9_][A-Za-z0-9_./-]*[A-Za-z0-9_])")
+AGE_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+DEFAULT_ACCESS = {"owner": "root", "group": "root", "mode": "0400"}
+
+
+def split_name(name: str) -> tuple[str, list[str]]:
+    """``db/password`` -> (``db.yaml``, [``password``])."""
+    first, *rest = name.split("/")
+    return f"{first}.yaml", rest
+
+
+@dataclass
+class Recipients:
+    admins: list[str] = field(default_factory=list)
+    hosts: dict[str, str] = field(default_factory=dict)
+
+    def for_hosts(self, hosts: Iterable[str]) -> list[str]:
+        """The admins and the given hosts' keys, in a stable order."""
+        keys = list(self.admins) + [self.hosts[h] for h in sorted(set(hosts)) if h in self.hosts]
+        return list(dict.fromkeys(keys))
+
+
+def secrets_dir(root: str) -> str:
+    return os.path.join(root, SECRETS_DIR)
+
+
+def recipients_path(root: str) -> str:
+    return os.path.join(secrets_dir(root), RECIPIENTS)
+
+
+def load_recipients(root: str) -> Recipients:
+    path = recipients_path(root)
+    if not os.path.exists(path):
+        return Recipients()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = Loc(path, mark.line + 1, mark.column + 1) if mark else Loc(path, 1, 1)
+        raise FleetErrors([Problem(loc, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+    problems = []
+    if not isinstance(doc, dict) or set(doc) - {"admins", "hosts"}:
+        problems.append(Problem(Loc(path, 1, 1), "expected a mapping with `admins` and `hosts`"))
+        raise FleetErrors(problems)
+    admins = doc.get("admins") or []
+    hosts = doc.get("hosts") or {}
+    if not isinstance(admins, list) or not isinstance(hosts, dict):
+        raise FleetErrors(
+            [Problem(Loc(path, 1, 1), "`admins` is a list of age keys, `hosts` maps names to one")]
+        )
+    for key in [*admins, *hosts.values()]:
+        if not isinstance(key, str) or not AGE_RE.match(key):
+            problems.append(Problem(Loc(path, 1, 1), f"{key!r} is not an age public key (age1...)"))
+    if problems:
+        raise FleetErrors(problems)
+    return Recipients([str(a) for a in admins], {str(k): str(v) for k, v in hosts.items()})
+
+
+def render_recipients(r: Recipients) -> str:
+    lines = [
+        "# Who can decrypt the files in this folder; kept by `orchestrate secrets`.",
+        "# Each file is encrypted to the admins and to the hosts that use a secret in it.",
+        "admins:" + ("" if r.admins else " []"),
+    ]
+    lines += [f"  - {a}" for a in r.admins]
+    lines.append("hosts:" + ("" if r.hosts else " {}"))
+    lines += [f"  {h}: {k}" for h, k in sorted(r.hosts.items())]
+    return "\n".join(lines) + "\n"
+
+
+def save_recipients(root: str, r: Recipients) -> None:
+    from orchestrator.fsutil import atomic_write
+
+    os.makedirs(secrets_dir(root), exist_ok=True)
+    atomic_write(recipients_path(root), render_recipients(r).encode(), mode=0o644)
+
+
+def secret_files(root: str) -> list[str]:
+    """Every file under secrets/ except recipients.yaml, relative to secrets/."""
+    base = secrets_dir(root)
+    out = []
+    for folder, dirs, names in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for n in sorted(names):
+            rel = os.path.relpath(os.path.join(folder, n), base)
+            if rel != RECIPIENTS:
+                out.append(rel)
+    return out
+
+
+@dataclass
+class SopsFile:
+    """What a SOPS file says without decrypting it."""
+
+    path: str
+    encrypted: bool
+    recipients: list[str]
+    data: Any  # the tree with ENC[...] leaves
+
+    def has(self, keys: list[str]) -> bool:
+        node = self.data
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                return False
+            node = node[k]
+        return not isinstance(node, (dict, list))
+
+
+def read_sops_file(path: str) -> SopsFile:
+    """Parse a file under secrets/; ``encrypted`` is False for anything that is not SOPS."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError):
+        return SopsFile(path, False, [], None)
+    meta = doc.get("sops") if isinstance(doc, dict) else None
+    if not isinstance(meta, dict) or "mac" not in meta:
+        return SopsFile(path, False, [], doc)
+    data = {k: v for k, v in doc.items() if k != "sops"}
+    encrypted = _all_encrypted(data)
+    recipients = [a.get("recipient") for a in meta.get("age") or [] if isinstance(a, dict)]
+    return SopsFile(path, encrypted, [str(r) for r in recipients if r], data)
+
+
+def _all_encrypted(node: Any) -> bool:
+    if isinstance(node, dict):
+        return all(_all_encrypted(v) for v in node.values())
+    if isinstance(node, list):
+        return all(_all_encrypted(v) for v in node)
+    return isinstance(node, str) and node.startswith("ENC[")
+
+
+@dataclass(frozen=True)
+class SecretUse:
+    """One secret delivered to one host."""
+
+    name: str
+    file: str
+    keys: tuple[str, ...]
+    owner: str
+    group: str
+    mode: str
+
+    def as_var(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "file": self.file,
+            "keys": list(self.keys),
+            "owner": self.owner,
+            "group": self.group,
+            "mode": self.mode,
+        }
+
+
+Decl = tuple[str, dict[str, str], Loc | None]
+
+
+@dataclass
+class SecretsPlan:
+    """Per host, the secrets it receives; per file, the hosts that need it; and what is wrong."""
+
+    uses: dict[str, list[SecretUse]]
+    file_hosts: dict[str, set[str]]
+    recipients: Recipients
+    delivered: set[str]  # hosts that run the delivery role (secrets or a recorded key)
+    problems: list[Problem]
+    files: dict[str, SopsFile | None]
+
+    def needed_recipients(self, file: str) -> list[str]:
+        return self.recipients.for_hosts(self.file_hosts.get(file, set()))
+
+    def host_var(self, host: str) -> dict[str, Any]:
+        """`orchestrate_secrets` of a host: what its delivery role installs (names, never
+        values), and a digest of each encrypted file so that plan sees a changed one."""
+        from orchestrator.secrets.sops import version
+
+        uses = self.uses.get(host, [])
+        files = sorted({u.file for u in uses})
+        return {
+            "sops_version": version(),
+            "files": {f: self._digest(f) for f in files},
+            "secrets": [u.as_var() for u in uses],
+        }
+
+    def _digest(self, file: str) -> str:
+        import hashlib
+
+        sf = self.files[file]
+        assert sf is not None
+        with open(sf.path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+
+    def ciphertexts(self) -> dict[str, bytes]:
+        """The encrypted files some host receives, copied into the build."""
+        out = {}
+        for file in sorted({u.file for uses in self.uses.values() for u in uses}):
+            sf = self.files[file]
+            assert sf is not None
+            with open(sf.path, "rb") as fh:
+                out[file] = fh.read()
+        return out
+
+
+def referenced_names(config: Any) -> set[str]:
+    """Secret names whose target path appears anywhere in a host's evaluated configuration."""
+    found: set[str] = set()
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if TARGET_ROOT in node:
+                found.update(PATH_RE.findall(node))
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def delivery_plan(ev: Any) -> SecretsPlan | None:
+    """For the compiler: None when the fleet has no secrets at all, else the plan (raises
+    FleetErrors when anything about it is wrong)."""
+    import orjson
+
+    root = ev.spec.root
+    needle = TARGET_ROOT.encode()
+    if not os.path.isdir(secrets_dir(root)) and not any(
+        h.secret_decls or needle in orjson.dumps(h.config) for h in ev.hosts.values()
+    ):
+        return None
+    plan = plan_for(ev)
+    if plan.problems:
+        raise FleetErrors(plan.problems)
+    return plan
+
+
+def plan_for(ev: Any) -> SecretsPlan:
+    """The secrets plan of an evaluated fleet (orchestrator.evaluator.fleet.Evaluation)."""
+    return plan_secrets(
+        ev.spec.root,
+        {n: h.config for n, h in ev.hosts.items()},
+        {n: list(h.secret_decls) for n, h in ev.hosts.items()},
+    )
+
+
+def plan_secrets(
+    root: str, host_configs: dict[str, Any], host_decls: dict[str, list[Decl]]
+) -> SecretsPlan:
+    """Work out delivery from evaluated configs and the `secrets:` declarations of the modules
+    each host uses. Problems (missing files or keys, plaintext, hosts without an age key) are
+    collected in the plan; the compiler refuses to go on with any."""
+    recipients = load_recipients(root)
+    problems: list[Problem] = []
+    uses: dict[str, list[SecretUse]] = {}
+    file_hosts: dict[str, set[str]] = {}
+    files: dict[str, SopsFile | None] = {}
+    rpath = recipients_path(root)
+    for host in sorted(host_configs):
+        decls = host_decls.get(host, [])
+        names = referenced_names(host_configs[host])
+        chosen: list[SecretUse] = []
+        for name in sorted(names):
+            access, where = _access(name, decls, problems, host)
+            if not NAME_RE.match(name):
+                problems.append(
+                    Problem(where, f"{name!r} is not a secret name (FILE/KEY[/KEY...])")
+                )
+                continue
+            file, keys = split_name(name)
+            file_hosts.setdefault(file, set()).add(host)
+            if file not in files:
+                path = os.path.join(secrets_dir(root), file)
+                files[file] = read_sops_file(path) if os.path.exists(path) else None
+            sf = files[file]
+            if sf is None:
+                problems.append(
+                    Problem(
+                        where,
+                        f"host {host} uses secret {name!r} but secrets/{file} does not exist",
+                        f"create it with `orchestrate secrets edit {file}`",
+                    )
+                )
+                continue
+            if not sf.encrypted:
+                continue  # reported once per file below
+            if not sf.has(keys):
+                problems.append(
+                    Problem(
+                        where or Loc(sf.path, 1, 1),
+                        f"host {host} uses secret {name!r} but secrets/{file} has no value at "
+                        f"{'.'.join(keys)}",
+                    )
+                )
+                continue
+            chosen.append(SecretUse(name, file, tuple(keys), **access))
+        if chosen and host not in recipients.hosts:
+            problems.append(
+                Problem(
+                    Loc(rpath, 1, 1) if os.path.exists(rpath) else None,
+                    f"host {host} uses secrets but has no age key",
+                    f"run `orchestrate secrets host-key {host}`, then `orchestrate secrets rekey`",
+                )
+            )
+        if chosen:
+            uses[host] = chosen
+    for rel in secret_files(root):
+        sf = files.get(rel) or read_sops_file(os.path.join(secrets_dir(root), rel))
+        files.setdefault(rel, sf)
+        if not sf.encrypted:
+            problems.append(
+                Problem(
+                    Loc(sf.path, 1, 1),
+                    "not SOPS-encrypted: plaintext must never be committed or delivered",
+                    f"encrypt it with `orchestrate secrets encrypt secrets/{rel}`",
+                )
+            )
+    delivered = set(uses) | (set(recipients.hosts) & set(host_configs))
+    return SecretsPlan(uses, file_hosts, recipients, delivered, problems, files)
+
+
+def _access(
+    name: str, decls: list[Decl], problems: list[Problem], host: str
+) -> tuple[dict[str, str], Loc | None]:
+    """Owner, group and mode of a secret: the module declarations that match it must agree."""
+    matched = [(p, a, loc) for p, a, loc in decls if fnmatch.fnmatchcase(name, p)]
+    merged = dict(DEFAULT_ACCESS)
+    set_by: dict[str, tuple[str, Loc | None]] = {}
+    for _pattern, access, loc in matched:
+        for k, v in access.items():
+            if k in set_by and set_by[k][0] != v:
+                problems.append(
+                    Problem(
+                        loc,
+                        f"secret {name!r} on host {host}: {k} is {v!r} here and "
+                        f"{set_by[k][0]!r} at {set_by[k][1]}",
+                    )
+                )
+            set_by.setdefault(k, (v, loc))
+            merged[k] = set_by[k][0]
+    mode = merged["mode"]
+    merged["mode"] = mode if len(mode) == 4 else "0" + mode
+    return merged, (matched[0][2] if matched else None)
