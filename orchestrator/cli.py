@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     o.add_argument("path", nargs="?", metavar="PATH")
     o.add_argument("--json", action="store_true", help="machine-readable output")
+    o.add_argument(
+        "--library",
+        action="store_true",
+        help="the options of the modules shipped with orchestrate (no fleet needed)",
+    )
     o.set_defaults(run=_options)
 
     e = sub.add_parser(
@@ -171,6 +176,16 @@ def _deploy_parsers(sub: Any) -> None:
     )
     _schedule_parsers(sub)
     _secrets_parsers(sub)
+    te = sub.add_parser(
+        "test",
+        help="run the roles' molecule scenarios in podman containers",
+        description="Run `molecule test` (create, converge, idempotence, verify, destroy) for "
+        "each shipped role with a molecule/ folder, or the roles named; the fleet's own "
+        "roles/ take part when a fleet is found. Logs go to .orchestrate/test-logs/ (or "
+        "./test-logs without a fleet). Exit 3 when a role fails.",
+    )
+    te.add_argument("roles", nargs="*", metavar="ROLE")
+    te.set_defaults(run=_test)
 
 
 def _schedule_parsers(sub: Any) -> None:
@@ -334,6 +349,24 @@ def _secrets_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test(args: argparse.Namespace) -> int:
+    from orchestrator.testbed.molecule import run_tests
+
+    try:
+        root: str | None = _root(args)
+    except UsageError:
+        root = None
+    logs = os.path.join(root, ".orchestrate", "test-logs") if root else "test-logs"
+    results = run_tests(root, args.roles, logs, _err)
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        with open(r.log, encoding="utf-8", errors="replace") as fh:
+            tail = fh.read()[-3000:]
+        _err(f"--- {r.role} failed; the end of {os.path.relpath(r.log)}:\n{tail}")
+    _err(f"{len(results) - len(failed)} of {len(results)} role(s) passed")
+    return 3 if failed else 0
+
+
 def _root(args: argparse.Namespace) -> str:
     from orchestrator.paths import find_fleet
 
@@ -415,8 +448,12 @@ def _options(args: argparse.Namespace) -> int:
     from orchestrator.api import evaluate_fleet
     from orchestrator.reporter.options import describe_options
 
-    ev = evaluate_fleet(_root(args))
-    rows = describe_options(ev, args.path)
+    if args.library:
+        from orchestrator.reporter.options import library_rows
+
+        rows = [r for r in library_rows() if not args.path or r["path"].startswith(args.path)]
+    else:
+        rows = describe_options(evaluate_fleet(_root(args)), args.path)
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         return 0
@@ -571,7 +608,8 @@ def _testbed_up(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown host(s): {', '.join(unknown)}")
     suite = ev.spec.channels["stable"]["suite"]
     hosts = {h: ev.hosts[h].info["arch"] for h in chosen}
-    record = up(state_dir(root), ev.spec.name, hosts, suite, _err)
+    ports = {h: int(ev.hosts[h].info["deploy"]["port"]) for h in chosen}
+    record = up(state_dir(root), ev.spec.name, hosts, suite, _err, ports)
     for name in chosen:
         h = record[name]
         _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")

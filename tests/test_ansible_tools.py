@@ -55,7 +55,12 @@ def test_ansible_inventory_sees_groups_and_connection_vars(bundled_build: Path) 
     assert sorted(inv["arch_aarch64"]["hosts"]) == ["pi-1", "pi-2"]
     assert sorted(inv["builder_aarch64"]["hosts"]) == ["pi-1", "pi-2"]
     assert sorted(inv["tag_core"]["hosts"]) == ["cortex-alpha", "data-storage"]
-    assert len(inv["role_base_motd"]["hosts"]) == 6
+    assert len(inv["role_base"]["hosts"]) == 6
+    assert sorted(inv["role_orchestrate_secrets"]["hosts"]) == [
+        "cortex-alpha",
+        "data-storage",
+        "terminal-zero",
+    ]
     ds = inv["_meta"]["hostvars"]["data-storage"]
     assert (ds["ansible_host"], ds["ansible_port"], ds["ansible_user"]) == (
         "10.88.127.3",

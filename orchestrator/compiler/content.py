@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import yaml
 
-from orchestrator.compiler.argspec import arg_name, arg_spec
+from orchestrator.compiler.argspec import arg_name
 from orchestrator.errors import FleetErrors, Problem
 from orchestrator.evaluator.expressions import plain
 from orchestrator.evaluator.fleet import Evaluation, HostResult, role_name
@@ -54,6 +54,9 @@ def _yaml(data: Any, header: bool = True) -> bytes:
         explicit_start=True,
     )
     return ((HEADER if header else "") + text).encode()
+
+
+yaml_bytes = _yaml
 
 
 def group_name(kind: str, name: str) -> str:
@@ -214,13 +217,9 @@ def _role_files(ev: Evaluation) -> dict[str, ModuleFile]:
 
 def _generated_roles(ev: Evaluation) -> dict[str, dict[str, bytes]]:
     roles = {}
+    from orchestrator.compiler.rolespecs import interface_files
+
     for name, f in _role_files(ev).items():
-        args = {arg_name(name, d): arg_spec(d) for d in f.options}
-        defaults = {
-            arg_name(name, d): plain(d.schema["default"])
-            for d in f.options
-            if "default" in d.schema
-        }
         files = {
             "tasks/main.yml": _yaml(plain(f.tasks) or []),
             "meta/main.yml": _yaml(
@@ -235,17 +234,7 @@ def _generated_roles(ev: Evaluation) -> dict[str, dict[str, bytes]]:
                     "dependencies": [],
                 }
             ),
-            "meta/argument_specs.yml": _yaml(
-                {
-                    "argument_specs": {
-                        "main": {
-                            "short_description": f"Role of the fleet module {_module_name(f, ev)}.",
-                            "options": args,
-                        }
-                    }
-                }
-            ),
-            "defaults/main.yml": _yaml(defaults),
+            **interface_files(name, f, f"Role of the fleet module {_module_name(f, ev)}."),
         }
         if f.handlers:
             files["handlers/main.yml"] = _yaml(plain(f.handlers))
@@ -283,6 +272,11 @@ def _role_order(ev: Evaluation) -> list[str]:
 def _site(ev: Evaluation, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
     order = _role_order(ev)
     generated = _role_files(ev)
+    # a role named by `role:` (shipped or the fleet's own) gets its module's options as
+    # arguments, like a generated one
+    for f in ev.modules.values():
+        if f.role and f.tasks is None and f.options and f.role not in generated:
+            generated[f.role] = f
     plays = []
     for arch in ARCHES:
         members = set(groups.get(f"arch_{arch}", []))

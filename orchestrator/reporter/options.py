@@ -56,3 +56,50 @@ def describe_options(ev: Evaluation, path: str | None) -> list[dict[str, Any]]:
             row["deprecated"] = True
         rows.append(row)
     return rows
+
+
+def library_rows() -> list[dict[str, Any]]:
+    """Every option of the shipped module library (what `options --library` prints)."""
+    from orchestrator.compiler.rolespecs import library_modules
+
+    rows = []
+    for name, f in library_modules().items():
+        for decl in f.options:
+            row: dict[str, Any] = {
+                "path": decl.name,
+                "type": type_name(decl.schema),
+                "declared": f"{name}:{decl.loc.line}",
+                "module": name,
+                "role": f.role,
+            }
+            if "default" in decl.schema:
+                row["default"] = plain(decl.schema["default"])
+            if decl.schema.get("description"):
+                row["description"] = decl.schema["description"]
+            rows.append(row)
+    return rows
+
+
+def library_markdown() -> str:
+    """docs/options.md: the shipped modules and their options."""
+    import json
+
+    out = [
+        "# Options of the shipped modules",
+        "",
+        "Generated from `orchestrator/library/` by "
+        "`python3 -m orchestrator.compiler.rolespecs --write`; a test fails when it is stale. "
+        "A fleet imports a module as `orchestrate:PATH`; `orchestrate options` lists what a "
+        "fleet declares, `orchestrate options --library` what ships.",
+    ]
+    current = None
+    for row in library_rows():
+        if row["module"] != current:
+            current = row["module"]
+            role = f" (role `{row['role']}`)" if row["role"] else ""
+            out += ["", f"## `{current}`{role}", "", "| option | type | default | description |"]
+            out.append("|---|---|---|---|")
+        default = f"`{json.dumps(row['default'])}`" if "default" in row else ""
+        desc = str(row.get("description", "")).replace("|", "\\|")
+        out.append(f"| `{row['path']}` | {row['type']} | {default} | {desc} |")
+    return "\n".join(out) + "\n"

@@ -70,7 +70,8 @@ def image_exists(name: str) -> bool:
 def ssh_image(arch: str, suite: str, progress: Progress) -> str:
     """The SSH host image for an architecture, built on first use."""
     deb = DEB_ARCH[arch]
-    name = f"localhost/orchestrate-ssh:{suite}-{deb}"
+    alias = f"localhost/orchestrate-ssh:{suite}-{deb}"
+    name = f"{alias}-{recipe_digest()}"  # a changed recipe builds a new image
     if image_exists(name):
         return name
     if arch == "aarch64":
@@ -90,7 +91,18 @@ def ssh_image(arch: str, suite: str, progress: Progress) -> str:
         HERE,
         timeout=1800,
     )
+    podman("tag", name, alias)  # the stable name molecule scenarios use
     return name
+
+
+def recipe_digest() -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in ("Containerfile", "entrypoint.sh"):
+        with open(os.path.join(HERE, f), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:8]
 
 
 def base_image(arch: str, suite: str, progress: Progress) -> str:

@@ -91,9 +91,16 @@ def _free_port(taken: set[int]) -> int:
 
 
 def up(
-    state_dir: str, fleet: str, hosts: dict[str, str], suite: str, progress: Progress
+    state_dir: str,
+    fleet: str,
+    hosts: dict[str, str],
+    suite: str,
+    progress: Progress,
+    ssh_ports: dict[str, int] | None = None,
 ) -> dict[str, TestbedHost]:
-    """Start a container per host (``hosts`` maps name -> arch); reuse running ones."""
+    """Start a container per host (``hosts`` maps name -> arch); reuse running ones. sshd in
+    a container listens on the host's deploy port (``ssh_ports``, else 22), published on a free
+    port of 127.0.0.1."""
     record = load_record(state_dir)
     key, pub = _key(state_dir)
     images = {arch: ssh_image(arch, suite, progress) for arch in sorted(set(hosts.values()))}
@@ -106,6 +113,7 @@ def up(
         podman("rm", "-f", cname, check=False)
         port = _free_port(taken)
         taken.add(port)
+        inner = (ssh_ports or {}).get(name, 22)
         podman(
             "run",
             "-d",
@@ -116,9 +124,14 @@ def up(
             "--arch",
             "arm64" if arch == "aarch64" else "amd64",
             "-p",
-            f"127.0.0.1:{port}:22",
+            f"127.0.0.1:{port}:{inner}",
             "-e",
             f"AUTHORIZED_KEY={pub}",
+            "-e",
+            f"SSH_PORT={inner}",
+            # the firewall role loads nftables rules inside the container's own network
+            "--cap-add",
+            "NET_ADMIN",
             "--label",
             f"orchestrate.fleet={fleet}",
             images[arch],

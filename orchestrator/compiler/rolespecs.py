@@ -1,0 +1,91 @@
+"""A role's interface from its module's options: meta/argument_specs.yml and defaults/main.yml.
+
+Generated roles get them in every build. The roles shipped under roles/ keep committed copies
+(molecule runs those roles alone); `python3 -m orchestrator.compiler.rolespecs --write` rewrites
+them from the library's modules and tests/test_library.py fails when they drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from orchestrator.compiler.argspec import arg_name, arg_spec
+from orchestrator.errors import Loc
+from orchestrator.evaluator.expressions import plain
+from orchestrator.loader.fleet import ModuleCache, ModuleFile, ModuleRef
+from orchestrator.paths import LIBRARY_PREFIX, library_root, shipped_roles_dir
+
+
+def interface_files(role: str, f: ModuleFile, description: str) -> dict[str, bytes]:
+    from orchestrator.compiler.content import yaml_bytes as dump_yaml
+
+    args = {arg_name(role, d): arg_spec(d) for d in f.options}
+    defaults = {
+        arg_name(role, d): plain(d.schema["default"]) for d in f.options if "default" in d.schema
+    }
+    return {
+        "meta/argument_specs.yml": dump_yaml(
+            {"argument_specs": {"main": {"short_description": description, "options": args}}}
+        ),
+        "defaults/main.yml": dump_yaml(defaults),
+    }
+
+
+def library_modules() -> dict[str, ModuleFile]:
+    """Every module of the shipped library, by its `orchestrate:` name."""
+    cache = ModuleCache()
+    root = library_root()
+    out = {}
+    for base, _dirs, names in sorted(os.walk(root)):
+        for n in sorted(names):
+            if n.endswith(".yaml"):
+                path = os.path.join(base, n)
+                name = LIBRARY_PREFIX + os.path.relpath(path, root)
+                f = cache.get(ModuleRef(path, None, Loc(path, 1, 1)))
+                if f is not None:
+                    out[name] = f
+    if cache.problems:
+        raise SystemExit("\n".join(p.render() for p in cache.problems))
+    return out
+
+
+def shipped_interfaces() -> dict[str, bytes]:
+    """Path below the repository -> content: roles/ROLE/meta/argument_specs.yml and
+    defaults/main.yml of every library module that names a shipped role, and docs/options.md."""
+    from orchestrator.reporter.options import library_markdown
+
+    out = {"../docs/options.md": library_markdown().encode()}
+    for name, f in library_modules().items():
+        if f.role and f.tasks is None and f.options:
+            files = interface_files(f.role, f, f"Role of the fleet module {name}.")
+            out.update({f"{f.role}/{k}": v for k, v in files.items()})
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--write", action="store_true", help="rewrite the files that differ")
+    args = p.parse_args()
+    stale = []
+    for rel, data in shipped_interfaces().items():
+        path = os.path.join(shipped_roles_dir(), rel)
+        try:
+            with open(path, "rb") as fh:
+                same = fh.read() == data
+        except OSError:
+            same = False
+        if not same:
+            stale.append(rel)
+            if args.write:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as fh:
+                    fh.write(data)
+    for rel in stale:
+        print(("wrote " if args.write else "stale: ") + os.path.normpath("roles/" + rel))
+    return 1 if stale and not args.write else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

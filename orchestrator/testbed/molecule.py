@@ -1,0 +1,77 @@
+"""`orchestrate test [ROLE]`: molecule scenarios of the shipped roles (and the fleet's own), in
+podman containers made from the testbed's locally built image."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.errors import UsageError
+from orchestrator.paths import shipped_roles_dir
+from orchestrator.testbed.images import podman_env, ssh_image
+
+
+@dataclass
+class RoleTest:
+    role: str
+    folder: str
+    passed: bool
+    seconds: float
+    log: str
+
+
+def testable_roles(fleet_root: str | None) -> dict[str, str]:
+    """Role name -> folder, for roles with a molecule/ folder; the fleet's own win."""
+    found: dict[str, str] = {}
+    dirs = [shipped_roles_dir()]
+    if fleet_root:
+        dirs.insert(0, os.path.join(fleet_root, "roles"))
+    for d in dirs:
+        if not os.path.isdir(d):
+            continue
+        for name in sorted(os.listdir(d)):
+            if os.path.isdir(os.path.join(d, name, "molecule")):
+                found.setdefault(name, os.path.join(d, name))
+    return found
+
+
+def run_tests(
+    fleet_root: str | None,
+    roles: list[str],
+    logs: str,
+    progress: Callable[[str], None],
+) -> list[RoleTest]:
+    available = testable_roles(fleet_root)
+    chosen = roles or sorted(available)
+    unknown = [r for r in chosen if r not in available]
+    if unknown:
+        raise UsageError(
+            f"no molecule scenario for {', '.join(unknown)} "
+            f"(roles with one: {', '.join(sorted(available)) or 'none'})"
+        )
+    ssh_image("x86_64", "bookworm", progress)
+    os.makedirs(logs, exist_ok=True)
+    env = {**podman_env(), "ANSIBLE_NOCOLOR": "1", "PY_COLORS": "0", "ANSIBLE_FORCE_COLOR": "0"}
+    results = []
+    for role in chosen:
+        progress(f"{role}: molecule test (create, converge, idempotence, verify, destroy) ...")
+        start = time.monotonic()
+        log = os.path.join(logs, f"{role}.log")
+        with open(log, "w", encoding="utf-8") as fh:
+            proc = subprocess.run(
+                [sys.executable, "-m", "molecule", "test"],
+                cwd=available[role],
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        took = time.monotonic() - start
+        results.append(RoleTest(role, available[role], proc.returncode == 0, took, log))
+        progress(f"{role}: {'passed' if proc.returncode == 0 else 'FAILED'} in {took:.0f}s")
+    return results
