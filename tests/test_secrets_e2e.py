@@ -140,6 +140,10 @@ def installed(host: str) -> list[str]:
 
 
 def test_secrets_reach_exactly_the_hosts_that_use_them(sec: Path) -> None:
+    r = orchestrate(sec, "plan", "--detailed-exitcode", "-vvv")
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr
+    said = " ".join(r.stdout.split())
+    assert "secrets that would change (first delivery): alpha/token, db/password" in said
     r = orchestrate(sec, "apply", "--yes", "-vvv", "--diff")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     assert installed("alpha") == [

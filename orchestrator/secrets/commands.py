@@ -237,27 +237,17 @@ def edit(root: str, name: str, say: Say) -> None:
         else:
             os.unlink(work)
             args += ["--age", ",".join(recipients)]
-        env_tmp = _scratch_dir()
-        old_tmp = os.environ.get("TMPDIR")
-        if env_tmp:
-            os.environ["TMPDIR"] = env_tmp
-        try:
-            proc = subprocess.run(
-                [sops.controller_binary(), *args, work],
-                env={
-                    **os.environ,
-                    "SOPS_AGE_KEY_FILE": sops.admin_key_file(),
-                    "SOPS_AGE_SSH_PRIVATE_KEY_FILE": os.devnull,
-                },
-                stderr=subprocess.PIPE,
-                check=False,
-            )
-        finally:
-            if env_tmp:
-                if old_tmp is None:
-                    os.environ.pop("TMPDIR", None)
-                else:
-                    os.environ["TMPDIR"] = old_tmp
+        env = {
+            **os.environ,
+            "SOPS_AGE_KEY_FILE": sops.admin_key_file(),
+            "SOPS_AGE_SSH_PRIVATE_KEY_FILE": os.devnull,
+        }
+        scratch = _scratch_dir()
+        if scratch:
+            env["TMPDIR"] = scratch  # where sops writes the plaintext for the editor
+        proc = subprocess.run(
+            [sops.controller_binary(), *args, work], env=env, stderr=subprocess.PIPE, check=False
+        )
         if proc.returncode == 200:  # sops: the file has not been modified
             say(f"{os.path.relpath(path)}: unchanged")
             return

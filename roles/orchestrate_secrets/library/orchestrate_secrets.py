@@ -196,6 +196,16 @@ def main():
     root = p["root"]
     gens = root + ".d"
     desired = {}
+    if p["secrets"] and module.check_mode:
+        missing = [f for f in (p["key_file"], p["sops"]) if not os.path.exists(f)]
+        if missing:  # a first delivery: apply installs the key and sops before decrypting
+            names = sorted(spec["name"] for spec in p["secrets"])
+            module.exit_json(
+                changed=True,
+                changed_secrets=names,
+                generation="",
+                msg="secrets that would change (first delivery): " + ", ".join(names),
+            )
     if p["secrets"]:
         if not os.path.exists(p["key_file"]):
             module.fail_json(
