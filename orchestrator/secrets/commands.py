@@ -16,7 +16,6 @@ from orchestrator.secrets.sops import SecretsError
 from orchestrator.secrets.store import (
     AGE_RE,
     RECIPIENTS,
-    Recipients,
     SecretsPlan,
     load_recipients,
     plan_for,
@@ -237,11 +236,7 @@ def edit(root: str, name: str, say: Say) -> None:
         else:
             os.unlink(work)
             args += ["--age", ",".join(recipients)]
-        env = {
-            **os.environ,
-            "SOPS_AGE_KEY_FILE": sops.admin_key_file(),
-            "SOPS_AGE_SSH_PRIVATE_KEY_FILE": os.devnull,
-        }
+        env = sops.sops_env()
         scratch = _scratch_dir()
         if scratch:
             env["TMPDIR"] = scratch  # where sops writes the plaintext for the editor
@@ -332,7 +327,3 @@ def check(root: str) -> list[Problem]:
                 )
             )
     return problems
-
-
-def recipients_summary(r: Recipients) -> str:
-    return f"{len(r.admins)} admin(s), {len(r.hosts)} host key(s)"

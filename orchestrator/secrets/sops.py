@@ -83,13 +83,19 @@ def binary_for(arch: str, progress: Callable[[str], None] = lambda _m: None) -> 
     return target
 
 
+def sops_env(key_file: str | None = None) -> dict[str, str]:
+    """The environment sops runs in: the admin's age identities, never the user's SSH keys."""
+    return {
+        **os.environ,
+        "SOPS_AGE_KEY_FILE": key_file or admin_key_file(),
+        "SOPS_AGE_SSH_PRIVATE_KEY_FILE": os.devnull,
+    }
+
+
 def run(
     args: list[str], *, input: bytes | None = None, key_file: str | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    env = dict(os.environ)
-    env["SOPS_AGE_KEY_FILE"] = key_file or admin_key_file()
-    # sops would also try the user's SSH keys; orchestrate's secrets are age keys only
-    env["SOPS_AGE_SSH_PRIVATE_KEY_FILE"] = os.devnull
+    env = sops_env(key_file)
     return subprocess.run(
         [controller_binary(), *args], input=input, capture_output=True, env=env, check=False
     )
@@ -111,21 +117,3 @@ def explain_failure(path: str, stderr: bytes) -> str:
         )
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "sops failed")
     return f"{rel}: {first}"
-
-
-def decrypt_check(path: str, key_file: str | None = None) -> None:
-    """Raise SecretsError unless ``key_file`` (else the admin's) decrypts ``path``; the
-    plaintext goes to /dev/null."""
-    env = dict(os.environ)
-    env["SOPS_AGE_KEY_FILE"] = key_file or admin_key_file()
-    env["SOPS_AGE_SSH_PRIVATE_KEY_FILE"] = os.devnull
-    with open(os.devnull, "wb") as null:
-        proc = subprocess.run(
-            [controller_binary(), "decrypt", path],
-            stdout=null,
-            stderr=subprocess.PIPE,
-            env=env,
-            check=False,
-        )
-    if proc.returncode != 0:
-        raise SecretsError(explain_failure(path, proc.stderr))
