@@ -609,7 +609,8 @@ def _testbed_up(args: argparse.Namespace) -> int:
     suite = ev.spec.channels["stable"]["suite"]
     hosts = {h: ev.hosts[h].info["arch"] for h in chosen}
     ports = {h: int(ev.hosts[h].info["deploy"]["port"]) for h in chosen}
-    record = up(state_dir(root), ev.spec.name, hosts, suite, _err, ports)
+    addresses = {h: str(ev.hosts[h].info["deploy"]["host"]) for h in chosen}
+    record = up(state_dir(root), ev.spec.name, hosts, suite, _err, ports, addresses)
     for name in chosen:
         h = record[name]
         _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")

@@ -7,10 +7,12 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import BUNDLED
 
 pytestmark = pytest.mark.containers
@@ -116,3 +118,83 @@ def test_bundled_vpn_hosts_hold_only_their_own_wireguard_key(bundled: Path) -> N
             ], listing
         else:
             assert listing.stdout == "", (host, listing.stdout)
+
+
+def _containers(root: Path) -> dict[str, str]:
+    status = orchestrate(root, "testbed", "status")
+    return {ln.split("\t")[0]: ln.split("\t")[1] for ln in status.stdout.splitlines()}
+
+
+def _inside(container: str, python: str) -> str:
+    r = subprocess.run(
+        ["podman", "exec", container, "python3", "-c", python],
+        capture_output=True, text=True, check=False, timeout=120,
+        env={"CONTAINERS_CONF": CONTAINERS_CONF, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _get(container: str, url: str, host: str = "") -> object:
+    """JSON from `url`, fetched inside the container (the fleet's addresses live there)."""
+    code = (
+        "import urllib.request, sys\n"
+        f"headers = {{'Host': {host!r}}} if {host!r} else {{}}\n"
+        f"req = urllib.request.Request({url!r}, headers=headers)\n"
+        "sys.stdout.write(urllib.request.urlopen(req, timeout=10).read().decode())\n"
+    )
+    return json.loads(_inside(container, code))
+
+
+def _expected_targets(root: Path) -> dict[str, set[str]]:
+    """Exporter kind -> address:port, read from the fleet's configuration (not from Prometheus)."""
+    r = orchestrate(
+        root, "query",
+        "values(hosts)[].{name: name, at: deploy.host, ex: config.services.prometheus.exporters}",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out: dict[str, set[str]] = {}
+    for h in json.loads(r.stdout):
+        for kind, ex in h["ex"].items():
+            if ex["enable"]:
+                address = h["at"] if ex["listen_address"] == "0.0.0.0" else ex["listen_address"]
+                out.setdefault(kind, set()).add(f"{address}:{ex['port']}")
+    return out
+
+
+def test_prometheus_discovers_exactly_the_exporter_hosts(bundled: Path) -> None:
+    """Runs after the converge test: the prometheus host's rendered config and its targets API
+    list exactly the hosts that enable exporters, and the running exporters answer it."""
+    expected = _expected_targets(bundled)
+    assert {k: len(v) for k, v in expected.items()} == {"node": 5, "dnsmasq": 1, "nvidia_gpu": 1}
+    containers = _containers(bundled)
+    config = yaml.safe_load(
+        _inside(containers["data-storage"], "print(open('/etc/prometheus/prometheus.yml').read())")
+    )
+    rendered = {
+        j["job_name"]: {t for s in j["static_configs"] for t in s["targets"]}
+        for j in config["scrape_configs"]
+    }
+    assert rendered == expected
+    api = "http://10.88.127.3:8080/prometheus/api/v1/targets"
+    deadline = time.monotonic() + 120
+    while True:
+        active = _get(containers["data-storage"], api)["data"]["activeTargets"]  # type: ignore[index]
+        health = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in active}
+        found: dict[str, set[str]] = {}
+        for job, instance in health:
+            found.setdefault(job, set()).add(instance)
+        assert found == expected
+        # every exporter that runs answers; the GPU one is configured but has no GPU to run on
+        up = {k for k, v in health.items() if v == "up"}
+        if up == {k for k in health if k[0] != "nvidia_gpu"} or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert up == {k for k in health if k[0] != "nvidia_gpu"}, health
+    # the edge host's reverse proxy reaches that API at the port it read from data-storage
+    proxied = _get(
+        containers["cortex-alpha"], "http://127.0.0.1/prometheus/api/v1/targets", "example.com"
+    )
+    assert {t["labels"]["instance"] for t in proxied["data"]["activeTargets"]} == set().union(  # type: ignore[index]
+        *expected.values()
+    )

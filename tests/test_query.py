@@ -39,7 +39,7 @@ def test_query_reads_cross_host_values(cli: Callable[..., Run]) -> None:
         "--fleet",
         str(BUNDLED),
         "query",
-        "hosts.\"data-storage\".config.services.prometheus.scrape_configs[?job_name=='nvidia']"
+        "hosts.\"data-storage\".config.services.prometheus.scrape_configs[?job_name=='nvidia_gpu']"
         ".targets[]",
     )
     assert json.loads(r.out) == ["10.88.127.88:9835"]

@@ -311,12 +311,21 @@ def _role_entry(name: str, f: ModuleFile | None) -> dict[str, Any]:
     if f is not None and f.options:
         # role arguments, checked by Ansible against meta/argument_specs.yml when the role starts
         entry["vars"] = {
-            arg_name(name, d): "{{ orchestrate_config"
-            + "".join(f"[{p!r}]" for p in d.path)
-            + " | default(None) }}"
+            arg_name(name, d): "{{ " + _config_ref(d.path) + " | default(None) }}"
             for d in f.options
         }
     return entry
+
+
+def _config_ref(path: tuple[str, ...]) -> str:
+    """Jinja for the option at ``path`` of the play's ``config``: dotted where a key can be an
+    attribute (short lines in site.yml), subscripted where it could not or would name a dict
+    method (``config.x.items`` is the method, not the key)."""
+    ref = "config"
+    for key in path:
+        plain = key.isidentifier() and not hasattr(dict, key)
+        ref += f".{key}" if plain else f"[{key!r}]"
+    return ref
 
 
 def role_dirs(root: str) -> list[str]:

@@ -202,6 +202,35 @@ def wg_peers(hosts: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return peers
 
 
+_EXPORTERS = ("services", "prometheus", "exporters")
+
+
+def scrape_targets(hosts: dict[str, Any], kind: str) -> list[str]:
+    """``address:port`` of every host that enables exporter ``kind``, by host name; an exporter
+    listening on 0.0.0.0 is scraped at its host's deploy address."""
+    targets = []
+    for name in sorted(hosts):
+        h = hosts[name]
+        found = _get_path(h.get("config"), (*_EXPORTERS, kind))
+        if found and found.get("enable"):
+            address = found.get("listen_address")
+            if address in (None, "0.0.0.0"):
+                address = h["deploy"]["host"]
+            targets.append(f"{address}:{found.get('port')}")
+    return targets
+
+
+def scrape_jobs(hosts: dict[str, Any]) -> list[dict[str, Any]]:
+    """One scrape job per exporter kind that some host enables, named after the kind."""
+    kinds: set[str] = set()
+    for h in hosts.values():
+        group = _get_path(h.get("config"), _EXPORTERS)
+        if group:
+            kinds.update(group.keys())
+    jobs = [{"job_name": k, "targets": scrape_targets(hosts, k)} for k in sorted(kinds)]
+    return [j for j in jobs if j["targets"]]
+
+
 def _get_path(value: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         if value is None:
@@ -217,6 +246,8 @@ def secret_path(name: str) -> str:
 
 BUILTINS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "wg_peers": (wg_peers, ("object", "string")),
+    "scrape_jobs": (scrape_jobs, ("object",)),
+    "scrape_targets": (scrape_targets, ("object", "string")),
     "secret": (secret_path, ("string",)),
 }
 

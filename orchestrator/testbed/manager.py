@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -97,10 +98,13 @@ def up(
     suite: str,
     progress: Progress,
     ssh_ports: dict[str, int] | None = None,
+    deploy_addresses: dict[str, str] | None = None,
 ) -> dict[str, TestbedHost]:
     """Start a container per host (``hosts`` maps name -> arch); reuse running ones. sshd in
     a container listens on the host's deploy port (``ssh_ports``, else 22), published on a free
-    port of 127.0.0.1."""
+    port of 127.0.0.1. Each container also answers at its host's IPv4 deploy address on the
+    podman bridge (``deploy_addresses``), so services that reach each other at those
+    addresses (scrape targets, proxy upstreams) work inside the testbed."""
     record = load_record(state_dir)
     key, pub = _key(state_dir)
     images = {arch: ssh_image(arch, suite, progress) for arch in sorted(set(hosts.values()))}
@@ -132,6 +136,12 @@ def up(
             # the firewall role loads nftables rules inside the container's own network
             "--cap-add",
             "NET_ADMIN",
+            # as on a booted host, for Debian's init scripts: an init that reaps orphans (a
+            # script that stops a daemon waits for its process to disappear), and root able
+            # to read other users' /proc/PID/exe (how the scripts find the daemon)
+            "--init",
+            "--cap-add",
+            "SYS_PTRACE",
             "--label",
             f"orchestrate.fleet={fleet}",
             images[arch],
@@ -141,7 +151,34 @@ def up(
         _save(state_dir, record)
     progress(f"started {len(started)} container(s); waiting for sshd ...")
     _wait_ssh([record[n] for n in started])
+    _bridge_addresses(record, deploy_addresses or {})
     return record
+
+
+def _bridge_addresses(record: dict[str, TestbedHost], deploy: dict[str, str]) -> None:
+    """Give each container its IPv4 deploy address on its bridge interface, and every container
+    an on-link route to the others' (idempotent: ``replace``). Traffic stays on the bridge."""
+    wanted = {n: a for n, a in deploy.items() if n in record and _is_ipv4(a)}
+    for name, h in sorted(record.items()):
+        script = ["dev=$(ip -o route show default | awk '{print $5; exit}')"]
+        for other, address in sorted(wanted.items()):
+            verb = "addr replace" if other == name else "route replace"
+            script.append(f'ip {verb} {address}/32 dev "$dev"')
+        if len(script) > 1:
+            out = podman("exec", h.container, "sh", "-ec", "\n".join(script), check=False)
+            if out.returncode != 0:
+                raise TestbedError(
+                    f"could not give {h.container} the fleet's deploy addresses: "
+                    f"{out.stderr.strip()}"
+                )
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _running(cname: str) -> bool:
