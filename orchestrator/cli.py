@@ -179,10 +179,10 @@ def _deploy_parsers(sub: Any) -> None:
     te = sub.add_parser(
         "test",
         help="run the roles' molecule scenarios in podman containers",
-        description="Run `molecule test` (create, converge, idempotence, verify, destroy) for "
-        "each shipped role with a molecule/ folder, or the roles named; the fleet's own "
-        "roles/ take part when a fleet is found. Logs go to .orchestrate/test-logs/ (or "
-        "./test-logs without a fleet). Exit 3 when a role fails.",
+        description="Run `molecule test` (create, check, converge, idempotence, verify, "
+        "destroy) for each shipped role with a molecule/ folder, or the roles named; the "
+        "fleet's own roles/ take part when a fleet is found. Logs go to "
+        ".orchestrate/test-logs/ (or ./test-logs without a fleet). Exit 3 when a role fails.",
     )
     te.add_argument("roles", nargs="*", metavar="ROLE")
     te.set_defaults(run=_test)

@@ -86,6 +86,9 @@ def test_bundled_fleet_converges_then_changes_nothing(bundled: Path) -> None:
         "pi-2",
     }
     assert all(h["changed"] == 0 and h["ok"] > 0 for h in summary["hosts"].values()), summary
+    # and a plan agrees: nothing would change (reads run in check mode too)
+    plan = orchestrate(bundled, "plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
 
 
 def test_bundled_vpn_hosts_hold_only_their_own_wireguard_key(bundled: Path) -> None:

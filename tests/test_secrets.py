@@ -315,3 +315,23 @@ def test_committed_plaintext_fails_the_bundled_check_as_ci_runs_it(tmp_path: Pat
     assert bad.returncode == 1 and "secrets/leak.yaml:1:1: not SOPS-encrypted" in bad.stderr
     # and .ci/run runs exactly this check on the repository's own fleet
     assert "secrets check" in (REPO / "README.md").read_text()
+
+
+def test_the_host_module_names_a_missing_owner_or_group() -> None:
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "roles/orchestrate_secrets/library/orchestrate_secrets.py"
+    spec = importlib.util.spec_from_file_location("orchestrate_secrets_module", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Fails:
+        def fail_json(self, msg: str) -> None:
+            raise RuntimeError(msg)
+
+    entry = {"name": "db/password", "owner": "root", "group": "root", "mode": "0440"}
+    assert module._ids(Fails(), entry) == (0, 0, 0o440)
+    for field, kind in (("owner", "user"), ("group", "group")):
+        with pytest.raises(RuntimeError, match=f"db/password: {kind} 'nobody-here' does not"):
+            module._ids(Fails(), {**entry, field: "nobody-here"})

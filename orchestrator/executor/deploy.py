@@ -15,6 +15,7 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.api import build, select
 from orchestrator.compiler.build import input_hashes
+from orchestrator.compiler.content import SECRETS_ROLE
 from orchestrator.compiler.freshness import input_path, load_build_data, sha256_file
 from orchestrator.errors import OrchestrateError, UsageError
 from orchestrator.evaluator.fleet import Evaluation
@@ -156,7 +157,7 @@ def _leaf_paths(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tupl
     return out
 
 
-SECRETS_GROUP = "role_orchestrate_secrets"
+SECRETS_GROUP = f"role_{SECRETS_ROLE}"
 
 
 def secrets_overrides(

@@ -235,8 +235,8 @@ def _msg(res: dict[str, Any]) -> str:
 
 
 def _unpreviewable_command(action: str, data: dict[str, Any], res: dict[str, Any]) -> bool:
-    if action not in COMMAND_ACTIONS:
-        return False
+    if action not in COMMAND_ACTIONS or "rc" in res:
+        return False  # not a command, or one that really ran (`check_mode: false`: a read)
     args = data.get("task_args") or res.get("invocation", {}).get("module_args") or {}
     return not (args.get("creates") or args.get("removes"))
 

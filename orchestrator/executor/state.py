@@ -7,17 +7,13 @@ import os
 import time
 from typing import Any
 
+from orchestrator.fsutil import atomic_write
+
 
 def _atomic_json(path: str, data: Any, mode: int = 0o600) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    text = json.dumps(data, indent=1, sort_keys=True)
+    atomic_write(path, text.encode(), mode)
 
 
 def state_dir(root: str) -> str:

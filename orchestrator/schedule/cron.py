@@ -18,6 +18,7 @@ from orchestrator.errors import OrchestrateError, UsageError
 from orchestrator.executor.deploy import Options, apply, make_plan
 from orchestrator.executor.lock import LockHeld
 from orchestrator.executor.state import _atomic_json, state_dir
+from orchestrator.fsutil import atomic_write
 
 MODES = ("plan", "apply")
 
@@ -259,7 +260,5 @@ def _textfile(root: str, sched: Schedule, rec: dict[str, Any]) -> None:
         ]
     os.makedirs(sched.textfile_dir, exist_ok=True)
     path = os.path.join(sched.textfile_dir, f"orchestrate_{fleet}_{sched.name}.prom")
-    tmp = f"{path}.{os.getpid()}.tmp"  # node_exporter ignores files not ending in .prom
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    # the temporary name does not end in .prom, so node_exporter never reads half a file
+    atomic_write(path, ("\n".join(lines) + "\n").encode(), 0o644)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from orchestrator.fsutil import atomic_write
 from orchestrator.testbed.images import TestbedError, podman, ssh_image
 
 RECORD = "testbed.json"
@@ -47,15 +48,8 @@ def load_record(state_dir: str) -> dict[str, TestbedHost]:
 
 def _save(state_dir: str, hosts: dict[str, TestbedHost]) -> None:
     os.makedirs(state_dir, exist_ok=True)
-    tmp = record_path(state_dir) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(
-            {"hosts": {n: asdict(h) for n, h in sorted(hosts.items())}},
-            fh,
-            indent=2,
-            sort_keys=True,
-        )
-    os.replace(tmp, record_path(state_dir))
+    record = {"hosts": {n: asdict(h) for n, h in sorted(hosts.items())}}
+    atomic_write(record_path(state_dir), json.dumps(record, indent=2, sort_keys=True).encode())
 
 
 def container_name(fleet: str, host: str, state_dir: str) -> str:

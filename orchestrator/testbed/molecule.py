@@ -58,7 +58,7 @@ def run_tests(
     env = {**podman_env(), "ANSIBLE_NOCOLOR": "1", "PY_COLORS": "0", "ANSIBLE_FORCE_COLOR": "0"}
     results = []
     for role in chosen:
-        progress(f"{role}: molecule test (create, converge, idempotence, verify, destroy) ...")
+        progress(f"{role}: molecule test (check, converge, idempotence, verify) ...")
         start = time.monotonic()
         log = os.path.join(logs, f"{role}.log")
         with open(log, "w", encoding="utf-8") as fh:

@@ -116,23 +116,16 @@ def _value(module, tree, spec):
 
 
 def _ids(module, spec):
-    try:
-        uid = pwd.getpwnam(spec["owner"]).pw_uid
-    except KeyError:
-        module.fail_json(
-            msg="secret {}: user {!r} does not exist on this host".format(
-                spec["name"], spec["owner"]
-            )
-        )
-    try:
-        gid = grp.getgrnam(spec["group"]).gr_gid
-    except KeyError:
-        module.fail_json(
-            msg="secret {}: group {!r} does not exist on this host".format(
-                spec["name"], spec["group"]
-            )
-        )
-    return uid, gid, int(spec["mode"], 8)
+    ids = []
+    for kind, lookup in (("user", pwd.getpwnam), ("group", grp.getgrnam)):
+        name = spec["owner" if kind == "user" else "group"]
+        try:
+            entry = lookup(name)
+        except KeyError:
+            msg = "secret {}: {} {!r} does not exist on this host"
+            module.fail_json(msg=msg.format(spec["name"], kind, name))
+        ids.append(entry[2])  # pw_uid / gr_gid
+    return ids[0], ids[1], int(spec["mode"], 8)
 
 
 def _current(root):
