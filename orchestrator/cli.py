@@ -14,6 +14,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from orchestrator import __version__
@@ -176,6 +177,7 @@ def _deploy_parsers(sub: Any) -> None:
     )
     _schedule_parsers(sub)
     _secrets_parsers(sub)
+    _image_parsers(sub)
     te = sub.add_parser(
         "test",
         help="run the roles' molecule scenarios in podman containers",
@@ -614,6 +616,43 @@ def _testbed_up(args: argparse.Namespace) -> int:
     for name in chosen:
         h = record[name]
         _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")
+    return 0
+
+
+def _image_parsers(sub: Any) -> None:
+    im = sub.add_parser(
+        "image",
+        help="disk images built from hosts' configurations",
+        description="The fleet's `images:` entries: one image per host of an entry "
+        "(qcow2 and raw for x86_64, sd for aarch64 boards), under .orchestrate/images/.",
+    )
+    isub = im.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    il = isub.add_parser("list", help="every image: host, architecture, format, file, built")
+    il.add_argument("--json", action="store_true", help="one JSON object per image file")
+    il.set_defaults(run=_image_list)
+
+
+def _image_list(args: argparse.Namespace) -> int:
+    from orchestrator.api import evaluate_fleet
+    from orchestrator.images.plan import load_manifest, plan_images
+
+    root = _root(args)
+    planned = plan_images(evaluate_fleet(root))
+    built = load_manifest(root)
+    rows = []
+    for i in planned:
+        sha = str(built.get(i.file, {}).get("sha256", ""))
+        rows.append({**asdict(i), "sha256": sha or None})
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        return 0
+    if not rows:
+        _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
+    for r in rows:
+        state = f"built {r['sha256'][:12]}" if r["sha256"] else "not built"
+        sys.stdout.write(
+            f"{r['image']}\t{r['host']}\t{r['arch']}\t{r['format']}\t{r['file']}\t{state}\n"
+        )
     return 0
 
 

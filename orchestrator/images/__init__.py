@@ -1,0 +1,1 @@
+"""Disk images built from hosts' configurations (`orchestrate image ...`)."""
