@@ -629,19 +629,50 @@ def _image_parsers(sub: Any) -> None:
     isub = im.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     il = isub.add_parser("list", help="every image: host, architecture, format, file, built")
     il.add_argument("--json", action="store_true", help="one JSON object per image file")
+    il.add_argument("--out", metavar="DIR", help="where images are built (.orchestrate/images)")
     il.set_defaults(run=_image_list)
+    ib = isub.add_parser(
+        "build",
+        help="build image entries (one file per host) through the image-building role",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Build disk images from hosts' configurations, as root, on this machine:
+
+  1. bootstrap Debian (the fleet's stable suite) for the host's architecture; aarch64 runs
+     through qemu-user. Cached under ~/.cache/orchestrate/images by suite, architecture and
+     mirror, as is the next step by package set: a rebuild skips both.
+  2. install the format's kernel and boot loader (qcow2/raw: UEFI systemd-boot) or firmware
+     (sd: Raspberry Pi firmware from Debian), sshd and python3.
+  3. apply the host's own roles into the root filesystem, as an apply would, through a chroot
+     in namespaces of its own (nothing reaches this machine's network, name or processes).
+  4. build the initramfs, remove what differs between builds, make the file systems and the
+     partition table without mounting anything, convert to qcow2.
+
+Same inputs, same sha256: dates come from SOURCE_DATE_EPOCH (default 2025-01-01), identifiers
+from the fleet, image and host names. No secrets go in; the host's age key only with
+`include_host_key: true`. Each image is written under a temporary name and renamed when done,
+with NAME/manifest.json (file, sha256, inputs).""",
+        epilog="examples:\n  orchestrate image build data-storage-vm\n"
+        "  orchestrate image build --all --out /srv/images",
+    )
+    ib.add_argument("names", nargs="*", metavar="NAME", help="image entries from fleet.yaml")
+    ib.add_argument("--all", action="store_true", help="every image entry")
+    ib.add_argument("--out", metavar="DIR", help="where to write them (.orchestrate/images)")
+    ib.set_defaults(run=_image_build)
 
 
 def _image_list(args: argparse.Namespace) -> int:
     from orchestrator.api import evaluate_fleet
-    from orchestrator.images.plan import load_manifest, plan_images
+    from orchestrator.images.plan import images_dir, load_manifest, plan_images
 
     root = _root(args)
     planned = plan_images(evaluate_fleet(root))
-    built = load_manifest(root)
+    out = args.out or images_dir(root)
     rows = []
     for i in planned:
-        sha = str(built.get(i.file, {}).get("sha256", ""))
+        sha = str(load_manifest(out, i.image).get(i.host, {}).get("sha256", ""))
+        if sha and not os.path.exists(os.path.join(out, i.file)):
+            sha = ""
         rows.append({**asdict(i), "sha256": sha or None})
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
@@ -653,6 +684,34 @@ def _image_list(args: argparse.Namespace) -> int:
         sys.stdout.write(
             f"{r['image']}\t{r['host']}\t{r['arch']}\t{r['format']}\t{r['file']}\t{state}\n"
         )
+    return 0
+
+
+def _image_build(args: argparse.Namespace) -> int:
+    from orchestrator.api import build
+    from orchestrator.compiler.freshness import load_build_data
+    from orchestrator.images.build import build_images
+    from orchestrator.images.plan import images_dir, plan_images
+
+    if bool(args.names) == bool(args.all):
+        raise UsageError("name the image entries to build, or give --all (not both)")
+    root = _root(args)
+    ev, result = build(root)
+    planned = plan_images(ev, None if args.all else list(args.names))
+    if not planned:
+        _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
+        return 0
+    out = os.path.abspath(args.out or images_dir(root))
+    built = build_images(
+        root,
+        result.out_dir,
+        load_build_data(result.out_dir),
+        planned,
+        out,
+        lambda msg: _err(msg),
+    )
+    for b in built:
+        sys.stdout.write(f"{b.sha256}  {os.path.relpath(b.path)}\n")
     return 0
 
 

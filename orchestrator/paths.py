@@ -23,6 +23,11 @@ def shipped_roles_dir() -> str:
     return os.path.normpath(os.path.join(_HERE, "..", "roles"))
 
 
+def shipped_playbooks_dir() -> str:
+    """The playbooks that come with orchestrate (the repository's playbooks/ folder)."""
+    return os.path.normpath(os.path.join(_HERE, "..", "playbooks"))
+
+
 def find_fleet(explicit: str | None, env: dict[str, str], cwd: str) -> str:
     """--fleet DIR, else $ORCHESTRATE_FLEET, else the nearest folder above cwd with fleet.yaml."""
     chosen = explicit or env.get("ORCHESTRATE_FLEET")

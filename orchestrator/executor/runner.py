@@ -75,6 +75,7 @@ class RunRequest:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     verbosity: int = 0
     diff: bool = False
+    envvars: dict[str, str] = field(default_factory=dict)  # e.g. an image build's fact cache
 
 
 @dataclass
@@ -127,6 +128,7 @@ def run(
             "ANSIBLE_CALLBACK_PLUGINS": os.path.join(HERE, "callback_plugins"),
             "ANSIBLE_CALLBACKS_ENABLED": "orchestrate_skips",
             "ORCHESTRATE_SKIPS": skips,
+            **req.envvars,
         },
         extravars=extravars,
         limit=",".join(req.hosts),

@@ -15,10 +15,32 @@ from orchestrator.evaluator.fleet import Evaluation
 # aarch64 boards) and the file extension
 FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
     "qcow2": (("x86_64",), "qcow2"),
-    "raw": (("x86_64",), "img"),
+    "raw": (("x86_64",), "raw"),
     "sd": (("aarch64",), "img"),
 }
 DEFAULT_SIZE = {"qcow2": "2G", "raw": "2G", "sd": "2G"}
+BOOT_MIB = {"qcow2": 128, "raw": 128, "sd": 256}
+DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+# What every image carries before the host's roles run: an init, sshd, python3 for Ansible, and
+# the format's kernel and boot loader (UEFI systemd-boot) or board firmware.
+COMMON_PACKAGES = (
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "openssh-server",
+    "iproute2",
+    "zstd",
+    "python3",
+    "python3-apt",
+    "sudo",
+)
+FORMAT_PACKAGES = {
+    "qcow2": ("linux-image-amd64", "systemd-boot-efi"),
+    "raw": ("linux-image-amd64", "systemd-boot-efi"),
+    "sd": ("linux-image-arm64", "raspi-firmware"),
+}
+FORMAT_COMPONENTS = {"qcow2": ("main",), "raw": ("main",), "sd": ("main", "non-free-firmware")}
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MANIFEST = "manifest.json"
 
 
@@ -35,6 +57,33 @@ class HostImage:
     include_host_key: bool
     build_on: str
     file: str  # relative to the images folder
+    mirror: str = DEFAULT_MIRROR
+
+    @property
+    def debian_arch(self) -> str:
+        return DEBIAN_ARCH[self.arch]
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(sorted(COMMON_PACKAGES + FORMAT_PACKAGES[self.format]))
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return FORMAT_COMPONENTS[self.format]
+
+    @property
+    def size_mib(self) -> int:
+        number, unit = int(self.size[:-1]), self.size[-1]
+        return number * (1024 if unit == "G" else 1)
+
+    @property
+    def boot_mib(self) -> int:
+        return BOOT_MIB[self.format]
+
+    @property
+    def root_mib(self) -> int:
+        # the first MiBs hold the partition table (4 MiB before an SD card's first partition)
+        return self.size_mib - self.boot_mib - 4
 
 
 def images_dir(root: str) -> str:
@@ -77,6 +126,7 @@ def plan_images(ev: Evaluation, names: list[str] | None = None) -> list[HostImag
                     include_host_key=spec.include_host_key,
                     build_on=str(info["deploy"]["build_on"]),
                     file=f"{name}/{host}.{ext}",
+                    mirror=_mirror(ev.hosts[host].config),
                 )
             )
     if problems:
@@ -84,19 +134,26 @@ def plan_images(ev: Evaluation, names: list[str] | None = None) -> list[HostImag
     return out
 
 
+def _mirror(config: dict[str, Any]) -> str:
+    env = config.get("environment")
+    mirror = env.get("mirror") if isinstance(env, dict) else None
+    return str(mirror) if mirror else DEFAULT_MIRROR
+
+
 def _suite(ev: Evaluation) -> str:
     return str(ev.spec.channels["stable"]["suite"])
 
 
-def load_manifest(root: str) -> dict[str, Any]:
-    """What was built: file -> {sha256, inputs, ...}; empty before the first build."""
+def load_manifest(out: str, image: str) -> dict[str, Any]:
+    """What was built for one image entry: host -> {file, sha256, inputs}; empty before its
+    first build (or when the manifest cannot be read: the image is then rebuilt)."""
     try:
-        with open(os.path.join(images_dir(root), MANIFEST), encoding="utf-8") as fh:
+        with open(os.path.join(out, image, MANIFEST), encoding="utf-8") as fh:
             data = json.load(fh)
-    except FileNotFoundError:
+    except (OSError, ValueError):
         return {}
-    images = data.get("images", {})
-    return images if isinstance(images, dict) else {}
+    hosts = data.get("hosts", {}) if isinstance(data, dict) else {}
+    return hosts if isinstance(hosts, dict) else {}
 
 
 __all__ = ["FORMATS", "HostImage", "images_dir", "load_manifest", "plan_images"]

@@ -1,0 +1,510 @@
+"""`orchestrate image build`: one disk image per host of an `images:` entry, made by the shipped
+image_builder role on the build host and the host's own roles applied offline in between.
+
+Per host image, three ansible-runner runs: playbooks/image.yml `prepare` (bootstrap and package
+installation, each cached as a tarball keyed by its inputs; identity files), the compiled
+site.yml limited to the host through an isolated chroot (its own roles, as an apply would run
+them), playbooks/image.yml `finish` (initramfs, normalisation, file systems, partition table,
+qcow2). The image is written under a temporary name and renamed, with its manifest, only when
+every stage succeeded: a failed build leaves the previous image and manifest as they were."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import OrchestrateError, UsageError
+from orchestrator.fsutil import atomic_write
+from orchestrator.images.plan import MANIFEST, HostImage, load_manifest
+
+Progress = Callable[[str], None]
+DEFAULT_EPOCH = 1735689600  # 2025-01-01T00:00:00Z, when SOURCE_DATE_EPOCH is not set
+ID_NAMESPACE = uuid.UUID("6f0e3c52-5d1a-4b8e-9f27-0c7a1e2d4b60")
+TOOLS = (
+    "debootstrap",
+    "mke2fs",
+    "debugfs",
+    "e2fsck",
+    "sfdisk",
+    "mkfs.vfat",
+    "fsck.vfat",
+    "mcopy",
+    "mmd",
+    "qemu-img",
+    "unshare",
+    "chroot",
+    "tar",
+    "systemctl",
+    "slirp4netns",
+    "nsenter",
+    "ip",
+)
+BUILDER_ROLE = "image_builder"
+
+
+class BuildFailed(OrchestrateError):
+    """A stage of an image build failed; nothing of that image was kept."""
+
+
+@dataclass(frozen=True)
+class Built:
+    image: HostImage
+    path: str
+    sha256: str
+    seconds: float
+    cached: list[str]  # the stages served from the cache
+
+
+def cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "orchestrate", "images")
+
+
+def source_date_epoch() -> int:
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not raw:
+        return DEFAULT_EPOCH
+    if not raw.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH must be seconds since 1970, not {raw!r}")
+    return int(raw)
+
+
+def check_build_host(images: list[HostImage]) -> None:
+    """Everything a build needs on this machine, before anything is written."""
+    problems = []
+    remote = sorted({f"{i.host}" for i in images if i.build_on != "local"})
+    if remote:
+        problems.append(
+            f"deploy.build_on: remote is not supported for images yet ({', '.join(remote)}): "
+            "build them here with build_on: local"
+        )
+    if os.geteuid() != 0:
+        problems.append("image builds run as root (debootstrap, chroot, file ownership)")
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        problems.append(
+            f"missing tools: {', '.join(missing)} (Debian: apt-get install debootstrap "
+            "e2fsprogs fdisk dosfstools mtools qemu-utils util-linux)"
+        )
+    machine = platform.machine()
+    for arch in sorted({i.arch for i in images}):
+        if arch != machine and not os.path.exists(f"/proc/sys/fs/binfmt_misc/qemu-{arch}"):
+            problems.append(
+                f"{arch} images on this {machine} machine need qemu-user emulation "
+                "(apt-get install qemu-user-static binfmt-support)"
+            )
+    try:
+        from ansible_collections.community.general.plugins.connection import (  # noqa: F401
+            chroot,
+        )
+    except ImportError:
+        problems.append(
+            "the chroot connection (community.general) is missing: pip install 'orchestrate[images]'"
+        )
+    if problems:
+        raise UsageError("cannot build images here:\n  " + "\n  ".join(problems))
+
+
+def image_ids(fleet: str, img: HostImage) -> dict[str, str]:
+    """Fixed identifiers for the disk (same inputs, same bytes), distinct per image and host."""
+
+    def uid(part: str) -> uuid.UUID:
+        return uuid.uuid5(ID_NAMESPACE, f"{fleet}/{img.image}/{img.host}/{part}")
+
+    if img.format == "sd":
+        label = uid("disk").hex[:8]
+        return {
+            "disk": label,
+            "boot_part": f"{label}-01",
+            "root_part": f"{label}-02",
+            "root_fs": str(uid("rootfs")),
+            "boot_serial": uid("boot").hex[:8].upper(),
+        }
+    return {
+        "disk": str(uid("disk")),
+        "boot_part": str(uid("esp")),
+        "root_part": str(uid("root")),
+        "root_fs": str(uid("rootfs")),
+        "boot_serial": uid("boot").hex[:8].upper(),
+    }
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _tree_digest(folder: str) -> str:
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("molecule", "__pycache__"))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, folder).encode() + b"\0")
+            with open(path, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
+def cache_keys(img: HostImage) -> tuple[str, str]:
+    """(bootstrap key, installation key): what each cached tarball was made from."""
+    base = _digest(
+        {
+            "suite": img.suite,
+            "arch": img.debian_arch,
+            "components": img.components,
+            "mirror": img.mirror,
+        }
+    )[:16]
+    installed = _digest({"base": base, "packages": img.packages})[:16]
+    return base, installed
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_images(
+    root: str,
+    build_dir: str,
+    fleet: dict[str, Any],
+    images: list[HostImage],
+    out: str,
+    progress: Progress,
+    cancelled: threading.Event | None = None,
+) -> list[Built]:
+    """Build ``images`` (already planned and checked) from the compiled ``build_dir``."""
+    from orchestrator.paths import shipped_roles_dir
+
+    check_build_host(images)
+    epoch = source_date_epoch()
+    cancelled = cancelled or threading.Event()
+    builder_digest = _tree_digest(os.path.join(shipped_roles_dir(), BUILDER_ROLE))
+    results = []
+    for n, img in enumerate(images, 1):
+        progress(f"[{n}/{len(images)}] {img.file}: {img.host}, {img.arch}, {img.format}")
+        results.append(
+            _build_one(root, build_dir, fleet, img, out, epoch, builder_digest, progress, cancelled)
+        )
+    return results
+
+
+def _build_one(
+    root: str,
+    build_dir: str,
+    fleet: dict[str, Any],
+    img: HostImage,
+    out: str,
+    epoch: int,
+    builder_digest: str,
+    progress: Progress,
+    cancelled: threading.Event,
+) -> Built:
+    started = time.monotonic()
+    cache = cache_dir()
+    base_key, installed_key = cache_keys(img)
+    base_tar = os.path.join(cache, f"base-{img.suite}-{img.debian_arch}-{base_key}.tar")
+    installed_tar = os.path.join(
+        cache, f"installed-{img.suite}-{img.debian_arch}-{installed_key}.tar"
+    )
+    cached = [
+        s for s, p in (("bootstrap", base_tar), ("packages", installed_tar)) if os.path.exists(p)
+    ]
+    final = os.path.join(out, img.file)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    partial = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.partial")
+    work = os.path.join(out, ".work", img.image, img.host)
+    ids = image_ids(str(fleet["fleet"]["name"]), img)
+    host_key = _host_key(root, img)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work, mode=0o700)
+    builder_vars = {
+        "image_builder_root": os.path.join(work, "root"),
+        "image_builder_work": work,
+        "image_builder_cache": cache,
+        "image_builder_arch": img.debian_arch,
+        "image_builder_suite": img.suite,
+        "image_builder_mirror": img.mirror,
+        "image_builder_components": list(img.components),
+        "image_builder_packages": list(img.packages),
+        "image_builder_base_tar": base_tar,
+        "image_builder_installed_tar": installed_tar,
+        "image_builder_epoch": epoch,
+        "image_builder_hostname": img.host,
+        "image_builder_format": img.format,
+        "image_builder_ids": ids,
+        "image_builder_boot_mib": img.boot_mib,
+        "image_builder_root_mib": img.root_mib,
+        "image_builder_output": partial,
+        "image_builder_host_key": host_key or "",
+    }
+    try:
+        for stage in ("prepare", "roles", "finish"):
+            if cancelled.is_set():
+                raise BuildFailed(f"{img.file}: interrupted; nothing was kept")
+            t0 = time.monotonic()
+            if stage == "roles":
+                _apply_host_roles(build_dir, work, img, progress, cancelled)
+            else:
+                _run_builder(
+                    work, {**builder_vars, "image_builder_stage": stage}, img, progress, cancelled
+                )
+            progress(f"  {stage}: done in {time.monotonic() - t0:.0f}s")
+        sha = _file_sha256(partial)
+        os.replace(partial, final)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        shutil.rmtree(work, ignore_errors=True)
+    _record(out, build_dir, img, sha, fleet, epoch, builder_digest, base_key, installed_key)
+    seconds = time.monotonic() - started
+    progress(f"  {img.file}: sha256 {sha[:16]}..., {seconds:.0f}s")
+    return Built(img, final, sha, seconds, cached)
+
+
+def _host_key(root: str, img: HostImage) -> str | None:
+    """The host's own age identity, only for an entry with include_host_key: true."""
+    if not img.include_host_key:
+        return None
+    from orchestrator.secrets.commands import pending_key
+
+    key = pending_key(root, img.host)
+    if key is None:
+        raise UsageError(
+            f"image {img.image!r} asks for {img.host}'s age key (include_host_key: true) and "
+            f"there is none waiting in .orchestrate/host-keys/: run "
+            f"`orchestrate secrets host-key {img.host}` first"
+        )
+    return key
+
+
+def _events(
+    label: str, progress: Progress, failures: list[str]
+) -> Callable[[dict[str, Any]], bool]:
+    def handle(event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        if kind == "playbook_on_task_start":
+            task = str(data.get("task", ""))
+            if task and not task.startswith(("Gathering", "Check the stage")):
+                progress(f"  {label}: {task}")
+        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get(
+            "ignore_errors"
+        ):
+            res = data.get("res", {})
+            items = [r for r in res.get("results", []) if isinstance(r, dict) and r.get("failed")]
+            msg = "; ".join(_result_message(r) for r in items) or _result_message(res)
+            failures.append(f"{data.get('task', '?')}: {msg[-1200:]}")
+        return True
+
+    return handle
+
+
+def _result_message(res: dict[str, Any]) -> str:
+    parts = [res.get("msg"), res.get("stderr"), res.get("module_stderr")]
+    return " ".join(str(p).strip() for p in parts if p)
+
+
+def _run_builder(
+    work: str,
+    variables: dict[str, Any],
+    img: HostImage,
+    progress: Progress,
+    cancelled: threading.Event,
+) -> None:
+    import ansible_runner
+
+    from orchestrator.paths import shipped_playbooks_dir, shipped_roles_dir
+
+    stage = str(variables["image_builder_stage"])
+    run_dir = os.path.join(work, f"runner-{stage}")
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    failures: list[str] = []
+    r = ansible_runner.run(
+        private_data_dir=run_dir,
+        project_dir=shipped_playbooks_dir(),
+        playbook="image.yml",
+        inventory={
+            "all": {
+                "hosts": {
+                    "localhost": {
+                        "ansible_connection": "local",
+                        "ansible_python_interpreter": sys.executable,
+                    }
+                }
+            }
+        },
+        envvars={
+            "ANSIBLE_ROLES_PATH": shipped_roles_dir(),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+        },
+        extravars=variables,
+        quiet=True,
+        ident="artifacts",
+        event_handler=_events(stage, progress, failures),
+        cancel_callback=cancelled.is_set,
+        suppress_env_files=True,
+    )
+    if r.rc != 0 or r.status != "successful":
+        detail = "\n  ".join(failures) or f"ansible-runner ended {r.status} (rc {r.rc})"
+        raise BuildFailed(f"{img.file}: the image builder's {stage} stage failed:\n  {detail}")
+
+
+@contextlib.contextmanager
+def _build_network(root: str) -> Iterator[str]:
+    """A network namespace of the build's own, reaching out through slirp4netns (user-mode
+    networking: the build host's interfaces, routes and rulesets are not in it). Yields its path;
+    the chroot's resolv.conf names slirp4netns's DNS forwarder meanwhile."""
+    name = f"orchestrate-image-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path = f"/run/netns/{name}"
+    _quiet("ip", "netns", "add", name)
+    slirp = None
+    try:
+        read_fd, write_fd = os.pipe()
+        slirp = subprocess.Popen(
+            [
+                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+                f"--ready-fd={write_fd}", "--netns-type=path", path, "tap0",
+            ],
+            pass_fds=(write_fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as ready:
+            if ready.read(1) != b"1":
+                err = slirp.stderr.read().decode(errors="replace") if slirp.stderr else ""
+                raise BuildFailed(f"slirp4netns did not bring the build network up: {err.strip()}")
+        resolv = os.path.join(root, "etc", "resolv.conf")
+        if os.path.lexists(resolv):
+            os.unlink(resolv)
+        with open(resolv, "w", encoding="utf-8") as fh:
+            fh.write("nameserver 10.0.2.3\n")
+        yield path
+    finally:
+        if slirp is not None:
+            slirp.terminate()
+            slirp.wait(timeout=10)
+        _quiet("ip", "netns", "delete", name)
+
+
+def _quiet(*cmd: str) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BuildFailed(f"{' '.join(cmd)}: {res.stderr.strip()}")
+
+
+def _apply_host_roles(
+    build_dir: str,
+    work: str,
+    img: HostImage,
+    progress: Progress,
+    cancelled: threading.Event,
+) -> None:
+    """The host's own roles, through the isolated chroot: as an apply would run them."""
+    from orchestrator.executor import runner
+    from orchestrator.paths import shipped_roles_dir
+
+    chroot_exe = os.path.join(shipped_roles_dir(), BUILDER_ROLE, "files", "chroot-isolated")
+    overrides = {
+        img.host: {
+            "ansible_connection": "community.general.chroot",
+            "ansible_host": os.path.join(work, "root"),
+            "ansible_chroot_exe": chroot_exe,
+            "ansible_become": False,
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "orchestrate_image": True,
+        }
+    }
+    req = runner.RunRequest(
+        build_dir=build_dir,
+        run_dir=os.path.join(work, "runner-roles"),
+        hosts=[img.host],
+        overrides=overrides,
+        # the chroot's facts must not stand in for the real host's in the build's fact cache
+        envvars={"ANSIBLE_CACHE_PLUGIN": "memory", "SYSTEMD_OFFLINE": "1"},
+    )
+    failures: list[str] = []
+
+    def on_event(ev: runner.Event) -> None:
+        if ev.kind == "task_start" and not ev.task.startswith("Gathering"):
+            progress(f"  roles: {ev.task}")
+
+    with _build_network(os.path.join(work, "root")) as netns:
+        req.envvars["ORCHESTRATE_IMAGE_NETNS"] = netns
+        res = runner.run(req, on_event, cancelled)
+    for t in res.tasks:
+        if t.status in ("failed", "unreachable"):
+            failures.append(
+                f"{t.role + ': ' if t.role else ''}{t.task}: {t.message.strip()[-1200:]}"
+            )
+    stats = res.stats.get(img.host)
+    if res.rc != 0 or stats is None or not stats.success:
+        detail = "\n  ".join(failures) or f"ansible-runner ended {res.status} (rc {res.rc})"
+        raise BuildFailed(f"{img.file}: {img.host}'s roles failed in the image:\n  {detail}")
+
+
+def _record(
+    out: str,
+    build_dir: str,
+    img: HostImage,
+    sha: str,
+    fleet: dict[str, Any],
+    epoch: int,
+    builder_digest: str,
+    base_key: str,
+    installed_key: str,
+) -> None:
+    """Add this host's file, hash and inputs to the entry's manifest (atomically)."""
+    host = fleet["hosts"][img.host]
+    hosts = load_manifest(out, img.image)
+    hosts[img.host] = {
+        "file": os.path.basename(img.file),
+        "sha256": sha,
+        "format": img.format,
+        "arch": img.arch,
+        "inputs": {
+            "config": _digest(host.get("config", {})),
+            "roles": {r: _tree_digest(os.path.join(build_dir, "roles", r)) for r in host["roles"]},
+            "suite": img.suite,
+            "mirror": img.mirror,
+            "packages": list(img.packages),
+            "bootstrap": base_key,
+            "installation": installed_key,
+            "image_builder": builder_digest,
+            "source_date_epoch": epoch,
+            "size": img.size,
+            "host_key": img.include_host_key,
+        },
+    }
+    doc = {"image": img.image, "format": img.format, "hosts": hosts}
+    path = os.path.join(out, img.image, MANIFEST)
+    atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+
+
+__all__ = [
+    "BuildFailed",
+    "Built",
+    "build_images",
+    "cache_dir",
+    "cache_keys",
+    "check_build_host",
+    "image_ids",
+    "source_date_epoch",
+]
