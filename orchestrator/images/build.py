@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -105,13 +106,10 @@ def check_build_host(images: list[HostImage]) -> None:
                 f"{arch} images on this {machine} machine need qemu-user emulation "
                 "(apt-get install qemu-user-static binfmt-support)"
             )
-    try:
-        from ansible_collections.community.general.plugins.connection import (  # noqa: F401
-            chroot,
-        )
-    except ImportError:
+    if importlib.util.find_spec("ansible_collections.community.general") is None:
         problems.append(
-            "the chroot connection (community.general) is missing: pip install 'orchestrate[images]'"
+            "the chroot connection (community.general) is missing: "
+            "pip install 'orchestrate[images]'"
         )
     if problems:
         raise UsageError("cannot build images here:\n  " + "\n  ".join(problems))
