@@ -653,11 +653,15 @@ from the fleet, image and host names. No secrets go in; the host's age key only 
 `include_host_key: true`. Each image is written under a temporary name and renamed when done,
 with NAME/manifest.json (file, sha256, inputs).""",
         epilog="examples:\n  orchestrate image build data-storage-vm\n"
+        "  orchestrate image build pi-cards --limit pi-1\n"
         "  orchestrate image build --all --out /srv/images",
     )
     ib.add_argument("names", nargs="*", metavar="NAME", help="image entries from fleet.yaml")
     ib.add_argument("--all", action="store_true", help="every image entry")
     ib.add_argument("--out", metavar="DIR", help="where to write them (.orchestrate/images)")
+    ib.add_argument(
+        "--limit", metavar="HOSTS", help="only these hosts' files (comma-separated host names)"
+    )
     ib.set_defaults(run=_image_build)
 
 
@@ -698,6 +702,16 @@ def _image_build(args: argparse.Namespace) -> int:
     root = _root(args)
     ev, result = build(root)
     planned = plan_images(ev, None if args.all else list(args.names))
+    if args.limit:
+        wanted = [h.strip() for h in args.limit.split(",") if h.strip()]
+        inside = {i.host for i in planned}
+        outside = [h for h in wanted if h not in inside]
+        if outside:
+            raise UsageError(
+                f"--limit: {', '.join(outside)} not in the chosen images "
+                f"(their hosts: {', '.join(sorted(inside))})"
+            )
+        planned = [i for i in planned if i.host in wanted]
     if not planned:
         _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
         return 0
