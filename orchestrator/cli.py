@@ -168,6 +168,13 @@ def _deploy_parsers(sub: Any) -> None:
     tsub = tb.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
     tu = tsub.add_parser("up", help="start containers (all hosts, or --hosts)")
     tu.add_argument("--hosts", metavar="H1,H2", help="only these hosts")
+    tu.add_argument(
+        "--from-image",
+        metavar="NAME",
+        help="boot the built image entry NAME's root filesystems instead (systemd as init; "
+        "`orchestrate image build NAME` first): a plan then shows what a machine made from "
+        "the image would get on its first apply",
+    )
     tu.set_defaults(run=_testbed_up)
     tsub.add_parser("status", help="list containers and whether sshd answers").set_defaults(
         run=_testbed_status
@@ -608,15 +615,57 @@ def _testbed_up(args: argparse.Namespace) -> int:
     unknown = [h for h in chosen if h not in ev.hosts]
     if unknown:
         raise UsageError(f"unknown host(s): {', '.join(unknown)}")
+    if args.from_image:
+        chosen = _built_image_hosts(root, ev, args.from_image, args.hosts)
     suite = ev.spec.channels["stable"]["suite"]
     hosts = {h: ev.hosts[h].info["arch"] for h in chosen}
     ports = {h: int(ev.hosts[h].info["deploy"]["port"]) for h in chosen}
     addresses = {h: str(ev.hosts[h].info["deploy"]["host"]) for h in chosen}
-    record = up(state_dir(root), ev.spec.name, hosts, suite, _err, ports, addresses)
+    if args.from_image:
+        from orchestrator.images.plan import images_dir
+        from orchestrator.testbed.fromimage import up_from_image
+
+        folder = os.path.join(images_dir(root), args.from_image)
+        files = {
+            h: (os.path.join(folder, str(load_image_manifest(root, args.from_image)[h]["file"])), a)
+            for h, a in hosts.items()
+        }
+        record = up_from_image(state_dir(root), ev.spec.name, files, _err, ports, addresses)
+    else:
+        record = up(state_dir(root), ev.spec.name, hosts, suite, _err, ports, addresses)
     for name in chosen:
         h = record[name]
         _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")
     return 0
+
+
+def load_image_manifest(root: str, name: str) -> dict[str, Any]:
+    from orchestrator.images.plan import images_dir, load_manifest
+
+    return load_manifest(images_dir(root), name)
+
+
+def _built_image_hosts(root: str, ev: Any, name: str, hosts: str | None) -> list[str]:
+    """The hosts of image entry ``name`` (or those of --hosts) whose image file is built."""
+    from orchestrator.images.plan import images_dir, plan_images
+
+    planned = {i.host: i for i in plan_images(ev, [name])}
+    chosen = hosts.split(",") if hosts else sorted(planned)
+    outside = [h for h in chosen if h not in planned]
+    if outside:
+        raise UsageError(f"image {name!r} has no file for {', '.join(outside)}")
+    built = load_image_manifest(root, name)
+    missing = [
+        h
+        for h in chosen
+        if h not in built or not os.path.exists(os.path.join(images_dir(root), planned[h].file))
+    ]
+    if missing:
+        raise UsageError(
+            f"image {name!r} is not built for {', '.join(missing)}: "
+            f"run `orchestrate image build {name}` first"
+        )
+    return chosen
 
 
 def _image_parsers(sub: Any) -> None:
@@ -692,6 +741,8 @@ def _image_list(args: argparse.Namespace) -> int:
 
 
 def _image_build(args: argparse.Namespace) -> int:
+    import signal
+
     from orchestrator.api import build
     from orchestrator.compiler.freshness import load_build_data
     from orchestrator.images.build import build_images
@@ -716,6 +767,8 @@ def _image_build(args: argparse.Namespace) -> int:
         _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
         return 0
     out = os.path.abspath(args.out or images_dir(root))
+    flag = _interruptible()
+    signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
     built = build_images(
         root,
         result.out_dir,
@@ -723,6 +776,7 @@ def _image_build(args: argparse.Namespace) -> int:
         planned,
         out,
         lambda msg: _err(msg),
+        flag,
     )
     for b in built:
         sys.stdout.write(f"{b.sha256}  {os.path.relpath(b.path)}\n")

@@ -55,7 +55,9 @@ class HostPlan:
             self.check
             and (self.check["changed"] or self.check["failed"] or self.check["unreachable"])
         )
-        return bool(self.config_changes) or self.first_apply or checked
+        # a host never applied is a change unless its check ran and found every task in
+        # place (a machine made from an image of its configuration)
+        return bool(self.config_changes) or checked or (self.first_apply and self.check is None)
 
 
 @dataclass

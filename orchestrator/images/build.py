@@ -254,7 +254,7 @@ def _build_one(
     try:
         for stage in ("prepare", "roles", "finish"):
             if cancelled.is_set():
-                raise BuildFailed(f"{img.file}: interrupted; nothing was kept")
+                raise BuildFailed(f"{img.file}: interrupted; nothing of it was kept")
             t0 = time.monotonic()
             if stage == "roles":
                 _apply_host_roles(build_dir, work, img, progress, cancelled)
@@ -359,6 +359,8 @@ def _run_builder(
         cancel_callback=cancelled.is_set,
         suppress_env_files=True,
     )
+    if cancelled.is_set():
+        raise BuildFailed(f"{img.file}: interrupted; nothing of it was kept")
     if r.rc != 0 or r.status != "successful":
         detail = "\n  ".join(failures) or f"ansible-runner ended {r.status} (rc {r.rc})"
         raise BuildFailed(f"{img.file}: the image builder's {stage} stage failed:\n  {detail}")
@@ -452,6 +454,8 @@ def _apply_host_roles(
             failures.append(
                 f"{t.role + ': ' if t.role else ''}{t.task}: {t.message.strip()[-1200:]}"
             )
+    if cancelled.is_set():
+        raise BuildFailed(f"{img.file}: interrupted; nothing of it was kept")
     stats = res.stats.get(img.host)
     if res.rc != 0 or stats is None or not stats.success:
         detail = "\n  ".join(failures) or f"ansible-runner ended {res.status} (rc {res.rc})"

@@ -21,13 +21,15 @@ FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
 DEFAULT_SIZE = {"qcow2": "2G", "raw": "2G", "sd": "2G"}
 BOOT_MIB = {"qcow2": 128, "raw": 128, "sd": 256}
 DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
-# What every image carries before the host's roles run: an init, sshd, python3 for Ansible, and
-# the format's kernel and boot loader (UEFI systemd-boot) or board firmware.
+# What every image carries before the host's roles run: an init, name resolution for the
+# addresses DHCP gives (systemd-resolved), sshd, python3 for Ansible, and the format's kernel and
+# boot loader (UEFI systemd-boot) or board firmware.
 COMMON_PACKAGES = (
     "systemd-sysv",
     "udev",
     "dbus",
     "openssh-server",
+    "systemd-resolved",
     "iproute2",
     "zstd",
     "python3",

@@ -110,8 +110,10 @@ def render_plan(console: Console, plan: Plan) -> None:
     for h, hp in sorted(plan.hosts.items()):
         mark = "[yellow]~[/]" if hp.changed else "[green]=[/]"
         console.print(f"{mark} [bold]{h}[/]  roles: {', '.join(hp.roles) or '-'}")
-        if hp.first_apply:
+        if hp.first_apply and hp.changed:
             console.print("    never applied: every option is new")
+        elif hp.first_apply:
+            console.print("    never applied through orchestrate, and already as configured")
         for c in hp.config_changes:
             console.print(
                 f"    {c['path']}: {_short(c['old'])} -> {_short(c['new'])}", markup=False

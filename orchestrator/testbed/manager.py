@@ -99,6 +99,8 @@ def up(
     port of 127.0.0.1. Each container also answers at its host's IPv4 deploy address on the
     podman bridge (``deploy_addresses``), so services that reach each other at those
     addresses (scrape targets, proxy upstreams) work inside the testbed."""
+    from orchestrator.testbed.fromimage import image_root_dir, release
+
     record = load_record(state_dir)
     key, pub = _key(state_dir)
     images = {arch: ssh_image(arch, suite, progress) for arch in sorted(set(hosts.values()))}
@@ -109,6 +111,7 @@ def up(
         if name in record and _running(cname):
             continue
         podman("rm", "-f", cname, check=False)
+        release(image_root_dir(state_dir, name))  # it ran from an image before
         port = _free_port(taken)
         taken.add(port)
         inner = (ssh_ports or {}).get(name, 22)
@@ -213,9 +216,12 @@ def status(state_dir: str) -> list[tuple[str, TestbedHost, bool, bool]]:
 
 def down(state_dir: str) -> list[str]:
     """Remove every recorded container and the record."""
+    from orchestrator.testbed.fromimage import image_root_dir, release
+
     record = load_record(state_dir)
-    for h in record.values():
+    for name, h in record.items():
         podman("rm", "-f", "-t", "1", h.container, check=False)
+        release(image_root_dir(state_dir, name))  # a root filesystem copied out of an image
     with contextlib.suppress(FileNotFoundError):
         os.remove(record_path(state_dir))
     return sorted(record)

@@ -1,0 +1,122 @@
+"""`orchestrate testbed up --from-image NAME`: run a built image's root filesystem as a testbed
+container, booted by its own systemd, so that a plan or an apply reaches a machine made from the
+image without a virtual machine.
+
+The image file is never changed: its root partition is copied out (sparse), the copy is
+loop-mounted (a single file system: no partition nodes needed), and the container runs on it.
+Two things differ from a boot on hardware, both in the copy only: the testbed's SSH key is
+authorised for root (as in every testbed container), and systemd-networkd is masked, since
+podman already configured the container's network."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+from orchestrator.testbed.images import TestbedError, podman
+from orchestrator.testbed.manager import (
+    Progress,
+    TestbedHost,
+    _bridge_addresses,
+    _free_port,
+    _key,
+    _save,
+    _wait_ssh,
+    container_name,
+    load_record,
+)
+
+
+def image_root_dir(state_dir: str, host: str) -> str:
+    return os.path.join(state_dir, "testbed-images", host)
+
+
+def _run(*cmd: str) -> str:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise TestbedError(f"{' '.join(cmd[:2])}: {res.stderr.strip() or res.stdout.strip()}")
+    return res.stdout
+
+
+def _mount_root(image_file: str, work: str) -> str:
+    """Copy the image's last partition (the ext4 root) out and loop-mount the copy."""
+    release(work)
+    os.makedirs(work, mode=0o700)
+    raw = os.path.join(work, "disk.raw")
+    _run("qemu-img", "convert", "-O", "raw", image_file, raw)
+    table = json.loads(_run("sfdisk", "--json", raw))["partitiontable"]
+    root = table["partitions"][-1]
+    copy = os.path.join(work, "root.img")
+    _run(
+        "dd", f"if={raw}", f"of={copy}", "bs=512", f"skip={root['start']}",
+        f"count={root['size']}", "conv=sparse", "status=none",
+    )  # fmt: skip
+    os.unlink(raw)
+    mnt = os.path.join(work, "root")
+    os.makedirs(mnt)
+    _run("mount", "-o", "loop", copy, mnt)
+    return mnt
+
+
+def release(work: str) -> None:
+    """Unmount and remove a copied root filesystem (nothing when there is none)."""
+    mnt = os.path.join(work, "root")
+    if os.path.ismount(mnt):
+        _run("umount", mnt)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def up_from_image(
+    state_dir: str,
+    fleet: str,
+    images: dict[str, tuple[str, str]],
+    progress: Progress,
+    ssh_ports: dict[str, int],
+    deploy_addresses: dict[str, str],
+) -> dict[str, TestbedHost]:
+    """Start one container per host from its image file (``images``: host -> (file, arch)),
+    replacing the host's testbed container if it has one."""
+    record = load_record(state_dir)
+    key, pub = _key(state_dir)
+    taken = {h.port for n, h in record.items() if n not in images}
+    started = []
+    for host, (image_file, arch) in sorted(images.items()):
+        cname = container_name(fleet, host, state_dir)
+        podman("rm", "-f", "-t", "1", cname, check=False)
+        work = image_root_dir(state_dir, host)
+        progress(f"{host}: copying the root filesystem out of {os.path.relpath(image_file)}")
+        mnt = _mount_root(image_file, work)
+        ssh = os.path.join(mnt, "root", ".ssh")
+        os.makedirs(ssh, mode=0o700, exist_ok=True)
+        with open(os.path.join(ssh, "authorized_keys"), "a", encoding="utf-8") as fh:
+            fh.write(pub.strip() + "\n")
+        os.chmod(os.path.join(ssh, "authorized_keys"), 0o600)
+        masked = os.path.join(mnt, "etc", "systemd", "system", "systemd-networkd.service")
+        if os.path.lexists(masked):
+            os.unlink(masked)
+        os.symlink("/dev/null", masked)
+        port = _free_port(taken)
+        taken.add(port)
+        inner = ssh_ports.get(host, 22)
+        podman(
+            "run", "-d", "--name", cname, "--hostname", host,
+            "--arch", "arm64" if arch == "aarch64" else "amd64",
+            "-p", f"127.0.0.1:{port}:{inner}",
+            "--systemd=always", "--cap-add", "NET_ADMIN",
+            # the image's own host name and hosts file, not podman's
+            "--no-hosts", "-v", f"{os.path.join(mnt, 'etc', 'hostname')}:/etc/hostname",
+            "--label", f"orchestrate.fleet={fleet}",
+            "--rootfs", mnt, "/sbin/init",
+        )  # fmt: skip
+        record[host] = TestbedHost(cname, "127.0.0.1", port, "root", key, arch)
+        started.append(host)
+        _save(state_dir, record)
+    progress(f"booting {len(started)} image(s) under systemd; waiting for sshd ...")
+    _wait_ssh([record[n] for n in started], timeout=180)
+    _bridge_addresses(record, deploy_addresses)
+    return record
+
+
+__all__ = ["image_root_dir", "release", "up_from_image"]
