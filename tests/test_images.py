@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import BUNDLED, Run
+from conftest import BUNDLED, Run, snapshot
+from imagetools import Disk
 
 from orchestrator.api import evaluate_fleet
 from orchestrator.errors import UsageError
+from orchestrator.images.build import check_build_host, source_date_epoch
 from orchestrator.images.plan import plan_images
+from orchestrator.paths import shipped_roles_dir
+
+IMAGEFS = os.path.join(shipped_roles_dir(), "image_builder", "files", "imagefs")
 
 
-def test_image_list_names_one_file_per_host(cli: Callable[..., Run]) -> None:
-    r = cli("--fleet", str(BUNDLED), "image", "list", "--json")
+def test_image_list_names_one_file_per_host(cli: Callable[..., Run], tmp_path: Path) -> None:
+    r = cli("--fleet", str(BUNDLED), "image", "list", "--json", "--out", str(tmp_path))
     assert r.code == 0, r.err
     rows = {(x["image"], x["host"]): x for x in json.loads(r.out)}
     assert sorted(rows) == [
@@ -49,3 +62,307 @@ def test_a_format_that_does_not_fit_the_architecture_is_located(
     )
     with pytest.raises(UsageError, match=r"unknown image.*nope.*the fleet has: cards"):
         plan_images(evaluate_fleet(str(root)), ["nope"])
+
+
+# --- refusals before anything is built ------------------------------------------------------
+
+
+def test_build_needs_names_or_all(cli: Callable[..., Run]) -> None:
+    r = cli("--fleet", str(BUNDLED), "image", "build")
+    assert r.code == 1 and "name the image entries to build, or give --all" in r.err
+    r = cli("--fleet", str(BUNDLED), "image", "build", "pi-cards", "--all")
+    assert r.code == 1 and "(not both)" in r.err
+    r = cli("--fleet", str(BUNDLED), "image", "build", "pi-cards", "--limit", "LINDA")
+    assert r.code == 1
+    assert "--limit: LINDA not in the chosen images (their hosts: pi-1, pi-2)" in r.err
+
+
+def test_bad_entries_are_located_and_nothing_is_written(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run]
+) -> None:
+    root = fleet(
+        {
+            "fleet.yaml": """
+                name: img
+                builders: {x: {arch: x86_64}}
+                hosts: {vm: {builder: x}, far: {builder: x, deploy: {build_on: remote}}}
+                images:
+                  tiny: {hosts: [vm], format: qcow2, size: 600M}
+                  vm: {hosts: [vm], format: raw, include_host_key: true}
+                  far: {hosts: [far], format: raw}
+            """
+        }
+    )
+    before = snapshot(root)
+    r = cli("--fleet", str(root), "image", "build", "tiny")
+    assert r.code == 1
+    assert (
+        "fleet.yaml:5:3: image 'tiny': size 600M leaves 468 MiB for the root filesystem after "
+        "the 128 MiB boot partition; give at least 900M" in r.err
+    )
+    r = cli("--fleet", str(root), "image", "build", "vm")
+    assert r.code == 1
+    assert "image 'vm' asks for vm's age key (include_host_key: true)" in r.err
+    assert "orchestrate secrets host-key vm" in r.err
+    r = cli("--fleet", str(root), "image", "build", "far")
+    assert r.code == 1
+    assert "deploy.build_on: remote is not supported for images yet (far)" in r.err
+    # what a compile writes is the build; no image folder, no work folder
+    assert not (root / ".orchestrate" / "images").exists()
+    assert {k: v for k, v in snapshot(root).items() if not k.startswith(".orchestrate")} == before
+
+
+def test_the_build_host_is_checked_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    planned = [i for i in plan_images(evaluate_fleet(str(BUNDLED))) if i.host == "pi-1"]
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda t: None if t == "mcopy" else real_which(t))
+    with pytest.raises(UsageError) as e:
+        check_build_host([replace(planned[0], build_on="remote")])
+    text = str(e.value)
+    assert "deploy.build_on: remote is not supported for images yet (pi-1)" in text
+    assert "image builds run as root" in text
+    assert "missing tools: mcopy" in text
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(UsageError, match="SOURCE_DATE_EPOCH must be seconds since 1970"):
+        source_date_epoch()
+
+
+def test_a_root_filesystem_too_big_for_its_partition_is_refused(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big").write_bytes(os.urandom(12 * 1024 * 1024))
+    res = subprocess.run(
+        [
+            IMAGEFS,
+            "ext4",
+            str(tree),
+            str(tmp_path / "root.img"),
+            "8",
+            str(uuid.uuid4()),
+            "rootfs",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 1
+    assert (
+        "holds 12 MiB, too much for its 8 MiB partition: raise the image entry's `size`"
+        in res.stderr
+    )
+    assert sorted(os.listdir(tmp_path)) == ["tree"]
+
+
+# --- real builds ------------------------------------------------------------------------------
+
+
+def orchestrate(root: Path, *args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def query(root: Path, expr: str) -> Any:
+    r = orchestrate(root, "query", expr)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def fleet_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled fleet, with LINDA (a host without secrets) as a libvirt VM image too."""
+    root = tmp_path_factory.mktemp("images") / "fleet"
+    shutil.copytree(BUNDLED, root, ignore=shutil.ignore_patterns(".orchestrate"))
+    with (root / "fleet.yaml").open("a") as fh:
+        fh.write("  linda-vm: {hosts: [LINDA], format: qcow2}\n")
+    return root
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def linda(fleet_copy: Path) -> Path:
+    """LINDA's qcow2, built as a user would: `orchestrate image build linda-vm`."""
+    r = orchestrate(fleet_copy, "image", "build", "linda-vm")
+    assert r.returncode == 0, r.stderr[-4000:]
+    image = fleet_copy / ".orchestrate/images/linda-vm/LINDA.qcow2"
+    digest, name = r.stdout.split()
+    assert digest == sha256(image) and name.endswith("linda-vm/LINDA.qcow2")
+    for step in ("prepare: done", "roles: Install the stable packages", "finish: done"):
+        assert step in r.stderr
+    return image
+
+
+@pytest.fixture(scope="module")
+def linda_disk(linda: Path, tmp_path_factory: pytest.TempPathFactory) -> Disk:
+    return Disk.open(linda, tmp_path_factory.mktemp("linda-disk"))
+
+
+@pytest.mark.images
+def test_qcow2_layout_uefi_boot_and_root_label(linda_disk: Disk) -> None:
+    t = linda_disk.table
+    assert t["label"] == "gpt"
+    esp, root = t["partitions"]
+    assert esp["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B" and esp["name"] == "ESP"
+    assert root["name"] == "rootfs" and linda_disk.root_label() == "rootfs"
+    files = linda_disk.fat_files()
+    assert {"EFI/BOOT/BOOTX64.EFI", "vmlinuz", "initrd.img", "loader/loader.conf"} <= files
+    entry = linda_disk.fat_cat("loader/entries/debian.conf")
+    assert f"root=PARTUUID={root['uuid'].lower()} " in entry
+    assert "console=ttyS0" in entry
+    fstab = linda_disk.cat("/etc/fstab")
+    assert fstab.startswith(f"PARTUUID={root['uuid'].lower()} / ext4 ")
+
+
+@pytest.mark.images
+def test_qcow2_carries_the_hosts_configuration(linda_disk: Disk, fleet_copy: Path) -> None:
+    config = query(fleet_copy, 'hosts."LINDA".config')
+    assert linda_disk.cat("/etc/hostname").strip() == config["system"]["hostname"]
+    sshd = linda_disk.cat("/etc/ssh/sshd_config.d/10-orchestrate.conf")
+    assert f"Port {config['services']['openssh']['port']}" in sshd
+    assert "PasswordAuthentication no" in sshd
+    passwd = linda_disk.cat("/etc/passwd")
+    for admin, spec in config["users"]["admins"].items():
+        assert f"\n{admin}:" in passwd
+        keys = linda_disk.cat(f"/home/{admin}/.ssh/authorized_keys").splitlines()
+        assert keys == spec["ssh_keys"]
+    installed = linda_disk.packages()
+    wanted = set(config["environment"]["system_packages"]) | {
+        "prometheus-node-exporter",
+        "nftables",
+    }
+    assert wanted <= installed, wanted - installed
+    wants = linda_disk.ls("/etc/systemd/system/multi-user.target.wants")
+    assert {"prometheus-node-exporter.service", "nftables.service", "ssh.service"} <= set(wants)
+    assert "table inet orchestrate" in linda_disk.cat("/etc/nftables.conf")
+
+
+@pytest.mark.images
+def test_qcow2_has_no_secrets_and_no_machine_identity(linda_disk: Disk) -> None:
+    assert linda_disk.cat("/etc/machine-id") == ""
+    assert not [n for n in linda_disk.ls("/etc/ssh") if n.startswith("ssh_host_")]
+    assert not linda_disk.exists("/var/lib/orchestrate/host.agekey")
+    # no age identity anywhere on the disk (the admins' and hosts' keys all start like this)
+    for part in (linda_disk.boot, linda_disk.root):
+        with part.open("rb") as fh:
+            tail = b""
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                assert b"AGE-SECRET-KEY-1" not in tail + block
+                tail = block[-16:]
+
+
+@pytest.mark.images
+def test_manifest_records_the_hash_and_the_inputs(
+    linda: Path, fleet_copy: Path, cli: Callable[..., Run]
+) -> None:
+    manifest = json.loads((linda.parent / "manifest.json").read_text())
+    entry = manifest["hosts"]["LINDA"]
+    assert entry["file"] == "LINDA.qcow2" and entry["sha256"] == sha256(linda)
+    inputs = entry["inputs"]
+    assert set(inputs["roles"]) == set(query(fleet_copy, 'hosts."LINDA".roles'))
+    assert inputs["suite"] == "bookworm" and "linux-image-amd64" in inputs["packages"]
+    assert inputs["source_date_epoch"] == 1735689600 and inputs["host_key"] is False
+    r = cli("--fleet", str(fleet_copy), "image", "list")
+    row = next(line for line in r.out.splitlines() if line.startswith("linda-vm\t"))
+    assert row.endswith(f"built {entry['sha256'][:12]}")
+
+
+@pytest.mark.images
+def test_rebuild_gives_the_same_bytes(linda: Path, fleet_copy: Path, tmp_path: Path) -> None:
+    r = orchestrate(fleet_copy, "image", "build", "linda-vm", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-4000:]
+    # the cached bootstrap and installation are reused; the roles and the rest run again
+    assert "Run debootstrap" not in r.stderr and "Install the format's packages" not in r.stderr
+    assert "roles: Install the stable packages" in r.stderr
+    assert sha256(tmp_path / "linda-vm/LINDA.qcow2") == sha256(linda)
+
+
+@pytest.mark.images
+def test_a_failing_build_keeps_the_previous_image(linda: Path, fleet_copy: Path) -> None:
+    images = linda.parent.parent
+    before = {p.name: sha256(p) for p in linda.parent.iterdir()}
+    broken = fleet_copy.parent / "broken"
+    shutil.copytree(fleet_copy, broken, ignore=shutil.ignore_patterns(".orchestrate"))
+    host = broken / "hosts/linda.yaml"
+    text = host.read_text()
+    host.write_text(text.replace("[nvtop]", "[nvtop, no-such-package-orch]"))
+    r = orchestrate(broken, "image", "build", "linda-vm", "--out", str(images))
+    assert r.returncode == 1
+    assert "linda-vm/LINDA.qcow2: LINDA's roles failed in the image:" in r.stderr
+    assert "environment: Install the stable packages" in r.stderr
+    assert "no-such-package-orch" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert {p.name: sha256(p) for p in linda.parent.iterdir()} == before
+    assert not (images / ".work").exists()
+
+
+@pytest.mark.images
+@pytest.mark.containers
+def test_first_plan_against_a_machine_made_from_the_image_shows_no_change(
+    linda: Path, fleet_copy: Path
+) -> None:
+    up = orchestrate(fleet_copy, "testbed", "up", "--from-image", "linda-vm")
+    try:
+        assert up.returncode == 0, up.stderr
+        plan = orchestrate(fleet_copy, "plan", "--limit", "LINDA", "--json", "--detailed-exitcode")
+        assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+        host = json.loads(plan.stdout)["hosts"]["LINDA"]
+        assert host["first_apply"] and host["check"]["changed"] == 0
+        assert host["check"]["ok"] > 20  # the roles really ran against it
+    finally:
+        down = orchestrate(fleet_copy, "testbed", "down")
+    assert down.returncode == 0, down.stderr
+    assert not (fleet_copy / ".orchestrate/testbed-images").exists() or not any(
+        (fleet_copy / ".orchestrate/testbed-images").iterdir()
+    )
+
+
+@pytest.fixture(scope="module")
+def pi_card(fleet_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Disk:
+    r = orchestrate(fleet_copy, "image", "build", "pi-cards", "--limit", "pi-1")
+    assert r.returncode == 0, r.stderr[-4000:]
+    image = fleet_copy / ".orchestrate/images/pi-cards/pi-1.img"
+    assert not (image.parent / "pi-2.img").exists()
+    return Disk.open(image, tmp_path_factory.mktemp("pi-disk"))
+
+
+@pytest.mark.images
+def test_sd_card_has_the_firmware_partition_and_the_boards_root(
+    pi_card: Disk, fleet_copy: Path
+) -> None:
+    t = pi_card.table
+    assert t["label"] == "dos"
+    boot, root = t["partitions"]
+    assert boot["type"] == "c" and boot.get("bootable") is True and root["type"] == "83"
+    assert "RASPIFIRM" in pi_card.fat_label()
+    files = pi_card.fat_files()
+    assert {"config.txt", "cmdline.txt", "bcm2711-rpi-4-b.dtb"} <= files
+    assert any(f.startswith("vmlinuz") for f in files) and any(
+        f.startswith("initrd") for f in files
+    )
+    label_id = t["id"].removeprefix("0x")
+    assert f"root=PARTUUID={label_id}-02 " in pi_card.fat_cat("cmdline.txt")
+    config = query(fleet_copy, 'hosts."pi-1".config')
+    assert pi_card.cat("/etc/hostname").strip() == config["system"]["hostname"]
+    assert "LABEL=RASPIFIRM /boot/firmware vfat" in pi_card.cat("/etc/fstab")
+    assert pi_card.ls("/boot/firmware") == []
+    installed = pi_card.packages()
+    assert {
+        "raspi-firmware",
+        "linux-image-arm64",
+        *config["environment"]["system_packages"],
+    } <= installed
+    assert "Architecture: arm64" in pi_card.cat("/var/lib/dpkg/status")

@@ -191,22 +191,33 @@ def build_images(
 
     check_build_host(images)
     epoch = source_date_epoch()
+    host_keys = {(i.image, i.host): _host_key(root, i) for i in images}
     cancelled = cancelled or threading.Event()
     builder_digest = _tree_digest(os.path.join(shipped_roles_dir(), BUILDER_ROLE))
     results = []
     for n, img in enumerate(images, 1):
         progress(f"[{n}/{len(images)}] {img.file}: {img.host}, {img.arch}, {img.format}")
         results.append(
-            _build_one(root, build_dir, fleet, img, out, epoch, builder_digest, progress, cancelled)
+            _build_one(
+                build_dir,
+                fleet,
+                img,
+                host_keys[(img.image, img.host)],
+                out,
+                epoch,
+                builder_digest,
+                progress,
+                cancelled,
+            )
         )
     return results
 
 
 def _build_one(
-    root: str,
     build_dir: str,
     fleet: dict[str, Any],
     img: HostImage,
+    host_key: str | None,
     out: str,
     epoch: int,
     builder_digest: str,
@@ -228,7 +239,6 @@ def _build_one(
     partial = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.partial")
     work = os.path.join(out, ".work", img.image, img.host)
     ids = image_ids(str(fleet["fleet"]["name"]), img)
-    host_key = _host_key(root, img)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work, mode=0o700)
     builder_vars = {
@@ -269,6 +279,9 @@ def _build_one(
         if os.path.exists(partial):
             os.unlink(partial)
         shutil.rmtree(work, ignore_errors=True)
+        for folder in (os.path.dirname(work), os.path.dirname(os.path.dirname(work))):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty: another build may be using it
     _record(out, build_dir, img, sha, fleet, epoch, builder_digest, base_key, installed_key)
     seconds = time.monotonic() - started
     progress(f"  {img.file}: sha256 {sha[:16]}..., {seconds:.0f}s")

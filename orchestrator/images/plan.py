@@ -43,6 +43,7 @@ FORMAT_PACKAGES = {
 }
 FORMAT_COMPONENTS = {"qcow2": ("main",), "raw": ("main",), "sd": ("main", "non-free-firmware")}
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+MIN_ROOT_MIB = 768  # a bootable Debian with sshd and python3 takes ~650 MiB
 MANIFEST = "manifest.json"
 
 
@@ -117,20 +118,29 @@ def plan_images(ev: Evaluation, names: list[str] | None = None) -> list[HostImag
                     )
                 )
                 continue
-            out.append(
-                HostImage(
-                    image=name,
-                    host=host,
-                    arch=info["arch"],
-                    format=spec.format,
-                    suite=_suite(ev),
-                    size=spec.size or DEFAULT_SIZE[spec.format],
-                    include_host_key=spec.include_host_key,
-                    build_on=str(info["deploy"]["build_on"]),
-                    file=f"{name}/{host}.{ext}",
-                    mirror=_mirror(ev.hosts[host].config),
-                )
+            planned = HostImage(
+                image=name,
+                host=host,
+                arch=info["arch"],
+                format=spec.format,
+                suite=_suite(ev),
+                size=spec.size or DEFAULT_SIZE[spec.format],
+                include_host_key=spec.include_host_key,
+                build_on=str(info["deploy"]["build_on"]),
+                file=f"{name}/{host}.{ext}",
+                mirror=_mirror(ev.hosts[host].config),
             )
+            if planned.root_mib < MIN_ROOT_MIB:
+                problems.append(
+                    Problem(
+                        spec.loc,
+                        f"image {name!r}: size {planned.size} leaves {planned.root_mib} MiB for "
+                        f"the root filesystem after the {planned.boot_mib} MiB boot partition; "
+                        f"give at least {MIN_ROOT_MIB + planned.boot_mib + 4}M",
+                    )
+                )
+                continue
+            out.append(planned)
     if problems:
         raise FleetErrors(problems)
     return out
