@@ -712,6 +712,21 @@ with NAME/manifest.json (file, sha256, inputs).""",
         "--limit", metavar="HOSTS", help="only these hosts' files (comma-separated host names)"
     )
     ib.set_defaults(run=_image_build)
+    ibo = isub.add_parser(
+        "boot",
+        help="boot built x86_64 images under qemu until they are up and sshd answers",
+        description="Boot each built image of entry NAME (qcow2 or raw) under "
+        "qemu-system-x86_64 with UEFI firmware and software emulation, on a throwaway overlay; "
+        "wait for the machine to say it is up on its serial console and for sshd to answer "
+        "on the host's deploy port, then stop it. Needs qemu-system-x86 and ovmf. Takes about "
+        "two minutes per image here. To plan against a machine made from an image, use "
+        "`orchestrate testbed up --from-image NAME` instead.",
+    )
+    ibo.add_argument("name", metavar="NAME", help="an image entry (qcow2 or raw)")
+    ibo.add_argument("--limit", metavar="HOSTS", help="only these hosts (comma-separated)")
+    ibo.add_argument("--timeout", type=float, default=600, help="seconds per image (600)")
+    ibo.add_argument("--console-log", metavar="FILE", help="keep the serial console here")
+    ibo.set_defaults(run=_image_boot)
 
 
 def _image_list(args: argparse.Namespace) -> int:
@@ -780,6 +795,37 @@ def _image_build(args: argparse.Namespace) -> int:
     )
     for b in built:
         sys.stdout.write(f"{b.sha256}  {os.path.relpath(b.path)}\n")
+    return 0
+
+
+def _image_boot(args: argparse.Namespace) -> int:
+    from orchestrator.api import evaluate_fleet
+    from orchestrator.images.boot import boot
+    from orchestrator.images.plan import images_dir, plan_images
+
+    root = _root(args)
+    ev = evaluate_fleet(root)
+    planned = plan_images(ev, [args.name])
+    if planned and planned[0].format == "sd":
+        raise UsageError(
+            f"{args.name}: SD card images boot on their board; try one with "
+            f"`orchestrate testbed up --from-image {args.name}`"
+        )
+    chosen = _built_image_hosts(root, ev, args.name, args.limit)
+    for img in planned:
+        if img.host in chosen:
+            port = int(ev.hosts[img.host].info["deploy"]["port"])
+            res = boot(
+                os.path.join(images_dir(root), img.file),
+                img.host,
+                port,
+                args.timeout,
+                _err,
+                args.console_log or "",
+            )
+            sys.stdout.write(
+                f"{img.host}\tup {res.ready_seconds:.0f}s\tssh {res.ssh_seconds:.0f}s\n"
+            )
     return 0
 
 

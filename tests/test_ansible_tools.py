@@ -98,6 +98,18 @@ def test_ansible_lint_production_profile(bundled_build: Path) -> None:
     assert "Profile 'production' was required, and it passed" in r.stderr + r.stdout
 
 
+def test_image_builder_role_and_playbook_pass_the_production_profile(tmp_path: Path) -> None:
+    repo = BUNDLED.parent
+    r = subprocess.run(
+        ["ansible-lint", "--offline", "--profile", "production", "roles/image_builder",
+         "playbooks/image.yml"],
+        cwd=repo, env={**os.environ, "ANSIBLE_HOME": str(tmp_path), "ANSIBLE_NOCOLOR": "1"},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Profile 'production' was required, and it passed" in r.stderr + r.stdout
+
+
 ROLE_FLEET = {
     "fleet.yaml": """
         name: t
