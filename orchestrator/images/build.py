@@ -53,6 +53,7 @@ TOOLS = (
     "ip",
 )
 BUILDER_ROLE = "image_builder"
+INSTALL_RECIPE = 2  # raise when the installation step changes: cached installations are redone
 
 
 class BuildFailed(OrchestrateError):
@@ -165,7 +166,7 @@ def cache_keys(img: HostImage) -> tuple[str, str]:
             "mirror": img.mirror,
         }
     )[:16]
-    installed = _digest({"base": base, "packages": img.packages})[:16]
+    installed = _digest({"base": base, "packages": img.packages, "recipe": INSTALL_RECIPE})[:16]
     return base, installed
 
 

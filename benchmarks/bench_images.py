@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Cold and warm image builds, per format.
+
+    python3 benchmarks/bench_images.py --image linda-vm=LINDA:qcow2 --image pi-cards=pi-1 \\
+        --warm 3
+
+Works on a copy of the fleet (default: the bundled one). An `--image NAME=HOST[:FORMAT]` whose
+entry the fleet lacks is added (so a host without secrets can be built as a VM). For each image:
+
+- cold: an empty cache (XDG_CACHE_HOME pointed at a new folder): debootstrap, package
+  installation, the host's roles, the disk;
+- warm: the same cache, after a configuration change each time (a new shell alias for every
+  host): the bootstrap and installation come from the cache, the roles and the disk are redone.
+
+Prints each run's stage times (from the build's own progress lines) and, per image, the warm
+median and the cold/warm ratio, as a Markdown table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STAGE = re.compile(r"^  (prepare|roles|finish): done in (\d+)s$", re.M)
+
+
+def build(fleet: Path, name: str, host: str, out: Path, cache: Path) -> dict[str, float]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "orchestrator.cli", "--fleet", str(fleet), "image", "build",
+           name, "--limit", host, "--out", str(out)]  # fmt: skip
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    total = time.monotonic() - t0
+    if r.returncode != 0:
+        sys.exit(f"build failed:\n{r.stderr[-3000:]}")
+    stages = {k: float(v) for k, v in STAGE.findall(r.stderr)}
+    return {"total": total, **stages}
+
+
+def change_config(fleet: Path, n: int) -> None:
+    """A configuration change every host sees: one more shell alias, in a defaults module."""
+    module = fleet / "bench-change.yaml"
+    module.write_text(f"config:\n  environment.shell_aliases: {{bench{n}: 'true'}}\n")
+    text = (fleet / "fleet.yaml").read_text()
+    if "bench-change.yaml" not in text:
+        text = text.replace("defaults:\n", "defaults:\n  - bench-change.yaml\n", 1)
+        (fleet / "fleet.yaml").write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fleet", default=str(REPO / "inventory"))
+    ap.add_argument("--image", action="append", required=True, metavar="NAME=HOST[:FORMAT]")
+    ap.add_argument("--warm", type=int, default=3, help="warm runs per image (3)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-images-"))
+    fleet = work / "fleet"
+    shutil.copytree(args.fleet, fleet, ignore=shutil.ignore_patterns(".orchestrate"))
+    rows = []
+    try:
+        for spec in args.image:
+            name, _, rest = spec.partition("=")
+            host, _, fmt = rest.partition(":")
+            if fmt:
+                with (fleet / "fleet.yaml").open("a") as fh:
+                    fh.write(f"  {name}: {{hosts: [{host}], format: {fmt}}}\n")
+            cache = work / f"cache-{name}"
+            print(f"{name}/{host}: cold ...", file=sys.stderr, flush=True)
+            cold = build(fleet, name, host, work / "out", cache)
+            warm = []
+            for i in range(args.warm):
+                change_config(fleet, i)
+                print(f"{name}/{host}: warm {i + 1} ...", file=sys.stderr, flush=True)
+                warm.append(build(fleet, name, host, work / "out", cache))
+            med = statistics.median(w["total"] for w in warm)
+            rows.append((name, host, cold, warm, med))
+            for label, run in [("cold", cold)] + [(f"warm {i + 1}", w) for i, w in enumerate(warm)]:
+                print(
+                    f"  {label}: {run['total']:.0f}s (prepare {run.get('prepare', 0):.0f}s, "
+                    f"roles {run.get('roles', 0):.0f}s, finish {run.get('finish', 0):.0f}s)",
+                    file=sys.stderr,
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"| image | host | cold | warm (median of {args.warm}) | cold / warm |")
+    print("|---|---|---|---|---|")
+    for name, host, cold, _warm, med in rows:
+        print(
+            f"| {name} | {host} | {cold['total']:.0f} s | {med:.0f} s | {cold['total'] / med:.1f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
