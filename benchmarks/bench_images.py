@@ -82,7 +82,8 @@ def main() -> None:
                 warm.append(build(fleet, name, host, work / "out", cache))
             med = statistics.median(w["total"] for w in warm)
             rows.append((name, host, cold, warm, med))
-            for label, run in [("cold", cold)] + [(f"warm {i + 1}", w) for i, w in enumerate(warm)]:
+            runs = [("cold", cold)] + [(f"warm {i + 1}", w) for i, w in enumerate(warm)]
+            for label, run in runs:
                 print(
                     f"  {label}: {run['total']:.0f}s (prepare {run.get('prepare', 0):.0f}s, "
                     f"roles {run.get('roles', 0):.0f}s, finish {run.get('finish', 0):.0f}s)",
