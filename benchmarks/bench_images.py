@@ -94,9 +94,8 @@ def main() -> None:
     print(f"| image | host | cold | warm (median of {args.warm}) | cold / warm |")
     print("|---|---|---|---|---|")
     for name, host, cold, _warm, med in rows:
-        print(
-            f"| {name} | {host} | {cold['total']:.0f} s | {med:.0f} s | {cold['total'] / med:.1f}x |"
-        )
+        ratio = cold["total"] / med
+        print(f"| {name} | {host} | {cold['total']:.0f} s | {med:.0f} s | {ratio:.1f}x |")
 
 
 if __name__ == "__main__":
