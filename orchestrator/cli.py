@@ -194,6 +194,9 @@ def _deploy_parsers(sub: Any) -> None:
         ".orchestrate/test-logs/ (or ./test-logs without a fleet). Exit 3 when a role fails.",
     )
     te.add_argument("roles", nargs="*", metavar="ROLE")
+    te.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="scenarios run side by side (1)"
+    )
     te.set_defaults(run=_test)
 
 
@@ -366,7 +369,9 @@ def _test(args: argparse.Namespace) -> int:
     except UsageError:
         root = None
     logs = os.path.join(root, ".orchestrate", "test-logs") if root else "test-logs"
-    results = run_tests(root, args.roles, logs, _err)
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    results = run_tests(root, args.roles, logs, _err, args.jobs)
     failed = [r for r in results if not r.passed]
     for r in failed:
         with open(r.log, encoding="utf-8", errors="replace") as fh:

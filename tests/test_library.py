@@ -192,7 +192,7 @@ def test_service_modules_reject_bad_settings(
 @pytest.mark.containers
 def test_every_shipped_role_passes_molecule(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "test"],
+        [sys.executable, "-m", "orchestrator.cli", "test", "--jobs", "2"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

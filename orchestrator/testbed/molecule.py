@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from orchestrator.errors import UsageError
@@ -44,6 +45,7 @@ def run_tests(
     roles: list[str],
     logs: str,
     progress: Callable[[str], None],
+    jobs: int = 1,
 ) -> list[RoleTest]:
     available = testable_roles(fleet_root)
     chosen = roles or sorted(available)
@@ -56,8 +58,8 @@ def run_tests(
     ssh_image("x86_64", "bookworm", progress)
     os.makedirs(logs, exist_ok=True)
     env = {**podman_env(), "ANSIBLE_NOCOLOR": "1", "PY_COLORS": "0", "ANSIBLE_FORCE_COLOR": "0"}
-    results = []
-    for role in chosen:
+
+    def one(role: str) -> RoleTest:
         progress(f"{role}: molecule test (check, converge, idempotence, verify) ...")
         start = time.monotonic()
         log = os.path.join(logs, f"{role}.log")
@@ -72,6 +74,10 @@ def run_tests(
                 check=False,
             )
         took = time.monotonic() - start
-        results.append(RoleTest(role, available[role], proc.returncode == 0, took, log))
         progress(f"{role}: {'passed' if proc.returncode == 0 else 'FAILED'} in {took:.0f}s")
-    return results
+        return RoleTest(role, available[role], proc.returncode == 0, took, log)
+
+    # scenarios name their own instances and keep their own state: they can run side by side
+    # (most of a scenario's time is apt downloads and waits, not CPU)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, chosen))
