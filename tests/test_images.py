@@ -330,6 +330,22 @@ def test_first_plan_against_a_machine_made_from_the_image_shows_no_change(
     )
 
 
+@pytest.mark.images
+def test_the_vm_image_boots_under_uefi_to_sshd_on_the_deploy_port(
+    linda: Path, fleet_copy: Path, tmp_path: Path
+) -> None:
+    before = sha256(linda)
+    log = tmp_path / "console.log"
+    r = orchestrate(fleet_copy, "image", "boot", "linda-vm", "--console-log", str(log))
+    assert r.returncode == 0, r.stderr[-3000:]
+    host, up, ssh = r.stdout.split("\t")
+    assert host == "LINDA" and up.startswith("up ") and ssh.startswith("ssh ")
+    console = log.read_text()
+    assert "orchestrate: LINDA is up" in console
+    assert "Started ssh.service" in console or "OpenBSD Secure Shell server" in console
+    assert sha256(linda) == before  # the machine wrote to an overlay
+
+
 @pytest.fixture(scope="module")
 def pi_card(fleet_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Disk:
     r = orchestrate(fleet_copy, "image", "build", "pi-cards", "--limit", "pi-1")
