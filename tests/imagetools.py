@@ -87,6 +87,23 @@ class Disk:
                 out.add(name)
         return out
 
+    def count(self, needle: bytes) -> int:
+        """How many times ``needle`` occurs in the raw bytes of both file systems."""
+        found = 0
+        for part in (self.boot, self.root):
+            with part.open("rb") as fh:
+                tail = b""
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    found += (tail + block).count(needle)
+                    tail = block[-(len(needle) - 1) :]
+        return found
+
+    def mode(self, path: str) -> str:
+        for line in _out("debugfs", "-R", f"stat {path}", str(self.root)).splitlines():
+            if "Mode:" in line:
+                return line.split("Mode:")[1].split()[0]
+        return ""
+
     # FAT (the EFI system partition, or an SD card's firmware partition)
     def fat_files(self) -> set[str]:
         listing = _out(

@@ -177,11 +177,14 @@ def query(root: Path, expr: str) -> Any:
 
 @pytest.fixture(scope="module")
 def fleet_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled fleet, with LINDA (a host without secrets) as a libvirt VM image too."""
+    """The bundled fleet, with LINDA (a host without secrets) as a libvirt VM image too, that
+    carries LINDA's own age key (made here, waiting for its first apply)."""
     root = tmp_path_factory.mktemp("images") / "fleet"
     shutil.copytree(BUNDLED, root, ignore=shutil.ignore_patterns(".orchestrate"))
     with (root / "fleet.yaml").open("a") as fh:
-        fh.write("  linda-vm: {hosts: [LINDA], format: qcow2}\n")
+        fh.write("  linda-vm: {hosts: [LINDA], format: qcow2, include_host_key: true}\n")
+    r = orchestrate(root, "secrets", "host-key", "LINDA")
+    assert r.returncode == 0, r.stderr
     return root
 
 
@@ -250,18 +253,32 @@ def test_qcow2_carries_the_hosts_configuration(linda_disk: Disk, fleet_copy: Pat
     assert "table inet orchestrate" in linda_disk.cat("/etc/nftables.conf")
 
 
+AGE_SECRET = b"AGE-SECRET-KEY-1"
+
+
+def secret_lines(path: Path) -> list[bytes]:
+    return [line for line in path.read_bytes().splitlines() if line.startswith(AGE_SECRET)]
+
+
 @pytest.mark.images
-def test_qcow2_has_no_secrets_and_no_machine_identity(linda_disk: Disk) -> None:
+def test_qcow2_carries_its_own_age_key_and_no_other_secret(
+    linda_disk: Disk, fleet_copy: Path
+) -> None:
     assert linda_disk.cat("/etc/machine-id") == ""
     assert not [n for n in linda_disk.ls("/etc/ssh") if n.startswith("ssh_host_")]
-    assert not linda_disk.exists("/var/lib/orchestrate/host.agekey")
-    # no age identity anywhere on the disk (the admins' and hosts' keys all start like this)
-    for part in (linda_disk.boot, linda_disk.root):
-        with part.open("rb") as fh:
-            tail = b""
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                assert b"AGE-SECRET-KEY-1" not in tail + block
-                tail = block[-16:]
+    # include_host_key: LINDA's own identity, private to root ...
+    own = fleet_copy / ".orchestrate/host-keys/LINDA.agekey"
+    assert linda_disk.cat("/var/lib/orchestrate/host.agekey") == own.read_text()
+    assert linda_disk.mode("/var/lib/orchestrate/host.agekey") == "0400"
+    # ... is the only age identity on the disk: no admin's, no other host's
+    (key,) = secret_lines(own)
+    assert linda_disk.count(AGE_SECRET) == 1 and linda_disk.count(key) == 1
+    for other in [
+        fleet_copy / "demo-keys/admin.agekey",
+        *(fleet_copy / "demo-keys/hosts").iterdir(),
+    ]:
+        for line in secret_lines(other):
+            assert linda_disk.count(line) == 0, other.name
 
 
 @pytest.mark.images
@@ -274,7 +291,7 @@ def test_manifest_records_the_hash_and_the_inputs(
     inputs = entry["inputs"]
     assert set(inputs["roles"]) == set(query(fleet_copy, 'hosts."LINDA".roles'))
     assert inputs["suite"] == "bookworm" and "linux-image-amd64" in inputs["packages"]
-    assert inputs["source_date_epoch"] == 1735689600 and inputs["host_key"] is False
+    assert inputs["source_date_epoch"] == 1735689600 and inputs["host_key"] is True
     r = cli("--fleet", str(fleet_copy), "image", "list")
     row = next(line for line in r.out.splitlines() if line.startswith("linda-vm\t"))
     assert row.endswith(f"built {entry['sha256'][:12]}")
@@ -382,3 +399,6 @@ def test_sd_card_has_the_firmware_partition_and_the_boards_root(
         *config["environment"]["system_packages"],
     } <= installed
     assert "Architecture: arm64" in pi_card.cat("/var/lib/dpkg/status")
+    # no include_host_key: no age identity at all
+    assert not pi_card.exists("/var/lib/orchestrate/host.agekey")
+    assert pi_card.count(AGE_SECRET) == 0
