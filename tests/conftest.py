@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +16,18 @@ from orchestrator.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "inventory"
+
+
+def orchestrate(root: Path, *args: str, timeout: float = 2400) -> subprocess.CompletedProcess[str]:
+    """The real command line, in a child process, on the fleet in ``root``."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @dataclass

@@ -6,29 +6,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BUNDLED
+from conftest import BUNDLED, orchestrate
 
 pytestmark = pytest.mark.containers
 VPN_HOSTS = ("cortex-alpha", "data-storage", "terminal-zero")
 CONTAINERS_CONF = str(Path(__file__).parent.parent / "orchestrator/testbed/containers.conf")
-
-
-def orchestrate(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=2400,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture(scope="module")

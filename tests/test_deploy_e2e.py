@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_tree
+from conftest import orchestrate, write_tree
 
 pytestmark = pytest.mark.containers
 
@@ -53,17 +53,6 @@ def _fleet_yaml(extra: str = "") -> str:
         "name: tbtest\nbuilders:\n  x86_64: {arch: x86_64}\ndefaults: [tb.yaml]\nhosts:\n"
         + hosts
         + extra
-    )
-
-
-def orchestrate(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
     )
 
 

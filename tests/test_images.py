@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUNDLED, Run, snapshot
+from conftest import BUNDLED, Run, orchestrate, snapshot
 from imagetools import Disk
 
 from orchestrator.api import evaluate_fleet
@@ -156,17 +155,6 @@ def test_a_root_filesystem_too_big_for_its_partition_is_refused(tmp_path: Path) 
 
 
 # --- real builds ------------------------------------------------------------------------------
-
-
-def orchestrate(root: Path, *args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def query(root: Path, expr: str) -> Any:

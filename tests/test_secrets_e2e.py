@@ -9,12 +9,12 @@ import json
 import os
 import secrets as random
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import orchestrate as run_cli
 from conftest import write_tree
 from test_secrets import APP as APP_OPTIONS
 from test_secrets import FLEET
@@ -60,14 +60,7 @@ def on_host(host: str, script: str) -> subprocess.CompletedProcess[str]:
 
 
 def orchestrate(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    r = run_cli(root, *args, timeout=900)
     OUTPUTS.extend([r.stdout, r.stderr])
     return r
 
