@@ -19,6 +19,7 @@ from imagetools import Disk
 
 from orchestrator.api import evaluate_fleet
 from orchestrator.errors import UsageError
+from orchestrator.executor.lock import FleetLock
 from orchestrator.images.build import check_build_host, source_date_epoch
 from orchestrator.images.plan import plan_images
 from orchestrator.paths import shipped_roles_dir
@@ -109,6 +110,27 @@ def test_bad_entries_are_located_and_nothing_is_written(
     # what a compile writes is the build; no image folder, no work folder
     assert not (root / ".orchestrate" / "images").exists()
     assert {k: v for k, v in snapshot(root).items() if not k.startswith(".orchestrate")} == before
+
+
+def test_one_build_at_a_time_per_output_folder(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run], tmp_path: Path
+) -> None:
+    root = fleet(
+        {
+            "fleet.yaml": """
+                name: img
+                builders: {x: {arch: x86_64}}
+                hosts: {vm: {builder: x}}
+                images: {vm: {hosts: [vm], format: raw}}
+            """
+        }
+    )
+    out = tmp_path / "out"
+    with FleetLock(str(out), "image build"):
+        r = cli("--fleet", str(root), "image", "build", "vm", "--out", str(out))
+    assert r.code == 4
+    assert f"pid {os.getpid()}, image build" in r.err
+    assert sorted(os.listdir(out)) == ["lock"]
 
 
 def test_the_build_host_is_checked_first(monkeypatch: pytest.MonkeyPatch) -> None:

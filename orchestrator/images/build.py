@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import OrchestrateError, UsageError
+from orchestrator.executor.lock import FleetLock
 from orchestrator.fsutil import atomic_write
 from orchestrator.images.plan import MANIFEST, HostImage, load_manifest
 
@@ -196,21 +197,23 @@ def build_images(
     cancelled = cancelled or threading.Event()
     builder_digest = _tree_digest(os.path.join(shipped_roles_dir(), BUILDER_ROLE))
     results = []
-    for n, img in enumerate(images, 1):
-        progress(f"[{n}/{len(images)}] {img.file}: {img.host}, {img.arch}, {img.format}")
-        results.append(
-            _build_one(
-                build_dir,
-                fleet,
-                img,
-                host_keys[(img.image, img.host)],
-                out,
-                epoch,
-                builder_digest,
-                progress,
-                cancelled,
+    # one build at a time per output folder: builds share its work folder and manifests
+    with FleetLock(out, "image build"):
+        for n, img in enumerate(images, 1):
+            progress(f"[{n}/{len(images)}] {img.file}: {img.host}, {img.arch}, {img.format}")
+            results.append(
+                _build_one(
+                    build_dir,
+                    fleet,
+                    img,
+                    host_keys[(img.image, img.host)],
+                    out,
+                    epoch,
+                    builder_digest,
+                    progress,
+                    cancelled,
+                )
             )
-        )
     return results
 
 
@@ -235,6 +238,11 @@ def _build_one(
     cached = [
         s for s, p in (("bootstrap", base_tar), ("packages", installed_tar)) if os.path.exists(p)
     ]
+    progress(
+        f"  from the cache: {', '.join(cached)}"
+        if cached
+        else "  nothing cached yet: debootstrap and the package installation run first (minutes)"
+    )
     final = os.path.join(out, img.file)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     partial = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.partial")
