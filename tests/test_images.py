@@ -259,7 +259,9 @@ def test_qcow2_carries_the_hosts_configuration(linda_disk: Disk, fleet_copy: Pat
     }
     assert wanted <= installed, wanted - installed
     wants = linda_disk.ls("/etc/systemd/system/multi-user.target.wants")
-    assert {"prometheus-node-exporter.service", "nftables.service", "ssh.service"} <= set(wants)
+    assert {"prometheus-node-exporter.service", "ssh.service"} <= set(wants)
+    # the ruleset loads early at boot
+    assert "nftables.service" in linda_disk.ls("/etc/systemd/system/sysinit.target.wants")
     assert "table inet orchestrate" in linda_disk.cat("/etc/nftables.conf")
 
 
