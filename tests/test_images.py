@@ -325,6 +325,8 @@ def test_a_failing_build_keeps_the_previous_image(linda: Path, fleet_copy: Path)
     before = {p.name: sha256(p) for p in linda.parent.iterdir()}
     broken = fleet_copy.parent / "broken"
     shutil.copytree(fleet_copy, broken, ignore=shutil.ignore_patterns(".orchestrate"))
+    keys = ".orchestrate/host-keys"  # linda-vm asks for LINDA's key
+    shutil.copytree(fleet_copy / keys, broken / keys)
     host = broken / "hosts/linda.yaml"
     text = host.read_text()
     host.write_text(text.replace("[nvtop]", "[nvtop, no-such-package-orch]"))
