@@ -64,7 +64,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
     fleet = work / "fleet"
     shutil.copytree(args.fleet, fleet, ignore=shutil.ignore_patterns(".orchestrate"))
-    rows = []
+    print(f"| image | host | cold | warm (median of {args.warm}) | cold / warm |")
+    print("|---|---|---|---|---|", flush=True)
     try:
         for spec in args.image:
             name, _, rest = spec.partition("=")
@@ -81,7 +82,11 @@ def main() -> None:
                 print(f"{name}/{host}: warm {i + 1} ...", file=sys.stderr, flush=True)
                 warm.append(build(fleet, name, host, work / "out", cache))
             med = statistics.median(w["total"] for w in warm)
-            rows.append((name, host, cold, warm, med))
+            ratio = cold["total"] / med
+            print(
+                f"| {name} | {host} | {cold['total']:.0f} s | {med:.0f} s | {ratio:.1f}x |",
+                flush=True,
+            )
             runs = [("cold", cold)] + [(f"warm {i + 1}", w) for i, w in enumerate(warm)]
             for label, run in runs:
                 print(
@@ -91,11 +96,6 @@ def main() -> None:
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"| image | host | cold | warm (median of {args.warm}) | cold / warm |")
-    print("|---|---|---|---|---|")
-    for name, host, cold, _warm, med in rows:
-        ratio = cold["total"] / med
-        print(f"| {name} | {host} | {cold['total']:.0f} s | {med:.0f} s | {ratio:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -363,6 +363,7 @@ def test_first_plan_against_a_machine_made_from_the_image_shows_no_change(
 
 
 @pytest.mark.images
+@pytest.mark.slow
 def test_the_vm_image_boots_under_uefi_to_sshd_on_the_deploy_port(
     linda: Path, fleet_copy: Path, tmp_path: Path
 ) -> None:
@@ -388,6 +389,7 @@ def pi_card(fleet_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Disk:
 
 
 @pytest.mark.images
+@pytest.mark.slow
 def test_sd_card_has_the_firmware_partition_and_the_boards_root(
     pi_card: Disk, fleet_copy: Path
 ) -> None:
