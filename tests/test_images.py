@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -338,6 +340,36 @@ def test_a_failing_build_keeps_the_previous_image(linda: Path, fleet_copy: Path)
     assert "Traceback" not in r.stderr
     assert {p.name: sha256(p) for p in linda.parent.iterdir()} == before
     assert not (images / ".work").exists()
+
+
+@pytest.mark.images
+def test_sigterm_stops_the_build_and_keeps_the_previous_image(
+    linda: Path, fleet_copy: Path
+) -> None:
+    images = linda.parent.parent
+    before = {p.name: sha256(p) for p in linda.parent.iterdir()}
+    cmd = [sys.executable, "-m", "orchestrator.cli", "--fleet", str(fleet_copy)]
+    proc = subprocess.Popen(
+        [*cmd, "image", "build", "linda-vm"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # wait until the roles run in the image
+        seen.append(line)
+        if line.startswith("  roles: "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "linda-vm/LINDA.qcow2: interrupted; nothing of it was kept" in rest
+    assert {p.name: sha256(p) for p in linda.parent.iterdir()} == before
+    assert not (images / ".work").exists()
+    left = subprocess.run(["pgrep", "-f", str(images / ".work")], capture_output=True, check=False)
+    assert left.stdout == b""  # no ansible-playbook left behind
 
 
 @pytest.mark.images

@@ -61,6 +61,12 @@ class BuildFailed(OrchestrateError):
     """A stage of an image build failed; nothing of that image was kept."""
 
 
+class BuildInterrupted(BuildFailed):
+    """Ctrl-C or SIGTERM stopped the build; nothing of that image was kept."""
+
+    exit_code = 130
+
+
 @dataclass(frozen=True)
 class Built:
     image: HostImage
@@ -273,7 +279,7 @@ def _build_one(
     try:
         for stage in ("prepare", "roles", "finish"):
             if cancelled.is_set():
-                raise BuildFailed(f"{img.file}: interrupted; nothing of it was kept")
+                raise BuildInterrupted(f"{img.file}: interrupted; nothing of it was kept")
             t0 = time.monotonic()
             if stage == "roles":
                 _apply_host_roles(build_dir, work, img, progress, cancelled)
@@ -382,7 +388,7 @@ def _run_builder(
         suppress_env_files=True,
     )
     if cancelled.is_set():
-        raise BuildFailed(f"{img.file}: interrupted; nothing of it was kept")
+        raise BuildInterrupted(f"{img.file}: interrupted; nothing of it was kept")
     if r.rc != 0 or r.status != "successful":
         detail = "\n  ".join(failures) or f"ansible-runner ended {r.status} (rc {r.rc})"
         raise BuildFailed(f"{img.file}: the image builder's {stage} stage failed:\n  {detail}")
@@ -477,7 +483,7 @@ def _apply_host_roles(
                 f"{t.role + ': ' if t.role else ''}{t.task}: {t.message.strip()[-1200:]}"
             )
     if cancelled.is_set():
-        raise BuildFailed(f"{img.file}: interrupted; nothing of it was kept")
+        raise BuildInterrupted(f"{img.file}: interrupted; nothing of it was kept")
     stats = res.stats.get(img.host)
     if res.rc != 0 or stats is None or not stats.success:
         detail = "\n  ".join(failures) or f"ansible-runner ended {res.status} (rc {res.rc})"
@@ -524,6 +530,7 @@ def _record(
 
 __all__ = [
     "BuildFailed",
+    "BuildInterrupted",
     "Built",
     "build_images",
     "cache_dir",
