@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.errors import OrchestrateError, UsageError
+from orchestrator.testbed.manager import speaks_ssh
 
 Progress = Callable[[str], None]
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE.fd"
@@ -38,15 +39,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _banner(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
-            s.settimeout(3)
-            return s.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
 
 
 def boot(
@@ -91,7 +83,7 @@ def boot(
                 if not ready and READY in _read(serial):
                     ready = time.monotonic() - started
                     progress(f"{host}: up after {ready:.0f}s; waiting for sshd on {ssh_port}")
-                if ready and _banner(port):
+                if ready and speaks_ssh("127.0.0.1", port, 3):
                     ssh = time.monotonic() - started
                     break
                 time.sleep(1)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.digest import file_digest
 from orchestrator.errors import OrchestrateError, UsageError
 from orchestrator.executor.lock import FleetLock
 from orchestrator.fsutil import atomic_write
@@ -177,14 +178,6 @@ def cache_keys(img: HostImage) -> tuple[str, str]:
     return base, installed
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_images(
     root: str,
     build_dir: str,
@@ -288,7 +281,7 @@ def _build_one(
                     work, {**builder_vars, "image_builder_stage": stage}, img, progress, cancelled
                 )
             progress(f"  {stage}: done in {time.monotonic() - t0:.0f}s")
-        sha = _file_sha256(partial)
+        sha = file_digest(partial)
         os.replace(partial, final)
     finally:
         if os.path.exists(partial):

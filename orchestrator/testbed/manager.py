@@ -197,9 +197,14 @@ def _wait_ssh(hosts: list[TestbedHost], timeout: float = 120) -> None:
 
 def answers(h: TestbedHost) -> bool:
     """Whether sshd on the host speaks SSH (its banner), not merely accepts a connection."""
+    return speaks_ssh(h.address, h.port, 2)
+
+
+def speaks_ssh(address: str, port: int, timeout: float) -> bool:
+    """Whether what listens at address:port sends an SSH banner."""
     try:
-        with socket.create_connection((h.address, h.port), timeout=2) as s:
-            s.settimeout(2)
+        with socket.create_connection((address, port), timeout=timeout) as s:
+            s.settimeout(timeout)
             return s.recv(4).startswith(b"SSH-")
     except OSError:
         return False
