@@ -13,7 +13,13 @@ entry the fleet lacks is added (so a host without secrets can be built as a VM).
   host): the bootstrap and installation come from the cache, the roles and the disk are redone.
 
 Prints each run's stage times (from the build's own progress lines) and, per image, the warm
-median and the cold/warm ratio, as a Markdown table."""
+median and the cold/warm ratio, as a Markdown table.
+
+    python3 benchmarks/bench_images.py --remote linda-vm=LINDA:qcow2 --warm 2
+
+`--remote` compares, in one run, where an image is built: here (warm cache) and on the host
+itself (deploy.build_on: remote, its testbed container over SSH): first with an empty remote
+cache that this machine's seeds, then warm there too. Each after a configuration change."""
 
 from __future__ import annotations
 
@@ -55,24 +61,100 @@ def change_config(fleet: Path, n: int) -> None:
         (fleet / "fleet.yaml").write_text(text)
 
 
+def add_entry(fleet: Path, spec: str) -> tuple[str, str]:
+    name, _, rest = spec.partition("=")
+    host, _, fmt = rest.partition(":")
+    if fmt:
+        with (fleet / "fleet.yaml").open("a") as fh:
+            fh.write(f"  {name}: {{hosts: [{host}], format: {fmt}}}\n")
+    return name, host
+
+
+def orchestrate(fleet: Path, *args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "orchestrator.cli", "--fleet", str(fleet), *args]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{r.stderr[-3000:]}")
+
+
+def set_build_on(fleet: Path, host: str, where: str) -> None:
+    """Set the host's deploy.build_on in fleet.yaml (its `deploy: {...}` line, or a new one)."""
+    lines = (fleet / "fleet.yaml").read_text().split("\n")
+    start = lines.index(f"  {host}:")
+    end = start + 1
+    while end < len(lines) and lines[end].startswith("    "):
+        end += 1
+    body = [
+        ln.replace("build_on: local, ", "").replace("build_on: remote, ", "")
+        for ln in lines[start + 1 : end]
+    ]
+    for i, ln in enumerate(body):
+        if ln.strip().startswith("deploy: {"):
+            body[i] = ln.replace("deploy: {", f"deploy: {{build_on: {where}, ", 1)
+            break
+    else:
+        body.append(f"    deploy: {{build_on: {where}}}")
+    lines[start + 1 : end] = body
+    (fleet / "fleet.yaml").write_text("\n".join(lines))
+
+
+def remote(fleet: Path, work: Path, spec: str, warm: int) -> None:
+    """Local (warm) against remote builds of one image, after a configuration change each."""
+    name, host = add_entry(fleet, spec)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    out = work / "out"
+    runs: list[tuple[str, dict[str, float]]] = []
+    print(f"{name}/{host}: local, to warm this machine's cache ...", file=sys.stderr, flush=True)
+    build(fleet, name, host, out, cache)
+    orchestrate(fleet, "testbed", "up", "--hosts", host)
+    try:
+        n = 0
+        for where, label, times in (
+            ("local", "local, warm", warm),
+            ("remote", "remote, seeded from here", 1),
+            ("remote", "remote, warm", warm),
+        ):
+            set_build_on(fleet, host, where)
+            for _ in range(times):
+                change_config(fleet, n)
+                n += 1
+                print(f"{name}/{host}: {label} ...", file=sys.stderr, flush=True)
+                runs.append((label, build(fleet, name, host, out, cache)))
+    finally:
+        orchestrate(fleet, "testbed", "down")
+    print("| build host | runs | total (median) | prepare | roles | finish |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label in dict.fromkeys(lb for lb, _ in runs):
+        mine = [r for lb, r in runs if lb == label]
+        med = {k: statistics.median(r.get(k, 0) for r in mine) for k in mine[0]}
+        print(
+            f"| {label} | {len(mine)} | {med['total']:.0f} s | {med.get('prepare', 0):.0f} s | "
+            f"{med.get('roles', 0):.0f} s | {med.get('finish', 0):.0f} s |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fleet", default=str(REPO / "inventory"))
-    ap.add_argument("--image", action="append", required=True, metavar="NAME=HOST[:FORMAT]")
+    ap.add_argument("--image", action="append", default=[], metavar="NAME=HOST[:FORMAT]")
+    ap.add_argument("--remote", metavar="NAME=HOST[:FORMAT]", help="local against remote builds")
     ap.add_argument("--warm", type=int, default=3, help="warm runs per image (3)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
     fleet = work / "fleet"
     shutil.copytree(args.fleet, fleet, ignore=shutil.ignore_patterns(".orchestrate"))
+    if args.remote:
+        try:
+            remote(fleet, work, args.remote, args.warm)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     print(f"| image | host | cold | warm (median of {args.warm}) | cold / warm |")
     print("|---|---|---|---|---|", flush=True)
     try:
         for spec in args.image:
-            name, _, rest = spec.partition("=")
-            host, _, fmt = rest.partition(":")
-            if fmt:
-                with (fleet / "fleet.yaml").open("a") as fh:
-                    fh.write(f"  {name}: {{hosts: [{host}], format: {fmt}}}\n")
+            name, host = add_entry(fleet, spec)
             cache = work / f"cache-{name}"
             print(f"{name}/{host}: cold ...", file=sys.stderr, flush=True)
             cold = build(fleet, name, host, work / "out", cache)

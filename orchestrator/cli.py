@@ -543,9 +543,9 @@ def _plan(args: argparse.Namespace) -> int:
             lambda m: err.print(m, markup=False),
         )
     if args.out:
-        from orchestrator.executor.state import _atomic_json
+        from orchestrator.fsutil import atomic_json
 
-        _atomic_json(os.path.abspath(args.out), plan.to_json(), mode=0o600)
+        atomic_json(os.path.abspath(args.out), plan.to_json(), mode=0o600)
     if args.json:
         sys.stdout.write(json.dumps(plan.to_json(), indent=2, sort_keys=True) + "\n")
     else:
@@ -637,7 +637,8 @@ def _testbed_up(args: argparse.Namespace) -> int:
         }
         record = up_from_image(state_dir(root), ev.spec.name, files, _err, ports, addresses)
     else:
-        record = up(state_dir(root), ev.spec.name, hosts, suite, _err, ports, addresses)
+        builders = {h for h in chosen if ev.hosts[h].info["deploy"]["build_on"] == "remote"}
+        record = up(state_dir(root), ev.spec.name, hosts, suite, _err, ports, addresses, builders)
     for name in chosen:
         h = record[name]
         _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from typing import Any
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -21,3 +23,9 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_json(path: str, data: Any, mode: int = 0o600) -> None:
+    """``data`` as indented, key-sorted JSON at ``path``, atomically; its folder is made (0700)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode(), mode)

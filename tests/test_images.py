@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -87,7 +88,9 @@ def test_bad_entries_are_located_and_nothing_is_written(
             "fleet.yaml": """
                 name: img
                 builders: {x: {arch: x86_64}}
-                hosts: {vm: {builder: x}, far: {builder: x, deploy: {build_on: remote}}}
+                hosts:
+                  vm: {builder: x}
+                  far: {builder: x, deploy: {user: admin, build_on: remote}}
                 images:
                   tiny: {hosts: [vm], format: qcow2, size: 600M}
                   vm: {hosts: [vm], format: raw, include_host_key: true}
@@ -99,7 +102,7 @@ def test_bad_entries_are_located_and_nothing_is_written(
     r = cli("--fleet", str(root), "image", "build", "tiny")
     assert r.code == 1
     assert (
-        "fleet.yaml:5:3: image 'tiny': size 600M leaves 468 MiB for the root filesystem after "
+        "fleet.yaml:7:3: image 'tiny': size 600M leaves 468 MiB for the root filesystem after "
         "the 128 MiB boot partition; give at least 900M" in r.err
     )
     r = cli("--fleet", str(root), "image", "build", "vm")
@@ -108,7 +111,10 @@ def test_bad_entries_are_located_and_nothing_is_written(
     assert "orchestrate secrets host-key vm" in r.err
     r = cli("--fleet", str(root), "image", "build", "far")
     assert r.code == 1
-    assert "deploy.build_on: remote is not supported for images yet (far)" in r.err
+    assert (
+        "far builds its image itself (deploy.build_on: remote) and logs in as admin: a remote "
+        "build host is reached as root (set deploy.user: root)" in r.err
+    )
     # what a compile writes is the build; no image folder, no work folder
     assert not (root / ".orchestrate" / "images").exists()
     assert {k: v for k, v in snapshot(root).items() if not k.startswith(".orchestrate")} == before
@@ -140,10 +146,11 @@ def test_the_build_host_is_checked_first(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda t: None if t == "mcopy" else real_which(t))
+    # an image its own host builds (deploy.build_on: remote) needs nothing on this machine
+    check_build_host([replace(planned[0], build_on="remote")])
     with pytest.raises(UsageError) as e:
-        check_build_host([replace(planned[0], build_on="remote")])
+        check_build_host(planned)
     text = str(e.value)
-    assert "deploy.build_on: remote is not supported for images yet (pi-1)" in text
     assert "image builds run as root" in text
     assert "missing tools: mcopy" in text
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
@@ -311,14 +318,70 @@ def test_manifest_records_the_hash_and_the_inputs(
     assert row.endswith(f"built {entry['sha256'][:12]}")
 
 
+def test_an_unreachable_remote_build_host_fails_cleanly(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run]
+) -> None:
+    root = fleet(
+        {
+            "fleet.yaml": """
+                name: img
+                builders: {x: {arch: x86_64}}
+                hosts: {far: {builder: x, deploy: {host: 127.0.0.1, port: 9, build_on: remote}}}
+                images: {far: {hosts: [far], format: raw}}
+            """
+        }
+    )
+    r = cli("--fleet", str(root), "image", "build", "far")
+    assert r.code == 1
+    assert "building on far itself (deploy.build_on: remote, 127.0.0.1)" in r.err
+    assert "far/far.raw: the image builder's prepare stage failed:" in r.err
+    assert "ssh: connect to host 127.0.0.1 port 9: Connection refused" in r.err
+    assert "Traceback" not in r.err
+    images = root / ".orchestrate" / "images"
+    assert [p.name for p in images.rglob("*") if p.is_file()] == ["lock"]  # the build lock
+
+
 @pytest.mark.images
-def test_rebuild_gives_the_same_bytes(linda: Path, fleet_copy: Path, tmp_path: Path) -> None:
-    r = orchestrate(fleet_copy, "image", "build", "linda-vm", "--out", str(tmp_path))
-    assert r.returncode == 0, r.stderr[-4000:]
-    # the cached bootstrap and installation are reused; the roles and the rest run again
-    assert "Run debootstrap" not in r.stderr and "Install the format's packages" not in r.stderr
+@pytest.mark.containers
+def test_the_host_builds_its_own_image_with_the_same_bytes(
+    linda: Path, fleet_copy: Path, tmp_path: Path
+) -> None:
+    """deploy.build_on: remote: the image is built on LINDA itself (its testbed container) over
+    SSH, seeded from this machine's cache, brought back, and is byte for byte the local build."""
+    remote = fleet_copy.parent / "remote"
+    shutil.copytree(fleet_copy, remote, ignore=shutil.ignore_patterns("images", "testbed*"))
+    spec = remote / "fleet.yaml"
+    text = spec.read_text()
+    assert text.count("deploy: {host: 10.88.127.88}") == 1
+    spec.write_text(text.replace("{host: 10.88.127.88}", "{host: 10.88.127.88, build_on: remote}"))
+    up = orchestrate(remote, "testbed", "up", "--hosts", "LINDA")
+    try:
+        assert up.returncode == 0, up.stderr
+        r = orchestrate(remote, "image", "build", "linda-vm", "--out", str(tmp_path))
+        assert r.returncode == 0, r.stderr[-4000:]
+        record = json.loads((remote / ".orchestrate/testbed.json").read_text())
+        box = record["hosts"]["LINDA"]["container"]
+        left = podman_exec(box, "ls -A /var/tmp; ip netns list; ls -A /run/orchestrate-build-net")
+    finally:
+        down = orchestrate(remote, "testbed", "down")
+    assert down.returncode == 0, down.stderr
+    assert "building on LINDA itself (deploy.build_on: remote, 127.0.0.1)" in r.stderr
+    assert "this machine's cache seeds it" in r.stderr and "Run debootstrap" not in r.stderr
     assert "roles: Install the stable packages" in r.stderr
-    assert sha256(tmp_path / "linda-vm/LINDA.qcow2") == sha256(linda)
+    built = tmp_path / "linda-vm/LINDA.qcow2"
+    assert sha256(built) == sha256(linda)
+    manifest = json.loads((tmp_path / "linda-vm/manifest.json").read_text())
+    assert manifest["hosts"]["LINDA"]["built_on"] == "LINDA"
+    # the build host keeps its cache, and nothing else: no work folder, namespace or slirp4netns
+    assert left.strip() == "", left
+
+
+def podman_exec(container: str, script: str) -> str:
+    from orchestrator.testbed.images import podman
+
+    res = podman("exec", container, "sh", "-c", script, check=False)
+    assert res.returncode == 0, res.stderr
+    return str(res.stdout)
 
 
 @pytest.mark.images
@@ -370,6 +433,10 @@ def test_sigterm_stops_the_build_and_keeps_the_previous_image(
     assert not (images / ".work").exists()
     left = subprocess.run(["pgrep", "-f", str(images / ".work")], capture_output=True, check=False)
     assert left.stdout == b""  # no ansible-playbook left behind
+    # the build network went down with it
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    assert "orchestrate-image-" not in netns.stdout
+    assert not glob.glob("/run/orchestrate-build-net/*.pid")
 
 
 @pytest.mark.images

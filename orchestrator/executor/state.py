@@ -7,13 +7,7 @@ import os
 import time
 from typing import Any
 
-from orchestrator.fsutil import atomic_write
-
-
-def _atomic_json(path: str, data: Any, mode: int = 0o600) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    text = json.dumps(data, indent=1, sort_keys=True)
-    atomic_write(path, text.encode(), mode)
+from orchestrator.fsutil import atomic_json
 
 
 def state_dir(root: str) -> str:
@@ -36,7 +30,7 @@ def load_host_state(root: str, host: str) -> dict[str, Any] | None:
 def save_host_state(
     root: str, host: str, config: dict[str, Any], run_id: str, inputs: dict[str, str]
 ) -> None:
-    _atomic_json(
+    atomic_json(
         host_state_path(root, host),
         {
             "host": host,
@@ -64,4 +58,4 @@ def new_run_dir(root: str, mode: str) -> tuple[str, str]:
 
 
 def write_summary(run_dir: str, summary: dict[str, Any]) -> None:
-    _atomic_json(os.path.join(run_dir, "summary.json"), summary)
+    atomic_json(os.path.join(run_dir, "summary.json"), summary)

@@ -2,11 +2,13 @@
 image_builder role on the build host and the host's own roles applied offline in between.
 
 Per host image, three ansible-runner runs: playbooks/image.yml `prepare` (bootstrap and package
-installation, each cached as a tarball keyed by its inputs; identity files), the compiled
-site.yml limited to the host through an isolated chroot (its own roles, as an apply would run
-them), playbooks/image.yml `finish` (initramfs, normalisation, file systems, partition table,
-qcow2). The image is written under a temporary name and renamed, with its manifest, only when
-every stage succeeded: a failed build leaves the previous image and manifest as they were."""
+installation, each cached as a tarball keyed by its inputs; identity files; the build network),
+the compiled site.yml limited to the host through an isolated chroot (its own roles, as an apply
+would run them), playbooks/image.yml `finish` (initramfs, normalisation, file systems, partition
+table, qcow2). The build host is this machine, or with `deploy.build_on: remote` the host itself
+over SSH: the same three runs go there, and the disk file comes back. The image is written under
+a temporary name and renamed, with its manifest, only when every stage succeeded: a failed build
+leaves the previous image and manifest as they were."""
 
 from __future__ import annotations
 
@@ -17,12 +19,11 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,8 @@ TOOLS = (
     "ip",
 )
 BUILDER_ROLE = "image_builder"
+REMOTE_WORK = "/var/tmp/orchestrate-images"  # on a remote build host: per-image work folders
+REMOTE_CACHE = "/var/cache/orchestrate/images"  # and its cache
 INSTALL_RECIPE = 2  # raise when the installation step changes: cached installations are redone
 
 
@@ -66,6 +69,18 @@ class BuildInterrupted(BuildFailed):
     """Ctrl-C or SIGTERM stopped the build; nothing of that image was kept."""
 
     exit_code = 130
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One host image's build: where its runs keep their files here, the builder's variables,
+    and the remote build host's connection (None: this machine builds it)."""
+
+    build_dir: str
+    work: str
+    variables: dict[str, Any]
+    img: HostImage
+    remote: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -92,14 +107,13 @@ def source_date_epoch() -> int:
 
 
 def check_build_host(images: list[HostImage]) -> None:
-    """Everything a build needs on this machine, before anything is written."""
+    """Everything a build needs on this machine, before anything is written. Images built on
+    their remote host (deploy.build_on: remote) need nothing here: the builder installs its
+    tools there."""
+    images = [i for i in images if i.build_on == "local"]
+    if not images:
+        return
     problems = []
-    remote = sorted({f"{i.host}" for i in images if i.build_on != "local"})
-    if remote:
-        problems.append(
-            f"deploy.build_on: remote is not supported for images yet ({', '.join(remote)}): "
-            "build them here with build_on: local"
-        )
     if os.geteuid() != 0:
         problems.append("image builds run as root (debootstrap, chroot, file ownership)")
     missing = [t for t in TOOLS if shutil.which(t) is None]
@@ -193,6 +207,7 @@ def build_images(
     check_build_host(images)
     epoch = source_date_epoch()
     host_keys = {(i.image, i.host): _host_key(root, i) for i in images}
+    remotes = {i.host: remote_connection(root, build_dir, i.host) for i in images if _remote(i)}
     cancelled = cancelled or threading.Event()
     builder_digest = _tree_digest(os.path.join(shipped_roles_dir(), BUILDER_ROLE))
     results = []
@@ -206,6 +221,7 @@ def build_images(
                     fleet,
                     img,
                     host_keys[(img.image, img.host)],
+                    remotes.get(img.host),
                     out,
                     epoch,
                     builder_digest,
@@ -216,11 +232,36 @@ def build_images(
     return results
 
 
+def _remote(img: HostImage) -> bool:
+    return img.build_on == "remote"
+
+
+def remote_connection(root: str, build_dir: str, host: str) -> dict[str, Any]:
+    """How to reach ``host`` as a build host: its compiled connection variables, or its testbed
+    container's while a testbed is up. The builder works as root (debootstrap, chroot, file
+    ownership), so it logs in as root."""
+    from orchestrator.executor.deploy import connection_overrides
+
+    path = os.path.join(build_dir, "inventory", "host_vars", f"{host}.json")
+    with open(path, encoding="utf-8") as fh:
+        conn = {k: v for k, v in json.load(fh).items() if k.startswith("ansible_")}
+    conn.update(connection_overrides(root, [host]).get(host, {}))
+    user = str(conn.get("ansible_user", "root"))
+    if user != "root":
+        raise UsageError(
+            f"{host} builds its image itself (deploy.build_on: remote) and logs in as {user}: "
+            "a remote build host is reached as root (set deploy.user: root), or build the image "
+            "here with build_on: local"
+        )
+    return {**conn, "ansible_python_interpreter": "/usr/bin/python3"}
+
+
 def _build_one(
     build_dir: str,
     fleet: dict[str, Any],
     img: HostImage,
     host_key: str | None,
+    remote: dict[str, Any] | None,
     out: str,
     epoch: int,
     builder_digest: str,
@@ -230,18 +271,27 @@ def _build_one(
     started = time.monotonic()
     cache = cache_dir()
     base_key, installed_key = cache_keys(img)
-    base_tar = os.path.join(cache, f"base-{img.suite}-{img.debian_arch}-{base_key}.tar")
-    installed_tar = os.path.join(
-        cache, f"installed-{img.suite}-{img.debian_arch}-{installed_key}.tar"
+    tar_names = (
+        f"base-{img.suite}-{img.debian_arch}-{base_key}.tar",
+        f"installed-{img.suite}-{img.debian_arch}-{installed_key}.tar",
     )
+    base_tar, installed_tar = (os.path.join(cache, n) for n in tar_names)
     cached = [
         s for s, p in (("bootstrap", base_tar), ("packages", installed_tar)) if os.path.exists(p)
     ]
-    progress(
-        f"  from the cache: {', '.join(cached)}"
-        if cached
-        else "  nothing cached yet: debootstrap and the package installation run first (minutes)"
-    )
+    if remote is not None:
+        progress(
+            f"  building on {img.host} itself (deploy.build_on: remote, "
+            f"{remote.get('ansible_host', img.host)})"
+            + (f"; this machine's cache seeds it: {', '.join(cached)}" if cached else "")
+        )
+    else:
+        progress(
+            f"  from the cache: {', '.join(cached)}"
+            if cached
+            else "  nothing cached yet: debootstrap and the package installation run first "
+            "(minutes)"
+        )
     final = os.path.join(out, img.file)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     partial = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.partial")
@@ -249,17 +299,27 @@ def _build_one(
     ids = image_ids(str(fleet["fleet"]["name"]), img)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work, mode=0o700)
-    builder_vars = {
-        "image_builder_root": os.path.join(work, "root"),
-        "image_builder_work": work,
-        "image_builder_cache": cache,
+    # where the builder works: here, or on the remote build host (its own paths and cache)
+    bwork = f"{REMOTE_WORK}/{img.image}/{img.host}" if remote is not None else work
+    bcache = REMOTE_CACHE if remote is not None else cache
+    # this machine's cached tarball saves the remote its bootstrap (same name, same inputs);
+    # the installation is what a build starts from, so it alone is enough
+    seed = [
+        {"src": local, "dest": f"{REMOTE_CACHE}/{name}"}
+        for local, name in zip((installed_tar, base_tar), reversed(tar_names), strict=True)
+        if os.path.exists(local)
+    ][:1]
+    builder_vars: dict[str, Any] = {
+        "image_builder_root": f"{bwork}/root",
+        "image_builder_work": bwork,
+        "image_builder_cache": bcache,
         "image_builder_arch": img.debian_arch,
         "image_builder_suite": img.suite,
         "image_builder_mirror": img.mirror,
         "image_builder_components": list(img.components),
         "image_builder_packages": list(img.packages),
-        "image_builder_base_tar": base_tar,
-        "image_builder_installed_tar": installed_tar,
+        "image_builder_base_tar": f"{bcache}/{tar_names[0]}",
+        "image_builder_installed_tar": f"{bcache}/{tar_names[1]}",
         "image_builder_epoch": epoch,
         "image_builder_hostname": img.host,
         "image_builder_format": img.format,
@@ -268,22 +328,37 @@ def _build_one(
         "image_builder_root_mib": img.root_mib,
         "image_builder_output": partial,
         "image_builder_host_key": host_key or "",
+        # unique per build: two builds on one host never share a network namespace
+        "image_builder_netns": f"orchestrate-image-{uuid.uuid4().hex[:12]}",
     }
+    if remote is not None:
+        builder_vars.update(
+            {
+                "image_builder_remote": True,
+                "image_builder_tools": f"{bwork}/tools",
+                "image_builder_seed": seed,
+                "image_builder_output": f"{bwork}/{os.path.basename(final)}",
+                "image_builder_fetch_to": partial,
+            }
+        )
+    job = _Job(build_dir, work, builder_vars, img, remote)
+    done = False
     try:
         for stage in ("prepare", "roles", "finish"):
             if cancelled.is_set():
                 raise BuildInterrupted(f"{img.file}: interrupted; nothing of it was kept")
             t0 = time.monotonic()
             if stage == "roles":
-                _apply_host_roles(build_dir, work, img, progress, cancelled)
+                _apply_host_roles(job, progress, cancelled)
             else:
-                _run_builder(
-                    work, {**builder_vars, "image_builder_stage": stage}, img, progress, cancelled
-                )
+                _run_builder(job, stage, progress, cancelled)
             progress(f"  {stage}: done in {time.monotonic() - t0:.0f}s")
         sha = file_digest(partial)
         os.replace(partial, final)
+        done = True
     finally:
+        if not done:
+            _clean_up(job, progress)
         if os.path.exists(partial):
             os.unlink(partial)
         shutil.rmtree(work, ignore_errors=True)
@@ -326,8 +401,13 @@ def _events(
             "ignore_errors"
         ):
             res = data.get("res", {})
-            items = [r for r in res.get("results", []) if isinstance(r, dict) and r.get("failed")]
-            msg = "; ".join(_result_message(r) for r in items) or _result_message(res)
+            items = [
+                r
+                for r in res.get("results", [])
+                if isinstance(r, dict) and (r.get("failed") or r.get("unreachable"))
+            ]
+            msg = "; ".join(dict.fromkeys(_result_message(r) for r in items))
+            msg = msg or _result_message(res)
             failures.append(f"{data.get('task', '?')}: {msg[-1200:]}")
         return True
 
@@ -339,41 +419,48 @@ def _result_message(res: dict[str, Any]) -> str:
     return " ".join(str(p).strip() for p in parts if p)
 
 
-def _run_builder(
-    work: str,
-    variables: dict[str, Any],
-    img: HostImage,
-    progress: Progress,
-    cancelled: threading.Event,
-) -> None:
+def _clean_up(job: _Job, progress: Progress) -> None:
+    """After a failed or stopped build: the build network down and, on a remote build host, its
+    work folder gone. Best effort: what it cannot do, it says."""
+    try:
+        # a fresh event: it runs even when the build itself was stopped
+        _run_builder(job, "cleanup", lambda _msg: None, threading.Event())
+    except BuildFailed as e:
+        progress(f"  warning: could not clean up after the build: {e}")
+
+
+def _run_builder(job: _Job, stage: str, progress: Progress, cancelled: threading.Event) -> None:
     import ansible_runner
 
     from orchestrator.paths import shipped_playbooks_dir, shipped_roles_dir
 
-    stage = str(variables["image_builder_stage"])
-    run_dir = os.path.join(work, f"runner-{stage}")
+    img, remote = job.img, job.remote
+    run_dir = os.path.join(job.work, f"runner-{stage}")
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     failures: list[str] = []
+    envvars = {
+        "ANSIBLE_ROLES_PATH": shipped_roles_dir(),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCALHOST_WARNING": "0",
+    }
+    if remote is None:
+        hosts = {
+            "localhost": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": sys.executable,
+            }
+        }
+    else:
+        hosts = {img.host: remote}
+        # the compiled build's SSH settings: pipelining, connection reuse, public keys only
+        envvars["ANSIBLE_CONFIG"] = os.path.join(job.build_dir, "ansible.cfg")
     r = ansible_runner.run(
         private_data_dir=run_dir,
         project_dir=shipped_playbooks_dir(),
         playbook="image.yml",
-        inventory={
-            "all": {
-                "hosts": {
-                    "localhost": {
-                        "ansible_connection": "local",
-                        "ansible_python_interpreter": sys.executable,
-                    }
-                }
-            }
-        },
-        envvars={
-            "ANSIBLE_ROLES_PATH": shipped_roles_dir(),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_LOCALHOST_WARNING": "0",
-        },
-        extravars=variables,
+        inventory={"all": {"hosts": hosts}},
+        envvars=envvars,
+        extravars={**job.variables, "image_builder_stage": stage},
         quiet=True,
         ident="artifacts",
         event_handler=_events(stage, progress, failures),
@@ -387,79 +474,49 @@ def _run_builder(
         raise BuildFailed(f"{img.file}: the image builder's {stage} stage failed:\n  {detail}")
 
 
-@contextlib.contextmanager
-def _build_network(root: str) -> Iterator[str]:
-    """A network namespace of the build's own, reaching out through slirp4netns (user-mode
-    networking: the build host's interfaces, routes and rulesets are not in it). Yields its path;
-    the chroot's resolv.conf names slirp4netns's DNS forwarder meanwhile."""
-    name = f"orchestrate-image-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    path = f"/run/netns/{name}"
-    _quiet("ip", "netns", "add", name)
-    slirp = None
-    try:
-        read_fd, write_fd = os.pipe()
-        slirp = subprocess.Popen(
-            [
-                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
-                f"--ready-fd={write_fd}", "--netns-type=path", path, "tap0",
-            ],
-            pass_fds=(write_fd,),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as ready:
-            if ready.read(1) != b"1":
-                err = slirp.stderr.read().decode(errors="replace") if slirp.stderr else ""
-                raise BuildFailed(f"slirp4netns did not bring the build network up: {err.strip()}")
-        resolv = os.path.join(root, "etc", "resolv.conf")
-        if os.path.lexists(resolv):
-            os.unlink(resolv)
-        with open(resolv, "w", encoding="utf-8") as fh:
-            fh.write("nameserver 10.0.2.3\n")
-        yield path
-    finally:
-        if slirp is not None:
-            slirp.terminate()
-            slirp.wait(timeout=10)
-        _quiet("ip", "netns", "delete", name)
-
-
-def _quiet(*cmd: str) -> None:
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise BuildFailed(f"{' '.join(cmd)}: {res.stderr.strip()}")
-
-
-def _apply_host_roles(
-    build_dir: str,
-    work: str,
-    img: HostImage,
-    progress: Progress,
-    cancelled: threading.Event,
-) -> None:
-    """The host's own roles, through the isolated chroot: as an apply would run them."""
+def _apply_host_roles(job: _Job, progress: Progress, cancelled: threading.Event) -> None:
+    """The host's own roles, through the isolated chroot in the build network that `prepare`
+    brought up: as an apply would run them."""
     from orchestrator.executor import runner
     from orchestrator.paths import shipped_roles_dir
 
-    chroot_exe = os.path.join(shipped_roles_dir(), BUILDER_ROLE, "files", "chroot-isolated")
+    img, remote, builder_vars = job.img, job.remote, job.variables
+    netns = f"/run/netns/{builder_vars['image_builder_netns']}"
+    root = str(builder_vars["image_builder_root"])
+    if remote is None:
+        chroot_exe = os.path.join(shipped_roles_dir(), BUILDER_ROLE, "files", "chroot-isolated")
+        conn: dict[str, Any] = {
+            "ansible_connection": "community.general.chroot",
+            "ansible_host": root,
+            "ansible_chroot_exe": chroot_exe,
+        }
+    else:
+        # SSH to the build host with a login shell that enters the root folder; uploads go to
+        # a folder whose path means the same place outside and inside (see remote-chroot.yml)
+        conn = {
+            **remote,
+            "ansible_shell_executable": f"{builder_vars['image_builder_tools']}/in-chroot",
+            "ansible_remote_tmp": f"{root}/.ansible-tmp",
+        }
     overrides = {
         img.host: {
-            "ansible_connection": "community.general.chroot",
-            "ansible_host": os.path.join(work, "root"),
-            "ansible_chroot_exe": chroot_exe,
+            **conn,
             "ansible_become": False,
             "ansible_python_interpreter": "/usr/bin/python3",
             "orchestrate_image": True,
         }
     }
     req = runner.RunRequest(
-        build_dir=build_dir,
-        run_dir=os.path.join(work, "runner-roles"),
+        build_dir=job.build_dir,
+        run_dir=os.path.join(job.work, "runner-roles"),
         hosts=[img.host],
         overrides=overrides,
         # the chroot's facts must not stand in for the real host's in the build's fact cache
-        envvars={"ANSIBLE_CACHE_PLUGIN": "memory", "SYSTEMD_OFFLINE": "1"},
+        envvars={
+            "ANSIBLE_CACHE_PLUGIN": "memory",
+            "SYSTEMD_OFFLINE": "1",
+            "ORCHESTRATE_IMAGE_NETNS": netns,
+        },
     )
     failures: list[str] = []
 
@@ -467,9 +524,7 @@ def _apply_host_roles(
         if ev.kind == "task_start" and not ev.task.startswith("Gathering"):
             progress(f"  roles: {ev.task}")
 
-    with _build_network(os.path.join(work, "root")) as netns:
-        req.envvars["ORCHESTRATE_IMAGE_NETNS"] = netns
-        res = runner.run(req, on_event, cancelled)
+    res = runner.run(req, on_event, cancelled)
     for t in res.tasks:
         if t.status in ("failed", "unreachable"):
             failures.append(
@@ -502,6 +557,7 @@ def _record(
         "sha256": sha,
         "format": img.format,
         "arch": img.arch,
+        "built_on": img.host if _remote(img) else "local",
         "inputs": {
             "config": _digest(host.get("config", {})),
             "roles": {r: _tree_digest(os.path.join(build_dir, "roles", r)) for r in host["roles"]},

@@ -17,8 +17,8 @@ from crontab import CronSlices, CronTab
 from orchestrator.errors import OrchestrateError, UsageError
 from orchestrator.executor.deploy import Options, apply, make_plan
 from orchestrator.executor.lock import LockHeld
-from orchestrator.executor.state import _atomic_json, state_dir
-from orchestrator.fsutil import atomic_write
+from orchestrator.executor.state import state_dir
+from orchestrator.fsutil import atomic_json, atomic_write
 
 MODES = ("plan", "apply")
 
@@ -69,7 +69,7 @@ def add(root: str, name: str, cron: str, command: list[str], textfile_dir: str |
     defs = _load(root)
     defs[name] = sched
     os.makedirs(results_dir(root), mode=0o700, exist_ok=True)  # cron appends its log here
-    _atomic_json(_defs_path(root), {n: asdict(s) for n, s in sorted(defs.items())})
+    atomic_json(_defs_path(root), {n: asdict(s) for n, s in sorted(defs.items())})
     tab = CronTab(user=True)
     tab.remove_all(comment=_marker(root, name))
     job = tab.new(command=_cron_command(root, name), comment=_marker(root, name))
@@ -102,7 +102,7 @@ def remove(root: str, name: str) -> None:
     if name not in defs:
         raise UsageError(f"no schedule named {name!r}")
     del defs[name]
-    _atomic_json(_defs_path(root), {n: asdict(s) for n, s in sorted(defs.items())})
+    atomic_json(_defs_path(root), {n: asdict(s) for n, s in sorted(defs.items())})
     tab = CronTab(user=True)
     tab.remove_all(comment=_marker(root, name))
     tab.write()

@@ -93,12 +93,15 @@ def up(
     progress: Progress,
     ssh_ports: dict[str, int] | None = None,
     deploy_addresses: dict[str, str] | None = None,
+    builders: set[str] | None = None,
 ) -> dict[str, TestbedHost]:
     """Start a container per host (``hosts`` maps name -> arch); reuse running ones. sshd in
     a container listens on the host's deploy port (``ssh_ports``, else 22), published on a free
     port of 127.0.0.1. Each container also answers at its host's IPv4 deploy address on the
     podman bridge (``deploy_addresses``), so services that reach each other at those
-    addresses (scrape targets, proxy upstreams) work inside the testbed."""
+    addresses (scrape targets, proxy upstreams) work inside the testbed. Hosts in ``builders``
+    build their own images (deploy.build_on: remote): their containers run privileged, since
+    the image builder makes namespaces, a tap device and chroots there."""
     from orchestrator.testbed.fromimage import image_root_dir, release
 
     record = load_record(state_dir)
@@ -139,6 +142,7 @@ def up(
             "--init",
             "--cap-add",
             "SYS_PTRACE",
+            *(["--privileged"] if name in (builders or set()) else []),
             "--label",
             f"orchestrate.fleet={fleet}",
             images[arch],
