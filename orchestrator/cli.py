@@ -691,7 +691,8 @@ def _image_parsers(sub: Any) -> None:
         help="build image entries (one file per host) through the image-building role",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
-Build disk images from hosts' configurations, as root, on this machine:
+Build disk images from hosts' configurations, as root, on this machine (or, for a host with
+deploy.build_on: remote, on the host itself over SSH as root; the file comes back here):
 
   1. bootstrap Debian (the fleet's stable suite) for the host's architecture; aarch64 runs
      through qemu-user. Cached under ~/.cache/orchestrate/images by suite, architecture and
@@ -706,7 +707,7 @@ Build disk images from hosts' configurations, as root, on this machine:
 Same inputs, same sha256: dates come from SOURCE_DATE_EPOCH (default 2025-01-01), identifiers
 from the fleet, image and host names. No secrets go in; the host's age key only with
 `include_host_key: true`. Each image is written under a temporary name and renamed when done,
-with NAME/manifest.json (file, sha256, inputs).""",
+with NAME/manifest.json (file, sha256, inputs, where it was built).""",
         epilog="examples:\n  orchestrate image build data-storage-vm\n"
         "  orchestrate image build pi-cards --limit pi-1\n"
         "  orchestrate image build --all --out /srv/images",

@@ -518,3 +518,50 @@ def test_sd_card_has_the_firmware_partition_and_the_boards_root(
     # no include_host_key: no age identity at all
     assert not pi_card.exists("/var/lib/orchestrate/host.agekey")
     assert pi_card.count(AGE_SECRET) == 0
+
+
+@pytest.mark.images
+@pytest.mark.slow
+def test_an_entry_with_two_hosts_makes_one_raw_disk_each(
+    fleet_copy: Path, tmp_path: Path, cli: Callable[..., Run]
+) -> None:
+    """The seed's mkUncompressedSdImages for x86_64: one `raw` entry, two hosts, two disks with
+    their own identifiers and configuration, one manifest."""
+    fleet = fleet_copy.parent / "pair"
+    shutil.copytree(fleet_copy, fleet, ignore=shutil.ignore_patterns("images", "testbed*"))
+    with (fleet / "fleet.yaml").open("a") as fh:
+        fh.write("  desks: {hosts: [LINDA, terminal-zero], format: raw}\n")
+    out = tmp_path / "out"
+    r = orchestrate(fleet, "image", "build", "desks", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "[1/2] desks/LINDA.raw" in r.stderr and "[2/2] desks/terminal-zero.raw" in r.stderr
+    manifest = json.loads((out / "desks/manifest.json").read_text())
+    assert sorted(manifest["hosts"]) == ["LINDA", "terminal-zero"]
+    tables = {}
+    for host in ("LINDA", "terminal-zero"):
+        image = out / f"desks/{host}.raw"
+        assert manifest["hosts"][host]["sha256"] == sha256(image)
+        assert manifest["hosts"][host]["file"] == f"{host}.raw"
+        info = json.loads(_run("qemu-img", "info", "--output=json", str(image)))
+        assert info["format"] == "raw"
+        disk = Disk.open(image, tmp_path / host)
+        tables[host] = disk.table
+        config = query(fleet, f'hosts."{host}".config')
+        assert disk.cat("/etc/hostname").strip() == config["system"]["hostname"]
+        assert config["environment"]["system_packages"]
+        assert set(config["environment"]["system_packages"]) <= disk.packages()
+        # terminal-zero uses secrets: none are delivered into an image, and no key goes in
+        assert not disk.exists("/var/lib/orchestrate/host.agekey")
+        assert disk.count(AGE_SECRET) == 0
+    assert tables["LINDA"]["id"] != tables["terminal-zero"]["id"]
+    uuids = {h: {p["uuid"] for p in t["partitions"]} for h, t in tables.items()}
+    assert not uuids["LINDA"] & uuids["terminal-zero"]
+    r2 = cli("--fleet", str(fleet), "image", "list", "--out", str(out))
+    rows = [line for line in r2.out.splitlines() if line.startswith("desks\t")]
+    assert len(rows) == 2 and all("\tbuilt " in row for row in rows)
+
+
+def _run(*cmd: str) -> str:
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
