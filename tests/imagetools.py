@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,18 @@ class Disk:
                 for block in iter(lambda: fh.read(1 << 22), b""):
                     found += (tail + block).count(needle)
                     tail = block[-(len(needle) - 1) :]
+        return found
+
+    def matches(self, pattern: re.Pattern[bytes], width: int) -> set[bytes]:
+        """Every distinct match of ``pattern`` (at most ``width`` bytes long) in the raw bytes
+        of both file systems."""
+        found: set[bytes] = set()
+        for part in (self.boot, self.root):
+            with part.open("rb") as fh:
+                tail = b""
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    found.update(m.group(0) for m in pattern.finditer(tail + block))
+                    tail = block[-(width - 1) :]
         return found
 
     def mode(self, path: str) -> str:

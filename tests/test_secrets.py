@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BUNDLED, REPO, Run, snapshot, write_tree
@@ -317,21 +318,82 @@ def test_committed_plaintext_fails_the_bundled_check_as_ci_runs_it(tmp_path: Pat
     assert "secrets check" in (REPO / "README.md").read_text()
 
 
-def test_the_host_module_names_a_missing_owner_or_group() -> None:
+INSTALLER = REPO / "roles/orchestrate_secrets/module_utils/orchestrate_secrets_install.py"
+
+
+def _installer() -> object:
     import importlib.util
 
-    path = Path(__file__).parent.parent / "roles/orchestrate_secrets/library/orchestrate_secrets.py"
-    spec = importlib.util.spec_from_file_location("orchestrate_secrets_module", path)
+    spec = importlib.util.spec_from_file_location("orchestrate_secrets_install", INSTALLER)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
 
-    class Fails:
-        def fail_json(self, msg: str) -> None:
-            raise RuntimeError(msg)
 
+def test_the_host_side_names_a_missing_owner_or_group() -> None:
+    core: Any = _installer()
     entry = {"name": "db/password", "owner": "root", "group": "root", "mode": "0440"}
-    assert module._ids(Fails(), entry) == (0, 0, 0o440)
+    assert core.ids(entry) == (0, 0, 0o440)
     for field, kind in (("owner", "user"), ("group", "group")):
-        with pytest.raises(RuntimeError, match=f"db/password: {kind} 'nobody-here' does not"):
-            module._ids(Fails(), {**entry, field: "nobody-here"})
+        with pytest.raises(core.SecretsError, match=f"db/password: {kind} 'nobody-here' does not"):
+            core.ids({**entry, field: "nobody-here"})
+
+
+def test_the_boot_service_installs_the_kept_secrets_again(tmp_path: Path) -> None:
+    """What orchestrate-secrets.service runs after a reboot (or at an image's first boot): the
+    host-side code as a script on the state an apply kept, with the real sops and an age key."""
+    from pyrage import x25519
+
+    ident = x25519.Identity.generate()
+    key = tmp_path / "host.agekey"
+    key.write_text(str(ident) + "\n")
+    out = sops(
+        "encrypt", "--age", str(ident.to_public()), "--input-type", "yaml", "--output-type",
+        "yaml", "/dev/stdin", key=key, data=b"db: {password: hunter2}\nport: 5432\n",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    root = tmp_path / "run/orchestrate/secrets"
+    state = {
+        "files": {"app.yaml": out.stdout.decode()},
+        "secrets": [
+            {"name": "db/password", "file": "app.yaml", "keys": ["db", "password"],
+             "owner": "root", "group": "root", "mode": "0440"},
+            {"name": "port", "file": "app.yaml", "keys": ["port"],
+             "owner": "nobody", "group": "nogroup", "mode": "0400"},
+        ],
+        "sops": controller_binary(),
+        "key_file": str(key),
+        "root": str(root),
+    }  # fmt: skip
+    kept = tmp_path / "secrets.json"
+    kept.write_text(json.dumps(state))
+
+    def boot() -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, str(INSTALLER), str(kept)]
+        return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+    first = boot()
+    assert first.returncode == 0, first.stderr
+    assert "installed 2 secret(s)" in first.stdout
+    assert (root / "db/password").read_bytes() == b"hunter2"
+    assert (root / "port").read_bytes() == b"5432"
+    st = (root / "port").stat()
+    assert stat.S_IMODE(st.st_mode) == 0o400 and st.st_uid == 65534
+    generation = os.path.realpath(root)
+    again = boot()
+    assert again.returncode == 0 and "already in place" in again.stdout
+    assert os.path.realpath(root) == generation  # nothing rewritten
+    # a changed ciphertext is refused by sops's MAC; the installed secrets stay as they were
+    tampered = json.loads(kept.read_text())
+    tampered["files"]["app.yaml"] = tampered["files"]["app.yaml"].replace("ENC[", "ENC[A", 1)
+    kept.write_text(json.dumps(tampered))
+    bad = boot()
+    assert bad.returncode == 1
+    assert "secrets not installed: secrets/app.yaml:" in bad.stderr
+    assert "hunter2" not in bad.stderr + bad.stdout
+    assert os.path.realpath(root) == generation
+    assert (root / "db/password").read_bytes() == b"hunter2"
+    kept.write_text("{not json")
+    broken = boot()
+    assert broken.returncode == 1 and "secrets not installed" in broken.stderr

@@ -192,6 +192,25 @@ def test_plan_names_the_changed_secret_never_its_value(sec: Path) -> None:
     assert on_host("beta", "cat /run/orchestrate/secrets/db/password").stdout == CANARIES["db2"]
 
 
+def test_after_a_reboot_the_boot_service_puts_the_same_secrets_back(sec: Path) -> None:
+    """/run is empty after a reboot: orchestrate-secrets.service installs the secrets again from
+    the ciphertexts the last apply kept. The containers run no systemd, so the test runs the
+    unit's own command, as systemd would at boot."""
+    unit = on_host("alpha", "cat /etc/systemd/system/orchestrate-secrets.service").stdout
+    command = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart=")).split("=", 1)[1]
+    assert command.endswith("/var/lib/orchestrate/secrets.json")
+    kept = on_host("alpha", "stat -c '%a %U' /var/lib/orchestrate/secrets.json").stdout.strip()
+    assert kept == "600 root"
+    before = {h: installed(h) for h in HOSTS}
+    for h in ("alpha", "beta"):
+        r = on_host(h, f"rm -rf /run/orchestrate && {command}")
+        assert r.returncode == 0 and "installed" in r.stdout, r.stderr
+    assert {h: installed(h) for h in HOSTS} == before
+    assert on_host("beta", "cat /run/orchestrate/secrets/db/password").stdout == CANARIES["db2"]
+    plan = orchestrate(sec, "plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr
+
+
 def test_failing_task_unreachable_host_and_schema_error_runs(sec: Path) -> None:
     (sec / "boom.yaml").write_text(BOOM)
     (sec / "fleet.yaml").write_text(FLEET.replace("[app.yaml]", "[app.yaml, boom.yaml]"))

@@ -81,6 +81,7 @@ class _Job:
     variables: dict[str, Any]
     img: HostImage
     remote: dict[str, Any] | None
+    host_vars: dict[str, Any]  # for the host's roles: the sops binary of a host with secrets
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ def build_images(
     epoch = source_date_epoch()
     host_keys = {(i.image, i.host): _host_key(root, i) for i in images}
     remotes = {i.host: remote_connection(root, build_dir, i.host) for i in images if _remote(i)}
+    secret_vars = _secrets_vars(root, fleet, images, progress)
     cancelled = cancelled or threading.Event()
     builder_digest = _tree_digest(os.path.join(shipped_roles_dir(), BUILDER_ROLE))
     results = []
@@ -222,6 +224,7 @@ def build_images(
                     img,
                     host_keys[(img.image, img.host)],
                     remotes.get(img.host),
+                    secret_vars.get(img.host, {}),
                     out,
                     epoch,
                     builder_digest,
@@ -230,6 +233,21 @@ def build_images(
                 )
             )
     return results
+
+
+def _secrets_vars(
+    root: str, fleet: dict[str, Any], images: list[HostImage], progress: Progress
+) -> dict[str, dict[str, Any]]:
+    """What the secrets role needs in an image: the sops binary for the host's architecture. A
+    key waiting for its first apply is not among them; the image builder installs it, and only
+    for an entry with include_host_key."""
+    from orchestrator.executor.deploy import secrets_overrides
+
+    found = secrets_overrides(root, fleet, sorted({i.host for i in images}), progress)
+    return {
+        h: {k: v for k, v in values.items() if k != "orchestrate_pending_key"}
+        for h, values in found.items()
+    }
 
 
 def _remote(img: HostImage) -> bool:
@@ -262,6 +280,7 @@ def _build_one(
     img: HostImage,
     host_key: str | None,
     remote: dict[str, Any] | None,
+    host_vars: dict[str, Any],
     out: str,
     epoch: int,
     builder_digest: str,
@@ -341,7 +360,7 @@ def _build_one(
                 "image_builder_fetch_to": partial,
             }
         )
-    job = _Job(build_dir, work, builder_vars, img, remote)
+    job = _Job(build_dir, work, builder_vars, img, remote, host_vars)
     done = False
     try:
         for stage in ("prepare", "roles", "finish"):
@@ -500,6 +519,7 @@ def _apply_host_roles(job: _Job, progress: Progress, cancelled: threading.Event)
         }
     overrides = {
         img.host: {
+            **job.host_vars,
             **conn,
             "ansible_become": False,
             "ansible_python_interpreter": "/usr/bin/python3",
@@ -570,6 +590,7 @@ def _record(
             "source_date_epoch": epoch,
             "size": img.size,
             "host_key": img.include_host_key,
+            "secrets": _tree_digest(os.path.join(build_dir, "secrets")),
         },
     }
     doc = {"image": img.image, "format": img.format, "hosts": hosts}

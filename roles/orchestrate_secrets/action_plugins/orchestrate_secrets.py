@@ -12,7 +12,9 @@ from ansible.plugins.action import ActionBase
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("source", "files", "secrets", "sops", "key_file"))
+    _VALID_ARGS = frozenset(
+        ("source", "files", "secrets", "sops", "key_file", "root", "keep", "decrypt")
+    )
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)

@@ -34,6 +34,18 @@ options:
     description: The path that always names the current generation.
     type: path
     default: /run/orchestrate/secrets
+  keep:
+    description:
+      - Where the ciphertexts and the secrets' layout are kept (0600) for
+        orchestrate-secrets.service, which installs the secrets again at boot.
+    type: path
+    default: /var/lib/orchestrate/secrets.json
+  decrypt:
+    description:
+      - Decrypt and install now; false only keeps the state for the boot service (an image
+        build, whose machine decrypts at its first boot).
+    type: bool
+    default: true
 author: orchestrate
 """
 
@@ -58,120 +70,43 @@ generation:
   returned: always
 """
 
-import grp
 import json
 import os
-import pwd
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.orchestrate_secrets_install import (
+    SecretsError,
+    current,
+    desired,
+    install,
+    kept_state,
+)
 
 
-def _decrypt(module, name, ciphertext):
-    env = {
-        "SOPS_AGE_KEY_FILE": module.params["key_file"],
-        "SOPS_AGE_SSH_PRIVATE_KEY_FILE": "/dev/null",
-    }
-    rc, out, err = module.run_command(
-        [
-            module.params["sops"],
-            "decrypt",
-            "--input-type",
-            "yaml",
-            "--output-type",
-            "json",
-            "/dev/stdin",
-        ],
-        data=ciphertext,
-        environ_update=env,
-    )
-    if rc != 0:
-        if "MAC mismatch" in err or "message authentication failed" in err:
-            why = "failed SOPS's integrity check (MAC): it was changed outside sops"
-        elif "Failed to get the data key" in err or "no master key" in err:
-            why = (
-                "this host's key cannot decrypt it (the host is not one of its recipients: "
-                "run `orchestrate secrets rekey`)"
-            )
-        else:
-            lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
-            why = lines[0] if lines else "sops failed"
-        module.fail_json(msg=f"secrets/{name}: {why}")
-    return json.loads(out)
-
-
-def _value(module, tree, spec):
-    node = tree
-    for key in spec["keys"]:
-        if not isinstance(node, dict) or key not in node:
-            module.fail_json(
-                msg="secret {}: no such key in secrets/{}".format(spec["name"], spec["file"])
-            )
-        node = node[key]
-    if isinstance(node, (dict, list)) or node is None:
-        module.fail_json(msg="secret {} is not a single value".format(spec["name"]))
-    if isinstance(node, str):
-        return node.encode("utf-8")
-    return json.dumps(node).encode("utf-8")
-
-
-def _ids(module, spec):
-    ids = []
-    for kind, lookup in (("user", pwd.getpwnam), ("group", grp.getgrnam)):
-        name = spec["owner" if kind == "user" else "group"]
-        try:
-            entry = lookup(name)
-        except KeyError:
-            msg = "secret {}: {} {!r} does not exist on this host"
-            module.fail_json(msg=msg.format(spec["name"], kind, name))
-        ids.append(entry[2])  # pw_uid / gr_gid
-    return ids[0], ids[1], int(spec["mode"], 8)
-
-
-def _current(root):
-    """name -> (content, uid, gid, mode) of the generation root points at."""
-    found = {}
-    if not os.path.islink(root):
-        return found, None
-    gen = os.path.realpath(root)
-    for base, _dirs, names in os.walk(gen):
-        for n in names:
-            path = os.path.join(base, n)
-            st = os.lstat(path)
-            with open(path, "rb") as fh:
-                found[os.path.relpath(path, gen)] = (
-                    fh.read(),
-                    st.st_uid,
-                    st.st_gid,
-                    st.st_mode & 0o7777,
-                )
-    return found, gen
-
-
-def _write_generation(gens, desired):
-    os.makedirs(gens, mode=0o751, exist_ok=True)
-    os.chmod(gens, 0o751)
-    numbers = [int(n) for n in os.listdir(gens) if n.isdigit()]
-    gen = os.path.join(gens, str(max(numbers, default=0) + 1))
-    os.mkdir(gen, 0o751)
-    os.chmod(gen, 0o751)
-    for name, (content, uid, gid, mode) in sorted(desired.items()):
-        path = os.path.join(gen, name)
-        folder = os.path.dirname(path)
-        if not os.path.isdir(folder):
-            os.makedirs(folder, mode=0o751)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, content)
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    for base, dirs, _names in os.walk(gen):
-        for d in dirs:
-            os.chmod(os.path.join(base, d), 0o751)
-    return gen
+def _keep(module, path, state):
+    """Write the boot service's state when it differs; returns whether it did (or would)."""
+    text = json.dumps(state, indent=1, sort_keys=True) + "\n"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return False
+    except (OSError, ValueError):
+        pass
+    if module.check_mode:
+        return True
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        os.makedirs(folder, mode=0o700)
+    tmp = path + ".new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fchmod(fd, 0o600)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return True
 
 
 def main():
@@ -182,69 +117,48 @@ def main():
             sops=dict(type="path", required=True),
             key_file=dict(type="path", required=True),
             root=dict(type="path", default="/run/orchestrate/secrets"),
+            keep=dict(type="path", default="/var/lib/orchestrate/secrets.json"),
+            decrypt=dict(type="bool", default=True),
         ),
         supports_check_mode=True,
     )
     p = module.params
     root = p["root"]
-    gens = root + ".d"
-    desired = {}
+    state = kept_state(p["files"], p["secrets"], p["sops"], p["key_file"], root)
+    kept = _keep(module, p["keep"], state)
+    if not p["decrypt"]:
+        module.exit_json(changed=kept, kept=kept, changed_secrets=[], generation="")
     if p["secrets"] and module.check_mode:
         missing = [f for f in (p["key_file"], p["sops"]) if not os.path.exists(f)]
         if missing:  # a first delivery: apply installs the key and sops before decrypting
             names = sorted(spec["name"] for spec in p["secrets"])
             module.exit_json(
                 changed=True,
+                kept=kept,
                 changed_secrets=names,
                 generation="",
                 msg="secrets that would change (first delivery): " + ", ".join(names),
             )
-    if p["secrets"]:
-        if not os.path.exists(p["key_file"]):
-            module.fail_json(
-                msg="no age key at {}: run `orchestrate secrets host-key HOST` on the control "
-                "node, then apply (or `--from-host` for a host that has its own key)".format(
-                    p["key_file"]
-                )
+    try:
+        wanted = desired(p["files"], p["secrets"], p["sops"], p["key_file"])
+        have, gen = current(root)
+        changed = sorted(n for n in set(wanted) | set(have) if wanted.get(n) != have.get(n))
+        if not changed:
+            module.exit_json(changed=kept, kept=kept, changed_secrets=[], generation=gen or "")
+        if module.check_mode:
+            module.exit_json(
+                changed=True,
+                kept=kept,
+                changed_secrets=changed,
+                generation=gen or "",
+                msg="secrets that would change: " + ", ".join(changed),
             )
-        trees = {}
-        for spec in p["secrets"]:
-            if spec["file"] not in trees:
-                if spec["file"] not in p["files"]:
-                    module.fail_json(
-                        msg="secret {}: secrets/{} was not sent".format(spec["name"], spec["file"])
-                    )
-                trees[spec["file"]] = _decrypt(module, spec["file"], p["files"][spec["file"]])
-            content = _value(module, trees[spec["file"]], spec)
-            desired[spec["name"]] = (content, *_ids(module, spec))
-    current, gen = _current(root)
-    changed = sorted(n for n in set(desired) | set(current) if desired.get(n) != current.get(n))
-    if not changed:
-        module.exit_json(changed=False, changed_secrets=[], generation=gen or "")
-    if module.check_mode:
-        module.exit_json(
-            changed=True,
-            changed_secrets=changed,
-            generation=gen or "",
-            msg="secrets that would change: " + ", ".join(changed),
-        )
-    parent = os.path.dirname(root)
-    if not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o755)
-    if os.path.exists(root) and not os.path.islink(root):
-        module.fail_json(msg=f"{root} exists and is not orchestrate's link; move it away")
-    new = _write_generation(gens, desired)
-    link = root + ".new"
-    if os.path.lexists(link):
-        os.unlink(link)
-    os.symlink(new, link)
-    os.replace(link, root)
-    for n in os.listdir(gens):
-        old = os.path.join(gens, n)
-        if old != new:
-            shutil.rmtree(old, ignore_errors=True)
+        new = install(root, wanted)
+    except SecretsError as e:
+        module.fail_json(msg=str(e))
     module.exit_json(
         changed=True,
+        kept=kept,
         changed_secrets=changed,
         generation=new,
         msg="secrets changed: " + ", ".join(changed),
