@@ -107,6 +107,7 @@ def remote(fleet: Path, work: Path, spec: str, warm: int) -> None:
     runs: list[tuple[str, dict[str, float]]] = []
     print(f"{name}/{host}: local, to warm this machine's cache ...", file=sys.stderr, flush=True)
     build(fleet, name, host, out, cache)
+    set_build_on(fleet, host, "remote")  # its testbed container is then a build host
     orchestrate(fleet, "testbed", "up", "--hosts", host)
     try:
         n = 0
