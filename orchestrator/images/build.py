@@ -111,7 +111,7 @@ def check_build_host(images: list[HostImage]) -> None:
     """Everything a build needs on this machine, before anything is written. Images built on
     their remote host (deploy.build_on: remote) need nothing here: the builder installs its
     tools there."""
-    images = [i for i in images if i.build_on == "local"]
+    images = [i for i in images if not _remote(i)]
     if not images:
         return
     problems = []
@@ -323,11 +323,8 @@ def _build_one(
     bcache = REMOTE_CACHE if remote is not None else cache
     # this machine's cached tarball saves the remote its bootstrap (same name, same inputs);
     # the installation is what a build starts from, so it alone is enough
-    seed = [
-        {"src": local, "dest": f"{REMOTE_CACHE}/{name}"}
-        for local, name in zip((installed_tar, base_tar), reversed(tar_names), strict=True)
-        if os.path.exists(local)
-    ][:1]
+    local = next((p for p in (installed_tar, base_tar) if os.path.exists(p)), None)
+    seed = [{"src": local, "dest": f"{REMOTE_CACHE}/{os.path.basename(local)}"}] if local else []
     builder_vars: dict[str, Any] = {
         "image_builder_root": f"{bwork}/root",
         "image_builder_work": bwork,

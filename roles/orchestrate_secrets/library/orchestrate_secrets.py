@@ -68,9 +68,12 @@ generation:
   description: The generation directory now current.
   type: str
   returned: always
+kept:
+  description: Whether the state kept for the boot service changed (or would).
+  type: bool
+  returned: always
 """
 
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -79,34 +82,8 @@ from ansible.module_utils.orchestrate_secrets_install import (
     current,
     desired,
     install,
-    kept_state,
+    keep_state,
 )
-
-
-def _keep(module, path, state):
-    """Write the boot service's state when it differs; returns whether it did (or would)."""
-    text = json.dumps(state, indent=1, sort_keys=True) + "\n"
-    try:
-        with open(path, encoding="utf-8") as fh:
-            if fh.read() == text:
-                return False
-    except (OSError, ValueError):
-        pass
-    if module.check_mode:
-        return True
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        os.makedirs(folder, mode=0o700)
-    tmp = path + ".new"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, text.encode("utf-8"))
-        os.fchmod(fd, 0o600)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return True
 
 
 def main():
@@ -124,8 +101,9 @@ def main():
     )
     p = module.params
     root = p["root"]
-    state = kept_state(p["files"], p["secrets"], p["sops"], p["key_file"], root)
-    kept = _keep(module, p["keep"], state)
+    kept = keep_state(
+        p["keep"], p["files"], p["secrets"], p["sops"], p["key_file"], root, module.check_mode
+    )
     if not p["decrypt"]:
         module.exit_json(changed=kept, kept=kept, changed_secrets=[], generation="")
     if p["secrets"] and module.check_mode:

@@ -167,15 +167,32 @@ def install(root, wanted):
     return new
 
 
-def kept_state(files, secrets, sops, key_file, root):
-    """What the boot service needs to install the same secrets again (ciphertexts only)."""
-    return {
-        "files": files,
-        "secrets": secrets,
-        "sops": sops,
-        "key_file": key_file,
-        "root": root,
-    }
+def keep_state(path, files, secrets, sops, key_file, root, dry_run=False):
+    """Keep what the boot service needs to install the same secrets again (ciphertexts only)
+    at ``path`` (0600, replaced in one rename). Returns whether it changed (or would)."""
+    state = {"files": files, "secrets": secrets, "sops": sops, "key_file": key_file, "root": root}
+    text = json.dumps(state, indent=1, sort_keys=True) + "\n"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                return False
+    except (OSError, ValueError):
+        pass
+    if dry_run:
+        return True
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        os.makedirs(folder, mode=0o700)
+    tmp = path + ".new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fchmod(fd, 0o600)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return True
 
 
 def main(argv):
