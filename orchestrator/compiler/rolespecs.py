@@ -35,8 +35,8 @@ def interface_files(role: str, f: ModuleFile, description: str) -> dict[str, byt
 
 def library_modules() -> dict[str, ModuleFile]:
     """Every module of the shipped library, by its `orchestrate:` name."""
-    cache = ModuleCache()
     root = library_root()
+    cache = ModuleCache((root,))
     out = {}
     for base, _dirs, names in sorted(os.walk(root)):
         for n in sorted(names):

@@ -15,10 +15,13 @@ from typing import Any
 
 from jmespath import exceptions as jexc
 
-from orchestrator.errors import Loc, Problem
+from orchestrator.errors import FleetErrors, Loc, Problem, excerpt, quoted
 from orchestrator.evaluator.expressions import (
+    EvalSignal,
     Expr,
+    ExprFailure,
     ExprSyntaxError,
+    checked_json,
     compile_expr,
     parse_template,
     plain,
@@ -36,23 +39,14 @@ ABSENT: Any = object()
 ERROR: Any = object()
 
 
-class CycleError(Exception):
+class CycleError(EvalSignal):
     def __init__(self, chain: list[tuple[str, str, Loc | None]]) -> None:
         super().__init__("cycle")
         self.chain = chain
 
 
-class Unusable(Exception):
+class Unusable(EvalSignal):
     """A value needed here already failed (and was reported); fail quietly in turn."""
-
-
-class ExprFailure(Exception):
-    """An expression could not be evaluated; carries the user-facing message."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
 
 
 @dataclass
@@ -188,6 +182,10 @@ class HostEval:
         self.ev.stack.append(Frame(self.name, decl.name, decl.loc))
         try:
             value = self._compute(decl)
+        except RecursionError:
+            if self.ev.too_deep is None:  # the deepest frame sees the whole chain
+                self.ev.too_deep = [(f.host, f.what, f.loc) for f in self.ev.stack]
+            raise
         except CycleError as exc:
             # Every option on the way is unusable; the outermost frame reports the cycle once.
             self.values[path] = ERROR
@@ -202,6 +200,8 @@ class HostEval:
 
     # ------------------------------------------------------------------ computing
     def _compute(self, decl: OptionDecl) -> Any:
+        if decl.broken:
+            return ERROR  # its schema was refused and reported
         defs = self.shape.defs.get(decl.path)
         if not defs and not self.ev.explaining:  # the common case: only the option's default
             return self.ev.checked_default(decl) if "default" in decl.schema else ABSENT
@@ -313,7 +313,7 @@ class HostEval:
                 raise ExprFailure(exc.message) from None
             whole = template.whole
             if whole is not None:
-                return plain(self.search(whole, inst))
+                return checked_json(plain(self.search(whole, inst)))
             return "".join(
                 p if isinstance(p, str) else to_text(self.search(p, inst)) for p in template.parts
             )
@@ -338,11 +338,11 @@ class HostEval:
             return expr.compiled.search(self.context(inst), options=self.ev.jp_options)
         except jexc.JMESPathTypeError as exc:
             raise ExprFailure(
-                f"expression {expr.source!r} failed: {exc.function_name}() expected "
+                f"expression {quoted(expr.source, 80)} failed: {exc.function_name}() expected "
                 f"{' or '.join(exc.expected_types)}, got {exc.actual_type}"
             ) from None
         except jexc.JMESPathError as exc:
-            raise ExprFailure(f"expression {expr.source!r} failed: {exc}") from None
+            raise ExprFailure(f"expression {quoted(expr.source, 80)} failed: {exc}") from None
 
 
 def when_expr(text: str) -> Expr:
@@ -375,6 +375,7 @@ class Evaluator:
         self._validators: dict[int, Any] = {}
         self._fast: dict[int, Any] = {}
         self.explaining = False  # record every option's definitions, for `explain`
+        self.too_deep: list[tuple[str, str, Loc | None]] | None = None
         self._valid: dict[tuple[int, str], list[Finding]] = {}
         self._static: dict[tuple[int, ...], Any] = {}
         self._defaults: dict[int, Any] = {}
@@ -414,6 +415,8 @@ class Evaluator:
 
     def report_cycle(self, chain: list[tuple[str, str, Loc | None]]) -> None:
         steps = [f"{h}:{w}" + (f" ({loc})" if loc else "") for h, w, loc in chain]
+        if len(steps) > 12:  # a long chain: its ends say where to look
+            steps = [*steps[:6], f"... {len(steps) - 11} more ...", *steps[-5:]]
         first = next((loc for _h, _w, loc in chain if loc is not None), None)
         self.problem(
             first,
@@ -455,7 +458,7 @@ class Evaluator:
         return self.validated(decl, value, items, kept[0] if len(kept) == 1 else None)
 
     def _conflict(self, decl: OptionDecl, kept: list[Def], exc: Conflict) -> None:
-        places = ", ".join(f"{json.dumps(v, sort_keys=True)} at {loc}" for v, loc in exc.places)
+        places = ", ".join(f"{excerpt(v)} at {loc}" for v, loc in exc.places[:6])
         prio = kept[0].priority
         self.problem(
             exc.places[0][1],
@@ -517,9 +520,25 @@ class Evaluator:
 
     # ------------------------------------------------------------------ whole fleet
     def run(self) -> None:
-        for he in self.hosts.values():
-            for decl in he.shape.trie.options.values():
-                he.option(decl)
+        try:
+            for he in self.hosts.values():
+                for decl in he.shape.trie.options.values():
+                    he.option(decl)
+        except RecursionError:
+            chain = self.too_deep or []
+            steps = [f"{h}:{w}" + (f" ({loc})" if loc else "") for h, w, loc in chain]
+            first = next((loc for _h, _w, loc in chain if loc is not None), None)
+            raise FleetErrors(
+                [
+                    Problem(
+                        first,
+                        f"references nest deeper than evaluation can follow "
+                        f"({len(chain)} steps: {' -> '.join(steps[:3])} -> ... -> "
+                        f"{' -> '.join(steps[-2:])})",
+                        "shorten the chain of options that read each other",
+                    )
+                ]
+            ) from None
 
 
 def _value_key(value: Any) -> str:
@@ -530,4 +549,12 @@ def _value_key(value: Any) -> str:
     return "j" + json.dumps(value, sort_keys=True, default=repr)
 
 
-__all__ = ["ABSENT", "DEFAULT_PRIORITY", "ERROR", "ConfigView", "Evaluator", "HostEval"]
+__all__ = [
+    "ABSENT",
+    "DEFAULT_PRIORITY",
+    "ERROR",
+    "ConfigView",
+    "Evaluator",
+    "ExprFailure",
+    "HostEval",
+]

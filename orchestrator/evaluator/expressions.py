@@ -6,10 +6,10 @@ inside a longer string is rendered as text; ``$${`` writes a literal ``${``.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import os
+import types as pytypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +18,26 @@ import jmespath
 from jmespath import exceptions as jexc
 from jmespath import functions as jfun
 
-from orchestrator.errors import Loc, Problem
+from orchestrator.errors import Loc, Problem, excerpt, quoted
+from orchestrator.loader.files import inside, read_regular
+from orchestrator.naming import SECRET_NAME
+
+MAX_VALUE_DEPTH = 100  # nesting of a value an expression computes (YAML's own limit is 64)
+INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+class EvalSignal(Exception):
+    """Base of the evaluator's own signals (a cycle, an unusable value, a failed expression):
+    they pass through library functions untouched, whatever those catch."""
+
+
+class ExprFailure(EvalSignal):
+    """An expression could not be evaluated; carries the user-facing message."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -74,11 +93,17 @@ def compile_expr(source: str) -> Expr:
     if compiled is None:
         try:
             compiled = jmespath.compile(source)
+        except RecursionError:
+            raise ExprSyntaxError(
+                f"expression {quoted(source)} is nested too deeply to evaluate"
+            ) from None
         except jexc.ParseError as exc:
             where = f" at column {exc.lex_position + 1}" if exc.lex_position is not None else ""
-            raise ExprSyntaxError(f"invalid expression {source!r}{where}: {exc.msg}") from None
+            raise ExprSyntaxError(
+                f"invalid expression {quoted(source, 80)}{where}: {exc.msg}"
+            ) from None
         except jexc.JMESPathError as exc:
-            raise ExprSyntaxError(f"invalid expression {source!r}: {exc}") from None
+            raise ExprSyntaxError(f"invalid expression {quoted(source, 80)}: {exc}") from None
         _COMPILED[source] = compiled
     return Expr(source, compiled, field_chain(compiled.parsed))
 
@@ -139,7 +164,7 @@ def _closing_brace(text: str, start: int) -> int:
                 return i
             depth -= 1
         i += 1
-    raise ExprSyntaxError(f"unclosed ${{ in {text!r}")
+    raise ExprSyntaxError(f"unclosed ${{ in {quoted(text, 80)}")
 
 
 def to_text(value: Any) -> str:
@@ -187,15 +212,15 @@ def wg_peers(hosts: dict[str, Any], name: str) -> list[dict[str, Any]]:
     for other in sorted(hosts):
         if other == name:
             continue
-        h = hosts[other]
-        vpn = _get_path(h.get("config"), ("vpn",))
+        h = _host_entry(hosts, other, "wg_peers")
+        vpn = _get_path(h.get("config"), ("vpn",), "wg_peers")
         if not vpn or not vpn.get("enable"):
             continue
         peers.append(
             {
                 "name": other,
                 "public_key": vpn.get("public_key"),
-                "endpoint": f"{h['deploy']['host']}:{vpn.get('listen_port')}",
+                "endpoint": f"{_deploy_host(h, other, 'wg_peers')}:{vpn.get('listen_port')}",
                 "allowed_ips": [f"{vpn.get('address')}/32"],
             }
         )
@@ -210,12 +235,12 @@ def scrape_targets(hosts: dict[str, Any], kind: str) -> list[str]:
     listening on 0.0.0.0 is scraped at its host's deploy address."""
     targets = []
     for name in sorted(hosts):
-        h = hosts[name]
-        found = _get_path(h.get("config"), (*_EXPORTERS, kind))
+        h = _host_entry(hosts, name, "scrape_targets")
+        found = _get_path(h.get("config"), (*_EXPORTERS, kind), "scrape_targets")
         if found and found.get("enable"):
             address = found.get("listen_address")
             if address in (None, "0.0.0.0"):
-                address = h["deploy"]["host"]
+                address = _deploy_host(h, name, "scrape_targets")
             targets.append(f"{address}:{found.get('port')}")
     return targets
 
@@ -223,25 +248,95 @@ def scrape_targets(hosts: dict[str, Any], kind: str) -> list[str]:
 def scrape_jobs(hosts: dict[str, Any]) -> list[dict[str, Any]]:
     """One scrape job per exporter kind that some host enables, named after the kind."""
     kinds: set[str] = set()
-    for h in hosts.values():
-        group = _get_path(h.get("config"), _EXPORTERS)
+    for name in hosts:
+        group = _get_path(
+            _host_entry(hosts, name, "scrape_jobs").get("config"), _EXPORTERS, "scrape_jobs"
+        )
+        if group and not hasattr(group, "keys"):
+            raise ExprFailure(f"scrape_jobs(): {'.'.join(_EXPORTERS)} is {_kind(group)}")
         if group:
             kinds.update(group.keys())
     jobs = [{"job_name": k, "targets": scrape_targets(hosts, k)} for k in sorted(kinds)]
     return [j for j in jobs if j["targets"]]
 
 
-def _get_path(value: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
+def _host_entry(hosts: dict[str, Any], name: str, fn: str) -> Any:
+    """One entry of `hosts` as the built-ins expect it: a mapping with config and deploy."""
+    h = hosts[name]
+    if not hasattr(h, "get"):
+        raise ExprFailure(
+            f"{fn}(): host {excerpt(name)} is {_kind(h)}, not a host",
+            "pass `hosts` itself",
+        )
+    return h
+
+
+def _deploy_host(h: Any, name: str, fn: str) -> Any:
+    deploy = h.get("deploy")
+    if not hasattr(deploy, "get"):
+        raise ExprFailure(f"{fn}(): host {excerpt(name)} has no deploy address", "pass `hosts`")
+    return deploy.get("host")
+
+
+def _get_path(value: Any, path: tuple[str, ...], fn: str) -> Any:
+    for i, key in enumerate(path):
         if value is None:
             return None
+        if not hasattr(value, "get"):
+            where = ".".join(path[:i]) or "config"
+            raise ExprFailure(f"{fn}(): {where} is {_kind(value)}, not a group of options")
         value = value.get(key)
     return value
 
 
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+             list: "an array"}  # fmt: skip
+    return names.get(type(value), "null" if value is None else f"a {type(value).__name__}")
+
+
 def secret_path(name: str) -> str:
     """``secret('db/password')``: where the decrypted secret will be on the target."""
+    if not SECRET_NAME.fullmatch(name):
+        raise ExprFailure(
+            f"secret({excerpt(name)}): not a secret name",
+            "FILE/KEY[/KEY...]: letters, digits, _, . and -, no empty, . or .. segments, "
+            "no leading /",
+        )
     return f"/run/orchestrate/secrets/{name}"
+
+
+def checked_json(value: Any) -> Any:
+    """``value`` when it is JSON data that Ansible and the build can carry: string keys, 64-bit
+    integers, finite numbers, bounded nesting. Expressions and library functions can make
+    anything (JMESPath reads `1e400` as infinity); none of that may reach the build."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str) or node is None or isinstance(node, bool):
+            continue
+        if isinstance(node, int):
+            if not INT_RANGE[0] <= node <= INT_RANGE[1]:
+                raise ExprFailure(f"the value holds an integer beyond 64 bits ({excerpt(node)})")
+        elif isinstance(node, float):
+            if node != node or node in (float("inf"), float("-inf")):
+                raise ExprFailure(f"the value holds {node}, which JSON cannot carry")
+        elif isinstance(node, list | dict):
+            if depth >= MAX_VALUE_DEPTH:
+                raise ExprFailure(f"the value is nested deeper than {MAX_VALUE_DEPTH} levels")
+            if isinstance(node, dict):
+                bad = next((k for k in node if not isinstance(k, str)), None)
+                if bad is not None:
+                    raise ExprFailure(f"the value has a key that is not a string ({excerpt(bad)})")
+                stack.extend((v, depth + 1) for v in node.values())
+            else:
+                stack.extend((v, depth + 1) for v in node)
+        else:
+            raise ExprFailure(
+                f"the value holds {_kind(node)}, which is not JSON data",
+                "library functions return dicts, lists, strings, numbers, booleans or null",
+            )
+    return value
 
 
 BUILTINS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
@@ -269,36 +364,46 @@ def jmespath_function(*types: str) -> Callable[[Callable[..., Any]], Callable[..
 def load_lib_functions(
     dirs: tuple[str, ...], fleet_file: str
 ) -> tuple[dict[str, tuple[Callable[..., Any], tuple[str, ...]]], list[Problem]]:
-    """Functions a fleet declares in its ``lib`` folders, by name."""
+    """Functions a fleet declares in its ``lib`` folders, by name. These files are code, run
+    on this machine: only regular files inside their folder are loaded."""
     found: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {}
     problems: list[Problem] = []
     for folder in dirs:
         if not os.path.isdir(folder):
-            problems.append(Problem(Loc(fleet_file, 1, 1), f"lib folder not found: {folder}"))
+            problems.append(
+                Problem(Loc(fleet_file, 1, 1), f"lib folder not found: {excerpt(folder, 120)}")
+            )
             continue
         for name in sorted(os.listdir(folder)):
-            if name.endswith(".py"):
-                _load_lib(os.path.join(folder, name), found, problems)
+            path = os.path.join(folder, name)
+            if not name.endswith(".py"):
+                continue
+            if not inside(path, (folder,)):
+                problems.append(Problem(Loc(path, 1, 1), "links out of its lib folder: not loaded"))
+                continue
+            _load_lib(path, found, problems)
     return found, problems
 
 
 def _load_lib(path: str, found: dict[str, Any], problems: list[Problem]) -> None:
-    spec = importlib.util.spec_from_file_location(f"orchestrate_lib_{abs(hash(path))}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
+    module = pytypes.ModuleType(f"orchestrate_lib_{abs(hash(path))}")
+    module.__file__ = path
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a user's file: report, don't crash
-        problems.append(Problem(Loc(path, 1, 1), f"cannot load library: {exc!r}"))
+        source, _stat = read_regular(path)
+        exec(compile(source, path, "exec"), module.__dict__)
+    except (Exception, SystemExit) as exc:  # a user's file: report, don't crash
+        line = getattr(exc, "lineno", None) or 1
+        what = f"{type(exc).__name__}: {excerpt(str(exc), 80)[1:-1]}"
+        problems.append(Problem(Loc(path, line, 1), f"cannot load library: {what}"))
         return
     for fname, fn in inspect.getmembers(module, callable):
-        types = getattr(fn, "jmespath_types", None)
-        if types is None:
+        declared = getattr(fn, "jmespath_types", None)
+        if declared is None:
             continue
         if fname in found or fname in BUILTINS:
             problems.append(Problem(Loc(path, 1, 1), f"library function {fname!r} defined twice"))
             continue
-        found[fname] = (fn, types)
+        found[fname] = (fn, declared)
 
 
 def make_functions(extra: dict[str, tuple[Callable[..., Any], tuple[str, ...]]]) -> jfun.Functions:
@@ -312,8 +417,17 @@ def make_functions(extra: dict[str, tuple[Callable[..., Any], tuple[str, ...]]])
 
 
 def _wrap(fn: Callable[..., Any], types: tuple[str, ...]) -> Callable[..., Any]:
+    name = getattr(fn, "__name__", "function")
+
     def method(self: Any, *args: Any) -> Any:
-        return fn(*args)
+        try:
+            return fn(*args)
+        except (EvalSignal, RecursionError):
+            raise
+        except Exception as exc:  # a function's own failure is the expression's, located
+            raise ExprFailure(
+                f"{name}() failed: {type(exc).__name__}: {excerpt(str(exc), 80)[1:-1]}"
+            ) from None
 
     method.signature = tuple({"types": [t] if t != "any" else []} for t in types)  # type: ignore[attr-defined]
     return method

@@ -11,6 +11,7 @@ from typing import Any
 import jmespath
 
 from orchestrator.errors import FleetErrors, Loc, Problem
+from orchestrator.evaluator.deep import TooDeep, run_deep
 from orchestrator.evaluator.engine import (
     ERROR,
     Evaluator,
@@ -81,8 +82,21 @@ def role_name(file: ModuleFile, fleet_root: str) -> str:
 
 
 def evaluate(spec: FleetSpec) -> Evaluation:
-    """Evaluate every host; raise FleetErrors with every problem found."""
-    cache = ModuleCache()
+    """Evaluate every host; raise FleetErrors with every problem found.
+
+    Evaluation follows references depth-first (a host reading a host reading a host ...), so
+    it runs where a chain of ten thousand reads fits: a thread with a large stack and a
+    recursion limit to match (see deep.py)."""
+    try:
+        return run_deep(_evaluate, spec)
+    except TooDeep:
+        raise FleetErrors(
+            [Problem(Loc(spec.file, 1, 1), "the fleet's values nest deeper than can be evaluated")]
+        ) from None
+
+
+def _evaluate(spec: FleetSpec) -> Evaluation:
+    cache = ModuleCache(spec.module_roots)
     builder = ShapeBuilder(cache)
     shapes: dict[str, Shape] = {}
     for name, host in spec.hosts.items():

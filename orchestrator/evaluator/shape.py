@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.errors import Loc, Problem
+from orchestrator.errors import Loc, Problem, excerpt
 from orchestrator.evaluator.expressions import ExprSyntaxError, has_template, parse_template
 from orchestrator.loader.fleet import Block, ModuleCache, ModuleFile, ModuleRef, OptionDecl
 from orchestrator.loader.yamlfile import Map, Prio, Seq, loc_of
@@ -284,7 +284,13 @@ class _Flattener:
         for key, raw in m.items():
             loc = m.key_locs.get(key, m.loc)
             value, p = (raw.value, raw.priority) if isinstance(raw, Prio) else (raw, prio)
-            self._one(prefix, tuple(key.split(".")), value, p, loc, block, index)
+            parts = tuple(key.split("."))
+            if "" in parts:
+                self.problems.append(
+                    Problem(loc, f"{excerpt(key)}: empty segment in an option path")
+                )
+                continue
+            self._one(prefix, parts, value, p, loc, block, index)
 
     def _one(
         self,
@@ -347,6 +353,8 @@ class _Flattener:
     ) -> None:
         problems_before = len(self.problems)
         dynamic = _has_expr(value)
+        if dynamic:
+            self._parse_templates(value, loc)
         plain = DYNAMIC if dynamic else self._plain(value, loc)
         if len(self.problems) > problems_before:
             return
@@ -354,6 +362,22 @@ class _Flattener:
         self.out.append(
             Def(decl, value, plain, prio, loc, conditional, (self.inst.key, index), self.inst)
         )
+
+    def _parse_templates(self, value: Any, loc: Loc) -> None:
+        """Parse every ``${...}`` now, where the stack is shallow: a syntax error is reported
+        once, and evaluation, however deep its chain of references, finds them compiled."""
+        stack = [value]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, str) and has_template(node):
+                try:
+                    parse_template(node)
+                except ExprSyntaxError as exc:
+                    self.problems.append(Problem(loc, exc.message))
+            elif isinstance(node, dict):
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
 
     def _plain(self, value: Any, loc: Loc) -> Any:
         if isinstance(value, Prio):

@@ -10,8 +10,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.errors import FleetErrors, Loc, Problem, fail
-from orchestrator.loader.yamlfile import Map, Seq, load_file, loc_of
+from orchestrator.errors import FleetErrors, Loc, Problem, display_path, excerpt, fail
+from orchestrator.loader.files import inside
+from orchestrator.loader.yamlfile import Map, Prio, Seq, load_file, loc_of
+from orchestrator.naming import RESERVED_HOSTS, option_path_problem
 from orchestrator.paths import FLEET_FILE, LIBRARY_PREFIX, library_root
 from orchestrator.validator import check_option_schema, document_problems
 
@@ -25,6 +27,7 @@ class ModuleRef:
     path: str
     args: Map | None
     loc: Loc
+    written: str = ""  # the path as the fleet wrote it, for messages
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class FleetSpec:
     lib_dirs: tuple[str, ...]
     deploy: dict[str, Any]
     doc: Map = field(repr=False)
+    # where modules and lib folders may live: the fleet, the library, fleet.yaml's module_paths
+    module_roots: tuple[str, ...] = ()
 
 
 def resolve_ref(raw: Any, base_dir: str, loc: Loc) -> ModuleRef:
@@ -95,7 +100,7 @@ def resolve_ref(raw: Any, base_dir: str, loc: Loc) -> ModuleRef:
         full = os.path.join(library_root(), path[len(LIBRARY_PREFIX) :])
     else:
         full = os.path.join(base_dir, path)
-    return ModuleRef(os.path.normpath(full), args, loc)
+    return ModuleRef(os.path.normpath(full), args, loc, path)
 
 
 def _refs(seq: Any, base_dir: str) -> tuple[ModuleRef, ...]:
@@ -110,15 +115,17 @@ def load_fleet(root: str) -> FleetSpec:
     doc = load_file(file)
     if not isinstance(doc, Map):
         raise fail(Loc(file, 1, 1), "fleet.yaml must be a mapping")
-    problems = document_problems(doc, "fleet", file)
+    problems = priority_tags(doc, "fleet.yaml") or document_problems(doc, "fleet", file)
     if problems:
         raise FleetErrors(problems)
+    roots = (root, library_root(), *_module_paths(doc, root))
     channels = {k: dict(v) for k, v in doc.get("channels", {}).items()}
     if "stable" not in channels:
         channels["stable"] = {"suite": "bookworm"}
     builders = _builders(doc, root, channels, problems)
     hosts = _hosts(doc, root, builders, channels, problems)
     images = _images(doc, hosts, problems)
+    lib_dirs = _lib_dirs(doc, root, roots, problems)
     if problems:
         raise FleetErrors(problems)
     return FleetSpec(
@@ -130,10 +137,59 @@ def load_fleet(root: str) -> FleetSpec:
         builders=builders,
         hosts=hosts,
         images=images,
-        lib_dirs=tuple(os.path.join(root, d) for d in doc.get("lib", [])),
+        lib_dirs=lib_dirs,
         deploy=dict(doc.get("deploy", {})),
         doc=doc,
+        module_roots=roots,
     )
+
+
+def _module_paths(doc: Map, root: str) -> list[str]:
+    return [os.path.normpath(os.path.join(root, d)) for d in doc.get("module_paths", [])]
+
+
+def _lib_dirs(
+    doc: Map, root: str, roots: tuple[str, ...], problems: list[Problem]
+) -> tuple[str, ...]:
+    out = []
+    section = doc.get("lib", Seq(doc.loc))
+    for i, d in enumerate(section):
+        folder = os.path.normpath(os.path.join(root, d))
+        if not inside(folder, roots):
+            problems.append(Problem(section.item_locs[i], outside_message(d), OUTSIDE_HINT))
+        out.append(folder)
+    return tuple(out)
+
+
+OUTSIDE_HINT = (
+    "a fleet names files in its own folder or the library (orchestrate:...); "
+    "list other folders under module_paths in fleet.yaml"
+)
+
+
+def outside_message(written: str) -> str:
+    return f"{excerpt(written)} is outside the fleet folder (or names a link out of it)"
+
+
+def priority_tags(doc: Any, where: str) -> list[Problem]:
+    """!default and !force are priorities of definitions: anywhere else they are a mistake
+    (and a value the compiler could not write)."""
+    found = []
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Prio):
+            found.append(
+                Problem(
+                    node.loc, f"!default and !force only mark definitions in `config`, not {where}"
+                )
+            )
+            node = node.value
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def _channel_ok(
@@ -169,6 +225,10 @@ def _hosts(
     defaults = doc.get("deploy", {})
     for name, h in section.items():
         loc = loc_of(section, name) or doc.loc
+        if name in RESERVED_HOSTS:
+            problems.append(
+                Problem(loc, f"{name!r} is a name Ansible keeps for itself", "rename the host")
+            )
         if h["builder"] not in builders:
             known = ", ".join(sorted(builders)) or "none declared"
             problems.append(
@@ -226,6 +286,7 @@ class OptionDecl:
     path: tuple[str, ...]
     schema: dict[str, Any]
     loc: Loc
+    broken: bool = False  # its schema was refused (and reported): values of it are unusable
 
     @property
     def name(self) -> str:
@@ -272,9 +333,11 @@ class ModuleFile:
 
 
 class ModuleCache:
-    """Parses each module file once per run; collects problems instead of stopping at the first."""
+    """Parses each module file once per run; collects problems instead of stopping at the first.
+    Only files below ``roots`` are read (the fleet folder, the library, module_paths)."""
 
-    def __init__(self) -> None:
+    def __init__(self, roots: tuple[str, ...]) -> None:
+        self.roots = roots
         self.files: dict[str, ModuleFile | None] = {}
         self.problems: list[Problem] = []
 
@@ -284,8 +347,11 @@ class ModuleCache:
         return self.files[ref.path]
 
     def _load(self, ref: ModuleRef) -> ModuleFile | None:
-        if not os.path.isfile(ref.path):
-            self.problems.append(Problem(ref.loc, f"module not found: {ref.path}"))
+        if not inside(ref.path, self.roots):
+            self.problems.append(Problem(ref.loc, outside_message(ref.written), OUTSIDE_HINT))
+            return None
+        if not os.path.exists(ref.path):
+            self.problems.append(Problem(ref.loc, f"module not found: {display_path(ref.path)}"))
             return None
         try:
             doc = load_file(ref.path)
@@ -296,10 +362,24 @@ class ModuleCache:
         if found:
             self.problems.extend(found)
             return None
-        return self._typed(ref.path, doc if doc is not None else Map(Loc(ref.path, 1, 1)))
+        doc = doc if doc is not None else Map(Loc(ref.path, 1, 1))
+        outside_config = {k: v for k, v in doc.items() if k != "config"}
+        found = priority_tags(outside_config, "elsewhere in a module")
+        if found:
+            self.problems.extend(found)
+            return None
+        return self._typed(ref.path, doc)
 
     def _typed(self, path: str, doc: Map) -> ModuleFile:
         base = os.path.dirname(path)
+        for name, schema in doc.get("params", {}).items():
+            where = loc_of(doc["params"], name) or doc.loc
+            self.problems.extend(check_option_schema(schema, where, "parameter"))
+        for old, new in doc.get("renamed", {}).items():
+            for p in (old, new):
+                problem = option_path_problem(p)
+                if problem:
+                    self.problems.append(Problem(loc_of(doc["renamed"], old) or doc.loc, problem))
         return ModuleFile(
             path=path,
             params={
@@ -334,8 +414,15 @@ class ModuleCache:
         for key, schema in section.items():
             loc = loc_of(section, key) or doc.loc
             for decl in _flatten_decl(tuple(key.split(".")), schema, loc):
-                self.problems.extend(check_option_schema(decl.schema, decl.loc))
-                out.append(decl)
+                problem = option_path_problem(decl.name)
+                if problem:
+                    self.problems.append(Problem(decl.loc, problem))
+                    continue
+                found = check_option_schema(decl.schema, decl.loc)
+                self.problems.extend(found)
+                out.append(
+                    OptionDecl(decl.path, decl.schema, decl.loc, broken=True) if found else decl
+                )
         return tuple(out)
 
 

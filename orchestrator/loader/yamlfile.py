@@ -8,7 +8,7 @@ or an alias bomb is rejected in milliseconds with bounded memory.
 from __future__ import annotations
 
 import hashlib
-import os
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +16,13 @@ from typing import Any
 import yaml
 
 from orchestrator.digest import remember_digest
-from orchestrator.errors import FleetErrors, Loc, Problem, fail
+from orchestrator.errors import FleetErrors, Loc, Problem, excerpt, fail
+from orchestrator.loader.files import UnreadableFile, read_regular
 
 MAX_DEPTH = 64
 MAX_NODES = 2_000_000
+# numbers must survive JSON and Ansible: 64-bit integers, finite floats
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 PRIORITY_TAGS = {"!default": 1000, "!force": 50}
 
 try:
@@ -31,6 +34,14 @@ _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _STR, _NULL, _BOOL, _INT, _TIMESTAMP = (
     f"tag:yaml.org,2002:{t}" for t in ("str", "null", "bool", "int", "timestamp")
 )
+_REFUSED = {
+    "tag:yaml.org,2002:binary": "binary values (!!binary)",
+    "tag:yaml.org,2002:set": "sets (!!set)",
+    "tag:yaml.org,2002:omap": "ordered maps (!!omap)",
+    "tag:yaml.org,2002:pairs": "pairs (!!pairs)",
+    "tag:yaml.org,2002:merge": "merge keys (<<)",
+    "tag:yaml.org,2002:value": "value keys (=)",
+}
 
 
 class Map(dict[str, Any]):
@@ -91,16 +102,19 @@ def locate(root: Any, path: list[Any] | tuple[Any, ...], fallback: Loc | None = 
 
 
 def load_file(path: str) -> Any:
-    """Read and parse one YAML file, or raise :class:`FleetErrors` pointing at the problem."""
+    """Read and parse one YAML file, or raise :class:`FleetErrors` pointing at the problem.
+    Only regular files of bounded size are read (a FIFO or /dev/zero is refused at once)."""
     try:
-        with open(path, "rb") as fh:
-            stat = os.fstat(fh.fileno())
-            data = fh.read()
+        data, stat = read_regular(path)
         text = data.decode("utf-8")
     except FileNotFoundError:
         raise fail(Loc(path, 1, 1), "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnreadableFile as exc:
         raise fail(Loc(path, 1, 1), f"cannot read file: {exc}") from None
+    except OSError as exc:
+        raise fail(Loc(path, 1, 1), f"cannot read file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise fail(Loc(path, 1, 1), f"not UTF-8 text (byte {exc.start})") from None
     remember_digest(path, stat, hashlib.sha256(data).hexdigest())
     return load_text(text, path)
 
@@ -154,7 +168,8 @@ class _Builder:
                 if documents > 1:
                     raise fail(self.loc(event), "only one YAML document per file is allowed")
             elif isinstance(event, yaml.ScalarEvent):
-                self.add(self.scalar(event), self.loc(event), 1, event.anchor, event.tag)
+                value = self.key(event) if self.wants_key() else self.scalar(event)
+                self.add(value, self.loc(event), 1, event.anchor, event.tag)
             elif isinstance(event, yaml.AliasEvent):
                 self.alias(event)
             elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
@@ -187,6 +202,19 @@ class _Builder:
             return
         raise fail(loc, f"unknown YAML tag {tag}", "only !default and !force are understood")
 
+    def wants_key(self) -> bool:
+        top = self.stack[-1] if self.stack else None
+        return top is not None and isinstance(top.container, Map) and top.key is _NO_KEY
+
+    def key(self, event: yaml.ScalarEvent) -> str:
+        """A mapping key is the text as written: `true:`, `null:` and `0x1F:` are the keys
+        "true", "null" and "0x1F" (never True, None or 31, which would lose the name)."""
+        if event.tag not in (None, "!", _STR):
+            raise fail(self.loc(event), f"a mapping key cannot carry the tag {event.tag}")
+        if not event.value and not event.style:
+            raise fail(self.loc(event), "empty mapping key", 'quote it if you mean ""')
+        return str(event.value)
+
     def scalar(self, event: yaml.ScalarEvent) -> Any:
         tag, value = event.tag, event.value
         known = tag is None or tag in PRIORITY_TAGS or tag == "!" or tag.startswith("tag:yaml.org")
@@ -206,14 +234,42 @@ class _Builder:
         if tag == _NULL:
             return None
         if tag == _BOOL:
+            if value.lower() not in _CONSTRUCTOR.bool_values:
+                raise fail(self.loc(event), f"{excerpt(value)} is not a boolean")
             return _CONSTRUCTOR.bool_values[value.lower()]
+        if tag in _REFUSED:
+            raise fail(self.loc(event), f"{_REFUSED[tag]} are not fleet data", "write a string")
         if tag == _INT and value.isdigit() and (value == "0" or value[0] != "0"):
-            return int(value)
+            # more than 20 digits is beyond 64 bits: never parse thousands of them
+            return self.number(int(value) if len(value) <= 20 else INT_MAX + 1, event)
         node = yaml.ScalarNode(tag, value, None, None, event.style)
         try:
-            return _CONSTRUCTOR.construct_object(node, deep=True)
+            result = _CONSTRUCTOR.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
             raise fail(self.loc(event), f"invalid YAML value: {exc.problem}") from None
+        except (ValueError, KeyError, TypeError, OverflowError):
+            what = tag.rsplit(":", 1)[-1]
+            raise fail(self.loc(event), f"{excerpt(value)} is not a valid {what}") from None
+        return self.number(result, event) if isinstance(result, int | float) else result
+
+    def number(self, value: Any, event: yaml.ScalarEvent) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise fail(
+                self.loc(event),
+                f"{excerpt(event.value)} is not a JSON number (infinity and NaN have no JSON form)",
+                "quote it to mean the text",
+            )
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not (INT_MIN <= value <= INT_MAX)
+        ):
+            raise fail(
+                self.loc(event),
+                f"integer {excerpt(event.value)} does not fit in 64 bits",
+                "quote it to mean the text",
+            )
+        return value
 
     def alias(self, event: yaml.AliasEvent) -> None:
         anchor = event.anchor
@@ -244,15 +300,9 @@ class _Builder:
 
     def add_to_map(self, frame: _Frame, container: Map, value: Any, loc: Loc) -> None:
         if frame.key is _NO_KEY:
-            if isinstance(value, Map | Seq | Prio) or value is None:
+            if not isinstance(value, str):  # an alias, or a collection, used as a key
                 raise fail(loc, "mapping keys must be plain scalars")
-            key = (
-                value
-                if isinstance(value, str)
-                else str(value).lower()
-                if isinstance(value, bool)
-                else str(value)
-            )
+            key = value
             if key in container:
                 first = container.key_locs[key]
                 raise FleetErrors(

@@ -6,11 +6,10 @@ fleet this avoids a million jsonschema validations."""
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable
-from functools import cache
 from typing import Any
 
+from orchestrator.validator.patterns import PatternError, PatternTimeout, search
 from orchestrator.validator.schemas import TYPE_PREFIX, shared_type
 
 Check = Callable[[Any], bool]
@@ -110,8 +109,7 @@ def _simple(key: str, arg: Any) -> Check | None:
     if key in ("minLength", "maxLength", "minItems", "maxItems") and isinstance(arg, int):
         return _length(key, arg)
     if key == "pattern" and isinstance(arg, str):
-        rx = _regex(arg)
-        return lambda v: not isinstance(v, str) or rx.search(v) is not None
+        return lambda v: not isinstance(v, str) or _matches(arg, v)
     if key == "format":
         return _format(arg)
     return None
@@ -176,6 +174,9 @@ def _additional(arg: Any, known: set[str], root: dict[str, Any] | None) -> Check
     )
 
 
-@cache
-def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _matches(pattern: str, text: str) -> bool:
+    """A pattern that cannot be decided quickly is not "certainly valid": jsonschema says why."""
+    try:
+        return search(pattern, text)
+    except (PatternTimeout, PatternError):
+        return False

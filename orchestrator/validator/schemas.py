@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from orchestrator.errors import Loc, Problem
+from orchestrator.errors import Loc, Problem, excerpt, one_line, quoted
 from orchestrator.loader.yamlfile import locate
+from orchestrator.validator.patterns import PatternError, PatternTimeout, compile_pattern, search
 
 TYPE_PREFIX = "orchestrate:"
 
@@ -54,9 +54,70 @@ def shared_type(name: str) -> dict[str, Any] | None:
     return found
 
 
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "string"):
+        return
+    try:
+        if not search(pattern, instance):
+            yield ValidationError(f"{quoted(instance)} does not match {quoted(pattern, 80)}")
+    except PatternTimeout:
+        yield ValidationError(_too_slow(pattern, instance))
+
+
+def _too_slow(pattern: str, text: str) -> str:
+    return (
+        f"matching {excerpt(pattern, 80)} against {excerpt(text)} took too long "
+        "(the pattern backtracks catastrophically: simplify it)"
+    )
+
+
+def _matching(patterns: Any, key: str) -> list[str]:
+    """The patterns of ``patterns`` that match ``key``; a pattern that times out matches."""
+    found = []
+    for p in patterns:
+        try:
+            if search(p, key):
+                found.append(p)
+        except PatternTimeout:
+            found.append(p)  # reported by the value's own check; never a silent pass
+    return found
+
+
+def _pattern_properties(validator: Any, patterns: Any, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    for key, value in instance.items():
+        for p in _matching(patterns, key):
+            yield from validator.descend(value, patterns[p], path=key, schema_path=p)
+
+
+def _additional_properties(validator: Any, extra: Any, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    known = schema.get("properties", {})
+    patterns = schema.get("patternProperties", {})
+    unknown = [k for k in instance if k not in known and not _matching(patterns, k)]
+    if validator.is_type(extra, "object"):
+        for key in unknown:
+            yield from validator.descend(instance[key], extra, path=key)
+    elif not extra and unknown:
+        yield ValidationError(f"unknown keys: {', '.join(excerpt(k) for k in unknown[:5])}")
+
+
+# Draft 2020-12 with the fleet's pattern semantics: ECMA-262 anchors, bounded matching time
+FleetValidator = validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    },
+)
+
+
 @cache
-def _document_validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(_load(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+def _document_validator(name: str) -> Any:
+    return FleetValidator(_load(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 @cache
@@ -67,28 +128,122 @@ def _document_fast(name: str) -> Any:
     return compile_check(schema, schema)
 
 
-def option_validator(schema: dict[str, Any]) -> Draft202012Validator:
+def option_validator(schema: dict[str, Any]) -> Any:
     """A validator for one option's schema, resolving ``orchestrate:`` types."""
-    return Draft202012Validator(
+    return FleetValidator(
         schema, registry=_registry(), format_checker=Draft202012Validator.FORMAT_CHECKER
     )
 
 
-def check_option_schema(schema: Any, loc: Loc) -> list[Problem]:
-    """Problems with a declared option schema itself (not with a value)."""
+# type names people write from other languages, and what JSON Schema calls them
+TYPE_HINTS = {
+    "bool": "write type: boolean",
+    "int": "write type: integer",
+    "float": "write type: number",
+    "str": "write type: string",
+    "list": "write type: array",
+    "dict": "write type: object",
+    "map": "write type: object",
+}
+JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
+
+
+def check_option_schema(schema: Any, loc: Loc, what: str = "option") -> list[Problem]:
+    """Problems with a declared option (or parameter) schema itself, not with a value: every
+    one that would otherwise surface later as a crash, a network fetch or a hang."""
+    if not isinstance(schema, dict | bool):
+        return [Problem(loc, f"invalid {what} schema: expected a mapping, got {excerpt(schema)}")]
+    found = _type_names(schema, loc, what)
+    if found:
+        return found
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        return [Problem(loc, f"invalid option schema: {exc.message}")]
-    ref = schema.get("$ref") if isinstance(schema, dict) else None
-    if (
-        isinstance(ref, str)
-        and ref.startswith(TYPE_PREFIX)
-        and shared_type(ref[len(TYPE_PREFIX) :]) is None
-    ):
-        known = ", ".join(sorted(_load("types")["$defs"]))
-        return [Problem(loc, f"unknown shared type {ref!r}", f"known types: {known}")]
-    return []
+        where = ".".join(map(str, exc.path))
+        at = f" at {where}" if where else ""
+        return [Problem(loc, f"invalid {what} schema{at}: {_message(exc)}")]
+    except (RecursionError, ValueError, TypeError) as exc:
+        return [Problem(loc, f"invalid {what} schema: {excerpt(str(exc), 80)}")]
+    return _refs_and_patterns(schema, schema, loc, what)
+
+
+def _type_names(schema: Any, loc: Loc, what: str) -> list[Problem]:
+    """`type: port` and friends, with the fix, before the metaschema's vaguer message."""
+    out = []
+    for node in _schemas_in(schema):
+        types = node.get("type")
+        for name in types if isinstance(types, list) else [types]:
+            if not isinstance(name, str) or name in JSON_TYPES:
+                continue
+            if shared_type(name) is not None:
+                hint = f'use $ref: "{TYPE_PREFIX}{name}"'
+            else:
+                hint = TYPE_HINTS.get(name, f"JSON Schema types: {', '.join(JSON_TYPES)}")
+            out.append(Problem(loc, f"invalid {what} schema: unknown type {excerpt(name)}", hint))
+    return out
+
+
+def _refs_and_patterns(root: Any, schema: Any, loc: Loc, what: str) -> list[Problem]:
+    out = []
+    for node in _schemas_in(schema):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            problem = _ref_problem(root, ref)
+            if problem:
+                out.append(Problem(loc, f"invalid {what} schema: {problem}", _REF_HINT))
+        patterns = [node.get("pattern"), *dict(node.get("patternProperties") or {})]
+        for p in patterns:
+            if isinstance(p, str):
+                try:
+                    compile_pattern(p)
+                except PatternError as exc:
+                    out.append(
+                        Problem(loc, f"invalid {what} schema: pattern {excerpt(p, 80)}: {exc}")
+                    )
+    return out
+
+
+_REF_HINT = 'refer to a shared type as "orchestrate:NAME" or to "#/$defs/NAME" of this schema'
+
+
+def _ref_problem(root: Any, ref: str) -> str | None:
+    if ref.startswith(TYPE_PREFIX):
+        if shared_type(ref[len(TYPE_PREFIX) :]) is None:
+            known = ", ".join(sorted(_load("types")["$defs"]))
+            return f"unknown shared type {excerpt(ref)} (known types: {known})"
+        return None
+    if not ref.startswith("#"):
+        return f"$ref {excerpt(ref)} points outside the schema"
+    node = root
+    for part in [p for p in ref[1:].split("/") if p]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return f"$ref {excerpt(ref)} points to nothing in this schema"
+    return None
+
+
+def _schemas_in(schema: Any) -> list[dict[str, Any]]:
+    """``schema`` and every subschema below it (through any keyword), iteratively."""
+    out: list[dict[str, Any]] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            out.append(node)
+            for key, value in node.items():
+                if key in ("enum", "const", "default", "examples", "description"):
+                    continue
+                if isinstance(value, dict):
+                    stack.append(value)
+                    if key in ("properties", "patternProperties", "$defs", "dependentSchemas"):
+                        stack.extend(v for v in value.values() if isinstance(v, dict))
+                elif isinstance(value, list):
+                    stack.extend(v for v in value if isinstance(v, dict))
+    return out
 
 
 @dataclass(frozen=True)
@@ -112,7 +267,7 @@ def document_problems(doc: Any, schema_name: str, file: str) -> list[Problem]:
     ]
 
 
-def findings(validator: Draft202012Validator, value: Any, what: str) -> list[Finding]:
+def findings(validator: Any, value: Any, what: str) -> list[Finding]:
     """Every violation of ``value``; ``what`` names the value (an option path) in messages."""
     out: list[Finding] = []
     for error in sorted(
@@ -133,13 +288,53 @@ def _explain(error: ValidationError, what: str) -> list[Finding]:
     return [Finding(path, f"{where}: {_message(error)}")]
 
 
-def _message(error: ValidationError) -> str:
-    if error.validator == "type":
-        return f"expected {_expected(error.validator_value)}, got {_describe(error.instance)}"
-    if error.validator == "enum":
-        choices = ", ".join(json.dumps(c) for c in error.validator_value)  # type: ignore[union-attr]
-        return f"{json.dumps(error.instance)} is not one of {choices}"
-    return error.message
+def _message(error: ValidationError | SchemaError) -> str:
+    """What is wrong, in words that show at most an excerpt of the value (jsonschema's own
+    messages print the whole value)."""
+    kind, arg, value = error.validator, error.validator_value, error.instance
+    if kind == "type":
+        return f"expected {_expected(arg)}, got {_describe(value)}"
+    if kind == "enum" and isinstance(arg, list):
+        choices = ", ".join(excerpt(c) for c in arg[:12]) + (", ..." if len(arg) > 12 else "")
+        return f"{excerpt(value)} is not one of {choices}"
+    if kind == "const":
+        return f"{excerpt(value)} is not {excerpt(arg)}"
+    if kind in _BOUNDS:
+        return f"{excerpt(value)} {_BOUNDS[kind]} {excerpt(arg)}"
+    if kind in _SIZES:
+        noun, relation = _SIZES[kind]
+        return f"{_describe(value)} has {relation} {arg} {noun}"
+    if kind == "required" and isinstance(value, dict) and isinstance(arg, list):
+        missing = [k for k in arg if k not in value]
+        return f"missing required key(s): {', '.join(excerpt(k) for k in missing[:5])}"
+    if kind == "format":
+        return f"{excerpt(value)} is not a valid {excerpt(arg)}"
+    if kind in ("pattern", "additionalProperties") or kind not in _ECHOING:
+        return one_line(error.message, 200)
+    return f"{_describe(value)} does not satisfy {kind}"
+
+
+_BOUNDS = {
+    "minimum": "is less than the minimum of",
+    "maximum": "is greater than the maximum of",
+    "exclusiveMinimum": "must be more than",
+    "exclusiveMaximum": "must be less than",
+    "multipleOf": "is not a multiple of",
+}
+_SIZES = {
+    "minLength": ("characters", "fewer than"),
+    "maxLength": ("characters", "more than"),
+    "minItems": ("items", "fewer than"),
+    "maxItems": ("items", "more than"),
+    "minProperties": ("keys", "fewer than"),
+    "maxProperties": ("keys", "more than"),
+}
+# keywords whose jsonschema message starts with the whole instance
+_ECHOING = {
+    "uniqueItems", "contains", "not", "oneOf", "anyOf", "allOf", "if", "propertyNames",
+    "dependentRequired", "dependentSchemas", "unevaluatedProperties", "unevaluatedItems",
+    "prefixItems", "items", "$ref", "$dynamicRef", "minContains", "maxContains",
+}  # fmt: skip
 
 
 def _expected(types: Any) -> str:
@@ -154,7 +349,7 @@ def _describe(value: Any) -> str:
         return "null"
     for cls in (bool, int, float, str):
         if isinstance(value, cls):
-            return f"{kind[cls]} {json.dumps(value)}"
+            return f"{kind[cls]} {excerpt(value)}"
     return "array" if isinstance(value, list) else "object"
 
 
@@ -164,10 +359,10 @@ def _unknown_keys(error: ValidationError, path: tuple[Any, ...], where: str) -> 
     out = []
     instance: dict[str, Any] = error.instance  # type: ignore[assignment]
     for key in instance:
-        if key in known or any(re.search(p, key) for p in schema.get("patternProperties", {})):
+        if key in known or _matching(schema.get("patternProperties", {}), key):
             continue
         close = difflib.get_close_matches(str(key), known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
         place = f" in {where}" if where != "document" else ""
-        out.append(Finding((*path, key), f"unknown key {key!r}{place}", hint))
+        out.append(Finding((*path, key), f"unknown key {quoted(key)}{place}", hint))
     return out
