@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -45,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         "and write inventory, roles, site.yml, ansible.cfg and a manifest to "
         ".orchestrate/build (or --out), atomically.",
     )
-    c.add_argument("--out", metavar="DIR", help="where to write the build")
+    c.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where to write the build: a new or empty folder, or an earlier build",
+    )
     c.set_defaults(run=_compile)
 
     q = sub.add_parser(
@@ -531,6 +534,10 @@ def _plan(args: argparse.Namespace) -> int:
     from orchestrator.reporter.run import LiveProgress, render_plan
 
     root = _root(args)
+    if args.out:
+        from orchestrator.fsutil import user_file_target
+
+        user_file_target(args.out)  # a device, FIFO or folder is refused before any host is asked
     flag = _interruptible()
     err = _console(stderr=True)
     with LiveProgress(err, [], "plan (check mode)") as live:
@@ -543,9 +550,10 @@ def _plan(args: argparse.Namespace) -> int:
             lambda m: err.print(m, markup=False),
         )
     if args.out:
-        from orchestrator.fsutil import atomic_json
+        from orchestrator.fsutil import write_user_file
 
-        atomic_json(os.path.abspath(args.out), plan.to_json(), mode=0o600)
+        saved = json.dumps(plan.to_json(), indent=1, sort_keys=True).encode()
+        write_user_file(args.out, saved, mode=0o600, folders=True)
     if args.json:
         sys.stdout.write(json.dumps(plan.to_json(), indent=2, sort_keys=True) + "\n")
     else:
@@ -924,12 +932,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception:  # the single boundary: no traceback reaches the user
-        log = os.path.join(tempfile.gettempdir(), "orchestrate-debug.log")
-        with open(log, "a", encoding="utf-8") as fh:
-            fh.write(traceback.format_exc())
-        _err(f"internal error in orchestrate {__version__}; the traceback is in {log}")
+    except Exception as exc:  # the single boundary: no traceback reaches the user
+        return _internal_error(exc, traceback.format_exc())
+
+
+def _internal_error(exc: Exception, trace: str) -> int:
+    """One line for the user; the traceback goes to a new private file of this user's."""
+    try:
+        log = _write_debug_log(trace)
+    except Exception as e:  # the report of a crash must not crash
+        first = (str(exc).splitlines() or [""])[0][:200]
+        _err(
+            f"internal error in orchestrate {__version__} ({type(exc).__name__}: {first}); "
+            f"the traceback could not be kept ({e})"
+        )
         return 70
+    _err(f"internal error in orchestrate {__version__}; the traceback is in {log}")
+    return 70
+
+
+def _debug_log_dir() -> str:
+    """$XDG_STATE_HOME/orchestrate (default ~/.local/state/orchestrate): per user, because in
+    a world-writable /tmp another user could plant a link at the name or read the traceback."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):  # the XDG rule: a relative value is ignored
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "orchestrate")
+
+
+def _write_debug_log(trace: str) -> str:
+    """A new file (0600) per crash, named by time and pid, in a folder only the user enters."""
+    from orchestrator.fsutil import new_private_file, private_folder
+
+    folder = _debug_log_dir()
+    os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
+    private_folder(folder)
+    stem = time.strftime("crash-%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    text = f"orchestrate {__version__}\n{trace}"
+    return new_private_file(folder, stem, ".log", text.encode(errors="replace"))
 
 
 def entry() -> None:

@@ -1,11 +1,17 @@
-"""Writing files so that a crash leaves either the old content or the new, never half of one."""
+"""Writing files so that a crash leaves either the old content or the new, never half of one;
+writing where the user points without being turned against what is already there; and the
+private folders the tool keeps its own leftovers and tracebacks in."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import tempfile
 from typing import Any
+
+from orchestrator.errors import UsageError
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -29,3 +35,102 @@ def atomic_json(path: str, data: Any, mode: int = 0o600) -> None:
     """``data`` as indented, key-sorted JSON at ``path``, atomically; its folder is made (0700)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode(), mode)
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symbolic link that does not resolve (a loop?)"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` describes, in words for a message."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((word for test, word in _KINDS if test(mode)), "not a regular file")
+
+
+def user_file_target(path: str) -> str:
+    """The file that writing the user-named ``path`` replaces: ``path`` with every symbolic link
+    resolved. It must be a regular file or absent; a folder, device, FIFO or socket is refused
+    (UsageError), so a careless ``-o /dev/sda`` or ``-o ~`` is never replaced by a file.
+
+    A dangling symbolic link names the file it points to, which is then created, as a shell's
+    ``>`` does: the link is the user's way of saying where the file goes."""
+    target = os.path.realpath(path)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return target
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write it ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        via = "" if target == os.path.abspath(path) else f" (it resolves to {target})"
+        raise UsageError(
+            f"{path} is {file_kind(st.st_mode)}{via}; refusing to write over it: "
+            "name a regular file"
+        )
+    return target
+
+
+def write_user_file(path: str, data: bytes, mode: int = 0o600, folders: bool = False) -> str:
+    """Write ``data`` to a file the user named, atomically and through symbolic links: the
+    link's final target is replaced and the link kept (a dotfiles symlink stays a symlink).
+    Never writes to or over a folder, device, FIFO or socket (see :func:`user_file_target`).
+    With ``folders``, missing folders above the target are made (0700). Returns the file
+    written."""
+    target = user_file_target(path)
+    try:
+        if folders:
+            os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        atomic_write(target, data, mode)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write it ({e.strerror or e})") from None
+    return target
+
+
+def private_folder(path: str) -> None:
+    """Make ``path`` a folder only its owner can enter (0700), or check that it is already
+    this user's real folder. What the tool keeps there (build trees it later deletes,
+    tracebacks) must not land where someone else pointed a symbolic link, so a link, a file
+    or another user's folder at ``path`` is refused (UsageError)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(
+            f"{path} is {file_kind(st.st_mode)}, not a folder; orchestrate keeps private "
+            "files there: move it away"
+        )
+    if st.st_uid != os.getuid():
+        raise UsageError(
+            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); orchestrate "
+            "keeps private files there: move it away"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+
+
+def new_private_file(folder: str, stem: str, suffix: str, data: bytes) -> str:
+    """Write ``data`` to a new file (0600) named ``stem`` + ``suffix`` in ``folder``, or
+    ``stem-N`` + ``suffix`` when that name is taken: a name already there, a symbolic link
+    included, is never opened, so nothing planted in advance receives the data."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for n in range(100):
+        path = os.path.join(folder, f"{stem}-{n}{suffix}" if n else f"{stem}{suffix}")
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return path
+    raise FileExistsError(f"{folder}: every name for {stem}{suffix} is taken")

@@ -1,17 +1,28 @@
 """Write the build: inventory, generated roles, site playbook, ansible.cfg, query data and a
 manifest of input and output hashes. Files are produced in memory, written to a temporary
-folder beside the target and swapped in only when everything succeeded; output is byte-identical
-for identical inputs (sorted keys, no timestamps, no absolute paths)."""
+folder in the tool's own folder beside the target and swapped in only when everything
+succeeded; output is byte-identical for identical inputs (sorted keys, no timestamps, no
+absolute paths). Only an empty folder or an earlier build is ever replaced."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
 import hashlib
 import json
 import os
-import shutil
+import re
+import secrets
+import signal
+import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator import __version__
 from orchestrator.compiler.content import render_outputs
@@ -24,7 +35,25 @@ from orchestrator.compiler.freshness import (
 )
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation
+from orchestrator.fsutil import file_kind, private_folder
 from orchestrator.paths import shipped_roles_dir
+
+# Every build holds this file: only a folder that has it (or an earlier build's manifest) is
+# ever replaced. Its content is fixed, so builds stay byte-identical.
+BUILD_MARKER = ".orchestrate-build"
+MARKER_TEXT = (
+    b"orchestrate build, marker format 1\n"
+    b"This folder is written by `orchestrate compile`, which replaces all of it on the next\n"
+    b"compile: keep nothing of your own here.\n"
+)
+MARKER_LINE = re.compile(rb"orchestrate build, marker format [0-9]+\Z")
+MAX_LEGACY_MANIFEST = 64 << 20
+# In-progress and replaced builds live only here, beside the target (rename needs the same
+# file system); nothing outside it is ever swept.
+TOOL_DIR = ".orchestrate-tmp"
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
+SWAP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -73,6 +102,7 @@ def input_hashes(ev: Evaluation) -> dict[str, str]:
 def compile_fleet(ev: Evaluation, out_dir: str) -> BuildResult:
     """Render everything, then write it to ``out_dir`` atomically."""
     outputs = render_outputs(ev)
+    outputs[BUILD_MARKER] = MARKER_TEXT
     manifest = {
         "tool": "orchestrate",
         "version": __version__,
@@ -90,52 +120,282 @@ def compile_fleet(ev: Evaluation, out_dir: str) -> BuildResult:
     return BuildResult(out_dir, len(outputs), len(ev.hosts), len(roles))
 
 
-def _write_atomically(outputs: dict[str, bytes], out_dir: str) -> None:
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    if (
-        os.path.exists(out_dir)
-        and not os.path.isfile(os.path.join(out_dir, MANIFEST))
-        and os.listdir(out_dir)
-    ):
-        raise UsageError(
-            f"{out_dir} exists and is not an orchestrate build; refusing to replace it"
+class UnsafeOutputs(UsageError):
+    """Output names that would write outside the build folder. Host, role and template names
+    from the fleet make these names; the loader refuses bad ones with their file:line:col, so
+    this is the writer's last line of defence."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "the build would write outside its folder: "
+            + "; ".join(problems)
+            + " (a host, role or template name in the fleet makes these names); nothing was written"
         )
-    tmp = tempfile.mkdtemp(prefix=".build-", dir=parent)
+
+
+def _write_atomically(outputs: dict[str, bytes], out_dir: str) -> None:
+    """Write ``outputs`` into a fresh folder in the tool's own folder beside ``out_dir``, then
+    swap it in. Everything that can be refused is refused before anything is written."""
+    target = _replaceable_target(out_dir)
+    bad = _unsafe_names(outputs)
+    if bad:
+        raise UnsafeOutputs(bad)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    work = os.path.join(parent, TOOL_DIR)
+    private_folder(work)
     try:
-        made: set[str] = set()
-        for name in sorted(outputs):
-            path = os.path.join(tmp, name)
-            folder = os.path.dirname(path)
-            if folder not in made:
-                os.makedirs(folder, exist_ok=True)
-                made.add(folder)
-            with open(path, "wb") as fh:
-                fh.write(outputs[name])
-        os.chmod(tmp, 0o755)
-        old = None
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-            os.rename(out_dir, os.path.join(old, "build"))
-        os.rename(tmp, out_dir)
-        if old:
-            _remove_later(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with _claimed(work) as tmp:
+            _write_tree(tmp, outputs)
+            os.chmod(tmp, 0o755)
+            _swap_in(tmp, target, work)
+    finally:
+        _sweep(work)  # the build just replaced, and whatever a killed compile left
 
 
-def _remove_later(folder: str) -> None:
-    """Delete a replaced build in the background: on a large fleet that is thousands of
-    unlinks the user need not wait for. A folder left by an interrupted deletion is swept by
-    the next compile."""
-    parent = os.path.dirname(folder)
-    stale = [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(".old-")]
-    subprocess.Popen(
-        ["rm", "-rf", "--", *stale],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+def _replaceable_target(out_dir: str) -> str:
+    """The folder the build replaces: ``out_dir`` with symbolic links resolved (a link to the
+    build stays a link). It may be absent, empty or an earlier build; anything else is the
+    user's and is refused, naming what is there."""
+    target = os.path.realpath(out_dir)
+    if TOOL_DIR in target.split(os.sep):
+        raise UsageError(f"{out_dir} is inside orchestrate's working folder {TOOL_DIR}")
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(
+            f"{out_dir} is {file_kind(st.st_mode)}, not a build folder; refusing to replace it "
+            "(give --out a new or empty folder)"
+        )
+    entries = sorted(os.listdir(target))
+    if entries and not _is_build(target):
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise UsageError(
+            f"{out_dir} holds {len(entries)} entries ({shown}) and is not an orchestrate build "
+            f"(it has no {BUILD_MARKER}); refusing to replace it: give --out a new or empty "
+            "folder, or remove this one yourself"
+        )
+    return target
+
+
+def _is_build(folder: str) -> bool:
+    """Whether ``folder`` carries the build marker, or is a build from before the marker: its
+    manifest.json is a JSON object that says ``"tool": "orchestrate"``."""
+    head = _read_small(os.path.join(folder, BUILD_MARKER), 4096)
+    if head is not None and MARKER_LINE.match(head.split(b"\n", 1)[0]):
+        return True
+    raw = _read_small(os.path.join(folder, MANIFEST), MAX_LEGACY_MANIFEST)
+    if raw is None:
+        return False
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("tool") == "orchestrate"
+
+
+def _read_small(path: str, limit: int) -> bytes | None:
+    """A regular file's content when it has at most ``limit`` bytes, else None. What is read
+    here is not yet known to be ours: a FIFO must not hang the compile, a huge file must not
+    fill the memory, a symbolic link is not followed."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return None
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _unsafe_names(outputs: dict[str, bytes]) -> list[str]:
+    """Every output name that is not a plain relative path below the build, with the reason."""
+    problems = [f"{name!r} ({why})" for name in sorted(outputs) if (why := _why_unsafe(name))]
+    folders = {name.rsplit("/", 1)[0] for name in outputs if "/" in name}
+    folders |= {f.rsplit("/", i)[0] for f in folders for i in range(1, f.count("/") + 1)}
+    problems += [
+        f"{name!r} (both a file and the folder of other outputs)"
+        for name in sorted(folders & set(outputs))
+    ]
+    return problems
+
+
+def _why_unsafe(name: str) -> str | None:
+    if not name:
+        return "empty"
+    if "\0" in name:
+        return "a NUL byte"
+    if name.startswith("/"):
+        return "absolute"
+    parts = name.split("/")
+    if "" in parts:
+        return "an empty segment"
+    if ".." in parts:
+        return "a '..' segment"
+    if "." in parts:
+        return "a '.' segment"
+    return None
+
+
+def _write_tree(tmp: str, outputs: dict[str, bytes]) -> None:
+    """Write every output below ``tmp``. Each folder's resolved path is checked to lie inside
+    ``tmp`` and files are created new without following a link, so no name the checks above
+    missed can reach outside."""
+    root = os.path.realpath(tmp) + os.sep
+    checked: set[str] = set()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for name in sorted(outputs):
+        path = os.path.join(tmp, name)
+        folder = os.path.dirname(path)
+        if folder not in checked:
+            os.makedirs(folder, exist_ok=True)
+            if not (os.path.realpath(folder) + os.sep).startswith(root):
+                raise UnsafeOutputs([f"{name!r} (its folder resolves outside the build)"])
+            checked.add(folder)
+        with os.fdopen(os.open(path, flags, 0o666), "wb") as fh:
+            fh.write(outputs[name])
+
+
+@contextlib.contextmanager
+def _claimed(work: str) -> Iterator[str]:
+    """A new folder in the tool folder, locked while this compile uses it: a concurrent
+    compile's sweep skips it, and the kernel drops the lock when this process dies, which is
+    how a sweep knows a folder is a leftover. The lock sits on the folder itself, so once the
+    swap has moved it to the target, the name left in the tool folder (the replaced build) is
+    unlocked and swept."""
+    with _tool_lock(work):
+        tmp = tempfile.mkdtemp(prefix="build-", dir=work)
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield tmp
+    finally:
+        os.close(fd)  # what is left at tmp (a half-written tree, a replaced build) is swept
+
+
+@contextlib.contextmanager
+def _tool_lock(work: str) -> Iterator[None]:
+    """Held for the moments a compile claims a folder or a sweep picks leftovers, so that a
+    sweep never takes a folder between its creation and its lock."""
+    fd = os.open(os.path.join(work, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _swap_in(new: str, target: str, work: str) -> None:
+    """Put the tree ``new`` at ``target``; an earlier build there ends up in the tool folder.
+    The two are exchanged in one step, so no signal and no crash leaves the fleet without a
+    build; where the file system cannot exchange, see :func:`_rename_pair`."""
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        return
+    try:
+        _exchange(new, target)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        _rename_pair(new, target, os.path.join(work, f"old-{secrets.token_hex(8)}"))
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """glibc's renameat2, or None where the C library has none."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: str, b: str) -> None:
+    """Swap the names ``a`` and ``b`` atomically (Linux renameat2 with RENAME_EXCHANGE)."""
+    fn = _renameat2()
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", a)
+    if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), a, None, b)
+
+
+def _rename_pair(new: str, target: str, aside: str) -> None:
+    """Move the old build out to ``aside`` and the new one in, with the signals a user or a
+    service manager sends (SIGINT, SIGTERM, SIGHUP) held until both are done. If an interrupt
+    still arrives between the two (it reached another thread), the new build goes in before the
+    exception travels on; if the second rename fails, the old build is put back."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, SWAP_SIGNALS)
+    try:
+        try:
+            os.rename(target, aside)
+        finally:
+            if not os.path.lexists(target):
+                try:
+                    os.rename(new, target)
+                except OSError:
+                    os.rename(aside, target)
+                    raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _sweep(work: str) -> None:
+    """Remove what is in the tool folder and not in use: replaced builds and what a killed
+    compile left. A folder a live compile is writing is locked by it and skipped; only names
+    this module makes are touched, never anything outside the tool folder."""
+    stale: list[str] = []
+    locks: list[int] = []
+    with _tool_lock(work):
+        for name in sorted(os.listdir(work)):
+            if not name.startswith(("build-", "old-")):
+                continue
+            path = os.path.join(work, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            stale.append(path)
+            locks.append(fd)
+    if stale:
+        _remove_later(stale, locks)
+
+
+def _remove_later(paths: list[str], locks: list[int]) -> None:
+    """Delete ``paths`` in the background: on a large fleet a replaced build is thousands of
+    unlinks the user need not wait for. The deleting process inherits the locks, so no other
+    sweep starts on the same folders; if it is killed, the next sweep finishes the job."""
+    try:
+        subprocess.Popen(
+            ["rm", "-rf", "--", *paths],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            pass_fds=locks,
+        )
+    finally:
+        for fd in locks:
+            os.close(fd)

@@ -14,6 +14,7 @@ import orjson
 
 from orchestrator import __version__
 from orchestrator.digest import file_digest
+from orchestrator.fsutil import atomic_write
 from orchestrator.paths import LIBRARY_PREFIX, ROLES_PREFIX, library_root, shipped_roles_dir
 
 MANIFEST = "manifest.json"
@@ -70,10 +71,8 @@ def write_stamp(out_dir: str, files: list[str], manifest_sha: str) -> None:
     and size when it was compiled, so that `query` and `inventory` can tell a build is fresh
     from stat() calls instead of hashing every file again."""
     stamp = {"manifest": manifest_sha, "inputs": {p: _stat_key(p) for p in files}}
-    tmp = _stamp_path(out_dir) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(stamp, fh)
-    os.replace(tmp, _stamp_path(out_dir))
+    # a fresh temporary name (not a fixed one that a planted link could redirect)
+    atomic_write(_stamp_path(out_dir), json.dumps(stamp).encode(), 0o644)
 
 
 def _stamp_says_fresh(out_dir: str, manifest_bytes: bytes) -> bool:

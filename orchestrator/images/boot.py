@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.errors import OrchestrateError, UsageError
+from orchestrator.fsutil import user_file_target, write_user_file
 from orchestrator.testbed.manager import speaks_ssh
 
 Progress = Callable[[str], None]
@@ -45,6 +46,8 @@ def boot(
     image: str, host: str, ssh_port: int, timeout: float, progress: Progress, keep_log: str = ""
 ) -> BootResult:
     """Boot ``image`` (qcow2 or raw, x86_64, UEFI) and wait for the ready line and sshd."""
+    if keep_log:
+        user_file_target(keep_log)  # refused now, not after minutes of booting
     if shutil.which("qemu-system-x86_64") is None or not os.path.exists(OVMF_CODE):
         raise UsageError(
             "booting an image needs qemu-system-x86_64 and UEFI firmware "
@@ -89,8 +92,7 @@ def boot(
                 time.sleep(1)
             console = _read(serial).decode(errors="replace")
             if keep_log:
-                with open(keep_log, "w", encoding="utf-8") as fh:
-                    fh.write(console)
+                write_user_file(keep_log, console.encode(), 0o644)
             if not ssh:
                 what = "sshd did not answer" if ready else "it never said it was up"
                 tail = "\n  ".join(console.splitlines()[-15:])

@@ -18,7 +18,7 @@ from orchestrator.errors import OrchestrateError, UsageError
 from orchestrator.executor.deploy import Options, apply, make_plan
 from orchestrator.executor.lock import LockHeld
 from orchestrator.executor.state import state_dir
-from orchestrator.fsutil import atomic_json, atomic_write
+from orchestrator.fsutil import atomic_json, write_user_file
 
 MODES = ("plan", "apply")
 
@@ -261,4 +261,4 @@ def _textfile(root: str, sched: Schedule, rec: dict[str, Any]) -> None:
     os.makedirs(sched.textfile_dir, exist_ok=True)
     path = os.path.join(sched.textfile_dir, f"orchestrate_{fleet}_{sched.name}.prom")
     # the temporary name does not end in .prom, so node_exporter never reads half a file
-    atomic_write(path, ("\n".join(lines) + "\n").encode(), 0o644)
+    write_user_file(path, ("\n".join(lines) + "\n").encode(), 0o644)

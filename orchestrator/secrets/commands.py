@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.errors import FleetErrors, Problem, UsageError
-from orchestrator.fsutil import atomic_write
+from orchestrator.fsutil import atomic_write, write_user_file
 from orchestrator.secrets import sops
 from orchestrator.secrets.sops import SecretsError
 from orchestrator.secrets.store import (
@@ -64,7 +64,7 @@ def keygen(root: str, key_file: str | None, say: Say) -> str:
         if old and not old.endswith(b"\n"):
             old += b"\n"
     text = _identity_text(identity, public, "orchestrate admin key")
-    atomic_write(path, old + text.encode(), mode=0o600)
+    write_user_file(path, old + text.encode(), mode=0o600)
     r = load_recipients(root)
     r.admins.append(public)
     save_recipients(root, r)
