@@ -62,10 +62,11 @@ def test_ansible_inventory_sees_groups_and_connection_vars(bundled_build: Path) 
         "terminal-zero",
     ]
     ds = inv["_meta"]["hostvars"]["data-storage"]
+    # Ansible itself reports every string the fleet supplies as unsafe (never templated)
     assert (ds["ansible_host"], ds["ansible_port"], ds["ansible_user"]) == (
-        "10.88.127.3",
+        {"__ansible_unsafe": "10.88.127.3"},
         1108,
-        "deploy",
+        {"__ansible_unsafe": "deploy"},
     )
     prom = ds["orchestrate_config"]["services"]["prometheus"]
     assert prom["port"] == 8080
@@ -198,3 +199,77 @@ def test_inventory_command_works_as_an_ansible_inventory_script(tmp_path: Path) 
         timeout=120,
     )
     assert json.loads(h.stdout)["orchestrate_host"]["arch"] == "aarch64"
+
+
+def _canary_fleet(tmp: Path) -> dict[str, str]:
+    """A module whose values, description, default, parameter and free-form key each hold a
+    Jinja lookup that would create a file if Ansible ever templated it."""
+
+    def canary(name: str) -> str:
+        return "{{ lookup('pipe', 'touch " + str(tmp / name) + "') }}"
+
+    return {
+        "fleet.yaml": """
+            name: t
+            builders: {x86_64: {arch: x86_64}}
+            hosts:
+              local1:
+                builder: x86_64
+                modules: [{use: alert.yaml, with: {note: "NOTE"}}]
+                deploy: {host: 127.0.0.1}
+        """.replace("NOTE", canary("param")),
+        "alert.yaml": f"""
+            params:
+              note: {{type: string}}
+            options:
+              alert.text:
+                type: string
+                description: "DESC"
+              alert.fallback: {{type: string, default: "DEFAULT"}}
+              alert.labels: {{type: object, additionalProperties: {{type: string}}, default: {{}}}}
+              alert.out: {{type: string}}
+            config:
+              alert.text: "{{{{ $labels.instance }}}} is down VALUE"
+              alert.labels: {{"KEY": "x"}}
+              alert.out: "{tmp}"
+            tasks:
+              - name: Write the alert as a task sees it
+                ansible.builtin.copy:
+                  dest: "{{{{ config.alert.out }}}}/task.txt"
+                  content: >-
+                    {{{{ config.alert.text }}}}|{{{{ params.note }}}}|{{{{
+                    config.alert.labels | to_json }}}}|{{{{ alert_alert_fallback }}}}
+                  mode: "0600"
+              - name: Write the alert as a template sees it
+                ansible.builtin.template:
+                  src: alert.j2
+                  dest: "{{{{ config.alert.out }}}}/template.txt"
+                  mode: "0600"
+            templates:
+              alert.j2: "{{{{ config.alert.text }}}}\\n"
+        """.replace("DESC", canary("description").replace('"', '\\"'))
+        .replace("DEFAULT", canary("default").replace('"', '\\"'))
+        .replace("VALUE", canary("value").replace('"', '\\"'))
+        .replace("KEY", canary("key").replace('"', '\\"')),
+    }
+
+
+def test_fleet_values_are_never_templated_by_ansible(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    root = fleet(_canary_fleet(out))
+    r = cli("--fleet", str(root), "compile")
+    assert r.code == 0, r.err
+    play = _play(root / ".orchestrate" / "build")
+    assert play.returncode == 0, play.stdout + play.stderr
+    made = sorted(p.name for p in out.iterdir())
+    assert made == ["task.txt", "template.txt"], f"a canary ran: {made}"
+    task = (out / "task.txt").read_text()
+    text, note, labels, fallback = task.split("|")
+    assert text.startswith("{{ $labels.instance }} is down {{ lookup('pipe', 'touch ")
+    assert note == "{{ lookup('pipe', 'touch " + str(out / "param") + "') }}"
+    assert json.loads(labels) == {"{{ lookup('pipe', 'touch " + str(out / "key") + "') }}": "x"}
+    assert fallback == "{{ lookup('pipe', 'touch " + str(out / "default") + "') }}"
+    assert (out / "template.txt").read_text() == text + "\n"

@@ -21,6 +21,7 @@ import orjson
 import yaml
 
 from orchestrator.compiler.argspec import arg_name
+from orchestrator.compiler.unsafe import UnsafeMap, represent_unsafe, unsafe_json, unsafe_yaml
 from orchestrator.errors import FleetErrors, Problem
 from orchestrator.evaluator.expressions import plain
 from orchestrator.evaluator.fleet import Evaluation, HostResult, role_name
@@ -43,9 +44,22 @@ class _Dumper(yaml.SafeDumper):
         super().increase_indent(flow, False)  # indented lists, as ansible-lint's yamllint wants
 
 
+_Dumper.add_representer(UnsafeMap, represent_unsafe)
+
+
+def _dumpable(value: Any) -> Any:
+    """Plain dicts and lists for the YAML dumper, keeping the mappings marked ``!unsafe``."""
+    if isinstance(value, dict):
+        items = {k: _dumpable(v) for k, v in value.items()}
+        return UnsafeMap(items) if isinstance(value, UnsafeMap) else items
+    if isinstance(value, list):
+        return [_dumpable(v) for v in value]
+    return plain(value)
+
+
 def _yaml(data: Any, header: bool = True) -> bytes:
     text = yaml.dump(
-        plain(data),
+        _dumpable(data),
         Dumper=_Dumper,
         sort_keys=False,
         default_flow_style=False,
@@ -82,19 +96,25 @@ def groups_of(ev: Evaluation, secrets: SecretsPlan | None = None) -> dict[str, l
 
 
 def host_vars(h: HostResult, secrets: SecretsPlan | None = None) -> dict[str, Any]:
+    """A host's variables, every string marked unsafe: the fleet's values are data."""
     deploy = h.info["deploy"]
     extra = {}
     if secrets is not None and h.name in secrets.delivered:
         extra["orchestrate_secrets"] = secrets.host_var(h.name)
-    return {
-        **extra,
-        "ansible_host": deploy["host"],
-        "ansible_port": deploy["port"],
-        "ansible_user": deploy["user"],
-        "orchestrate_host": {k: h.info[k] for k in ("arch", "builder", "channel", "name", "tags")},
-        "orchestrate_config": h.config,
-        "orchestrate_params": {r.name: r.params for r in h.roles if r.params},
-    }
+    variables: dict[str, Any] = unsafe_json(
+        {
+            **extra,
+            "ansible_host": deploy["host"],
+            "ansible_port": deploy["port"],
+            "ansible_user": deploy["user"],
+            "orchestrate_host": {
+                k: h.info[k] for k in ("arch", "builder", "channel", "name", "tags")
+            },
+            "orchestrate_config": h.config,
+            "orchestrate_params": {r.name: r.params for r in h.roles if r.params},
+        }
+    )
+    return variables
 
 
 def render_outputs(ev: Evaluation) -> dict[str, bytes]:
@@ -224,13 +244,15 @@ def _generated_roles(ev: Evaluation) -> dict[str, dict[str, bytes]]:
             "tasks/main.yml": _yaml(plain(f.tasks) or []),
             "meta/main.yml": _yaml(
                 {
-                    "galaxy_info": {
-                        "author": "orchestrate",
-                        "description": f"Generated from the fleet module {_module_name(f, ev)}.",
-                        "license": "MIT",
-                        "min_ansible_version": "2.15",
-                        "platforms": [{"name": "Debian", "versions": ["bookworm", "trixie"]}],
-                    },
+                    "galaxy_info": unsafe_yaml(
+                        {
+                            "author": "orchestrate",
+                            "description": f"Generated from the module {_module_name(f, ev)}.",
+                            "license": "MIT",
+                            "min_ansible_version": "2.15",
+                            "platforms": [{"name": "Debian", "versions": ["bookworm", "trixie"]}],
+                        }
+                    ),
                     "dependencies": [],
                 }
             ),

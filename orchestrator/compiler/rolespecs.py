@@ -12,6 +12,7 @@ import os
 import sys
 
 from orchestrator.compiler.argspec import arg_name, arg_spec
+from orchestrator.compiler.unsafe import unsafe_yaml
 from orchestrator.errors import Loc
 from orchestrator.evaluator.expressions import plain
 from orchestrator.loader.fleet import ModuleCache, ModuleFile, ModuleRef
@@ -25,11 +26,11 @@ def interface_files(role: str, f: ModuleFile, description: str) -> dict[str, byt
     defaults = {
         arg_name(role, d): plain(d.schema["default"]) for d in f.options if "default" in d.schema
     }
+    # fleet values (descriptions, choices, defaults) are data: Ansible templates neither
+    spec = {"main": {"short_description": description, "options": args}}
     return {
-        "meta/argument_specs.yml": dump_yaml(
-            {"argument_specs": {"main": {"short_description": description, "options": args}}}
-        ),
-        "defaults/main.yml": dump_yaml(defaults),
+        "meta/argument_specs.yml": dump_yaml({"argument_specs": unsafe_yaml(spec)}),
+        "defaults/main.yml": dump_yaml(unsafe_yaml(defaults)),
     }
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import ansible_runner
 
+from orchestrator.compiler.unsafe import unsafe_json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMMAND_ACTIONS = {
     "command",
@@ -95,10 +97,11 @@ def prepare(req: RunRequest) -> str:
     project = os.path.join(req.run_dir, "project")
     os.makedirs(os.path.join(project, "host_vars"), exist_ok=True)
     shutil.copyfile(os.path.join(req.build_dir, "site.yml"), os.path.join(project, "site.yml"))
-    # Playbook host_vars outrank the inventory's: connection settings of the testbed go here.
+    # Playbook host_vars outrank the inventory's: connection settings of the testbed go here
+    # (marked unsafe like every other variable orchestrate writes: data, never templates).
     for host, values in req.overrides.items():
         with open(os.path.join(project, "host_vars", f"{host}.json"), "w", encoding="utf-8") as fh:
-            json.dump(values, fh, sort_keys=True)
+            json.dump(unsafe_json(values), fh, sort_keys=True)
     return project
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.compiler.unsafe import plain_json, unsafe_json
 from orchestrator.digest import file_digest
 from orchestrator.errors import OrchestrateError, UsageError
 from orchestrator.executor.lock import FleetLock
@@ -262,7 +263,7 @@ def remote_connection(root: str, build_dir: str, host: str) -> dict[str, Any]:
 
     path = os.path.join(build_dir, "inventory", "host_vars", f"{host}.json")
     with open(path, encoding="utf-8") as fh:
-        conn = {k: v for k, v in json.load(fh).items() if k.startswith("ansible_")}
+        conn = {k: v for k, v in plain_json(json.load(fh)).items() if k.startswith("ansible_")}
     conn.update(connection_overrides(root, [host]).get(host, {}))
     user = str(conn.get("ansible_user", "root"))
     if user != "root":
@@ -476,7 +477,7 @@ def _run_builder(job: _Job, stage: str, progress: Progress, cancelled: threading
         playbook="image.yml",
         inventory={"all": {"hosts": hosts}},
         envvars=envvars,
-        extravars={**job.variables, "image_builder_stage": stage},
+        extravars=unsafe_json({**job.variables, "image_builder_stage": stage}),
         quiet=True,
         ident="artifacts",
         event_handler=_events(stage, progress, failures),
