@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from stat import S_ISREG
 
 _DIGESTS: dict[str, tuple[int, int, str]] = {}
 
@@ -19,7 +20,11 @@ def file_digest(path: str) -> str:
     if known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
         return known[2]
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    # O_NONBLOCK and the type check: an input replaced by a FIFO must not hang a freshness check
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -11,7 +11,7 @@ import stat
 import tempfile
 from typing import Any
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import OrchestrateError, UsageError
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -134,3 +134,34 @@ def new_private_file(folder: str, stem: str, suffix: str, data: bytes) -> str:
             fh.write(data)
         return path
     raise FileExistsError(f"{folder}: every name for {stem}{suffix} is taken")
+
+
+class CorruptState(OrchestrateError):
+    """A file orchestrate keeps its state in does not read back as what it wrote."""
+
+
+def load_state_json(path: str, kind: type = dict, fix: str = "remove it") -> Any:
+    """The JSON of a state file the tool wrote, or None when there is none. A file that is not
+    JSON of the expected ``kind`` (truncated, edited, replaced) is an error that names it and
+    what to do: acting on a guess (say, "never applied, so nothing changed") would mislead."""
+    from orchestrator.errors import display_path
+    from orchestrator.loader.files import read_regular
+
+    where = display_path(path)
+    try:
+        raw, _stat = read_regular(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CorruptState(f"cannot read {where}: {exc.strerror or exc}; {fix}") from None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise CorruptState(f"{where} is corrupt (not valid JSON); {fix}") from None
+    if not isinstance(value, kind):
+        raise CorruptState(f"{where} is corrupt (not a JSON {_json_kind(kind)}); {fix}")
+    return value
+
+
+def _json_kind(kind: type) -> str:
+    return "object" if kind is dict else "array" if kind is list else kind.__name__

@@ -71,5 +71,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     for base, _dirs, names in os.walk(folder):
         for n in names:
             p = Path(base) / n
-            out[str(p.relative_to(folder))] = p.read_bytes()
+            if p.is_symlink() or not p.is_file():  # links, FIFOs, devices: what they are
+                out[str(p.relative_to(folder))] = f"<{oct(p.lstat().st_mode)}>".encode()
+            else:
+                out[str(p.relative_to(folder))] = p.read_bytes()
     return out

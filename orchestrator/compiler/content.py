@@ -22,9 +22,10 @@ import yaml
 
 from orchestrator.compiler.argspec import arg_name
 from orchestrator.compiler.unsafe import UnsafeMap, represent_unsafe, unsafe_json, unsafe_yaml
-from orchestrator.errors import FleetErrors, Problem
+from orchestrator.errors import FleetErrors, Loc, Problem
 from orchestrator.evaluator.expressions import plain
 from orchestrator.evaluator.fleet import Evaluation, HostResult, role_name
+from orchestrator.loader.files import MAX_ROLE_FILE_BYTES, inside, read_regular
 from orchestrator.loader.fleet import ARCHES, ModuleFile
 from orchestrator.paths import shipped_roles_dir
 from orchestrator.secrets.store import SecretsPlan, delivery_plan
@@ -382,11 +383,28 @@ def existing_roles(ev: Evaluation) -> dict[str, str]:
 
 
 def _read_tree(folder: str) -> dict[str, bytes]:
+    """A role's files, to copy into the build: regular files inside the role folder only (a
+    link out of it, a FIFO or a device is refused, not followed or read), each under a size
+    cap."""
     files: dict[str, bytes] = {}
+    problems: list[Problem] = []
     for base, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "molecule"))
+        for d in dirs:
+            if os.path.islink(os.path.join(base, d)):
+                problems.append(Problem(Loc(os.path.join(base, d), 1, 1), _LINKED_FOLDER))
         for n in sorted(names):
             path = os.path.join(base, n)
-            with open(path, "rb") as fh:
-                files[os.path.relpath(path, folder)] = fh.read()
+            if not inside(path, (folder,)):
+                problems.append(Problem(Loc(path, 1, 1), "links out of its role: not copied"))
+                continue
+            try:
+                files[os.path.relpath(path, folder)] = read_regular(path, MAX_ROLE_FILE_BYTES)[0]
+            except OSError as exc:
+                problems.append(Problem(Loc(path, 1, 1), f"cannot copy: {exc.strerror or exc}"))
+    if problems:
+        raise FleetErrors(problems)
     return files
+
+
+_LINKED_FOLDER = "a linked folder in a role is not copied: make it a real folder"

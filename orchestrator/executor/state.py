@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
-from orchestrator.fsutil import atomic_json
+from orchestrator.errors import display_path
+from orchestrator.fsutil import CorruptState, atomic_json, load_state_json
 
 
 def state_dir(root: str) -> str:
@@ -19,12 +19,13 @@ def host_state_path(root: str, host: str) -> str:
 
 
 def load_host_state(root: str, host: str) -> dict[str, Any] | None:
-    try:
-        with open(host_state_path(root, host), encoding="utf-8") as fh:
-            data: dict[str, Any] = json.load(fh)
-            return data
-    except (FileNotFoundError, ValueError):
-        return None
+    """What the last successful apply recorded for ``host``; None when it was never applied."""
+    path = host_state_path(root, host)
+    fix = f"remove it, and {host} is treated as never applied through orchestrate"
+    data: dict[str, Any] | None = load_state_json(path, dict, fix)
+    if data is not None and not isinstance(data.get("config"), dict):
+        raise CorruptState(f"{display_path(path)} is corrupt (it records no configuration); {fix}")
+    return data
 
 
 def save_host_state(

@@ -1,5 +1,5 @@
 """Reading the fleet's files safely: only regular files, of bounded size, and only from the
-folders a fleet may name (standard library only, so that fast commands stay fast).
+folders a fleet may name (nothing heavy imported, so that fast commands stay fast).
 
 A module path, a role file or a `lib` folder is fleet input like any value: `imports:
 [/home/me/.ssh/id_ed25519]` or a role file linked to /dev/zero must be refused before anything
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import stat
+
+from orchestrator.fsutil import file_kind
 
 MAX_FILE_BYTES = 64 << 20  # a fleet file (fleet.yaml, a module, a lib file)
 MAX_ROLE_FILE_BYTES = 16 << 20  # one file of a role copied into the build
@@ -30,7 +32,7 @@ def read_regular(path: str, limit: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnreadableFile(f"not a regular file ({_kind(st.st_mode)})")
+            raise UnreadableFile(f"not a regular file ({file_kind(st.st_mode)})")
         if st.st_size > limit:
             raise UnreadableFile(f"larger than {limit >> 20} MiB ({st.st_size} bytes)")
         with os.fdopen(fd, "rb", closefd=False) as fh:
@@ -40,19 +42,6 @@ def read_regular(path: str, limit: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat
         return data, st
     finally:
         os.close(fd)
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a file"
 
 
 def inside(path: str, roots: tuple[str, ...]) -> bool:

@@ -198,6 +198,8 @@ class _Builder:
     def check_tag(self, tag: str | None, loc: Loc, is_map: bool) -> None:
         if tag is None or tag in PRIORITY_TAGS:
             return
+        if tag in _REFUSED:
+            raise fail(loc, f"{_REFUSED[tag]} are not fleet data", "write a mapping or a list")
         if tag in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq") or tag == "!":
             return
         raise fail(loc, f"unknown YAML tag {tag}", "only !default and !force are understood")

@@ -14,11 +14,11 @@ from typing import Any
 
 from crontab import CronSlices, CronTab
 
-from orchestrator.errors import OrchestrateError, UsageError
+from orchestrator.errors import OrchestrateError, UsageError, display_path
 from orchestrator.executor.deploy import Options, apply, make_plan
 from orchestrator.executor.lock import LockHeld
 from orchestrator.executor.state import state_dir
-from orchestrator.fsutil import atomic_json, write_user_file
+from orchestrator.fsutil import CorruptState, atomic_json, load_state_json, write_user_file
 
 MODES = ("plan", "apply")
 
@@ -37,12 +37,15 @@ def _defs_path(root: str) -> str:
 
 
 def _load(root: str) -> dict[str, Schedule]:
-    try:
-        with open(_defs_path(root), encoding="utf-8") as fh:
-            raw = json.load(fh)
-    except FileNotFoundError:
+    path = _defs_path(root)
+    fix = "remove it and add the schedules again (`orchestrate schedule add`)"
+    raw = load_state_json(path, dict, fix)
+    if raw is None:
         return {}
-    return {n: Schedule(**s) for n, s in raw.items()}
+    try:
+        return {n: Schedule(**s) for n, s in raw.items()}
+    except TypeError:
+        raise CorruptState(f"{display_path(path)} is corrupt (not schedules); {fix}") from None
 
 
 def _marker(root: str, name: str) -> str:

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from orchestrator.fsutil import atomic_write
+from orchestrator.errors import display_path
+from orchestrator.fsutil import CorruptState, atomic_write, load_state_json
 from orchestrator.testbed.images import TestbedError, podman, ssh_image
 
 RECORD = "testbed.json"
@@ -38,12 +39,17 @@ def record_path(state_dir: str) -> str:
 
 
 def load_record(state_dir: str) -> dict[str, TestbedHost]:
-    try:
-        with open(record_path(state_dir), encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
+    path = record_path(state_dir)
+    fix = "remove the testbed's containers (podman ps) and then this file"
+    data = load_state_json(path, dict, fix)
+    if data is None:
         return {}
-    return {name: TestbedHost(**h) for name, h in data.get("hosts", {}).items()}
+    try:
+        return {name: TestbedHost(**h) for name, h in data.get("hosts", {}).items()}
+    except (TypeError, AttributeError):
+        raise CorruptState(
+            f"{display_path(path)} is corrupt (not a testbed record); {fix}"
+        ) from None
 
 
 def _save(state_dir: str, hosts: dict[str, TestbedHost]) -> None:

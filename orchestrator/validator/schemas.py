@@ -66,7 +66,7 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
 
 def _too_slow(pattern: str, text: str) -> str:
     return (
-        f"matching {excerpt(pattern, 80)} against {excerpt(text)} took too long "
+        f"matching {quoted(pattern, 80)} against {quoted(text)} took too long "
         "(the pattern backtracks catastrophically: simplify it)"
     )
 
@@ -280,6 +280,9 @@ def findings(validator: Any, value: Any, what: str) -> list[Finding]:
 def _explain(error: ValidationError, what: str) -> list[Finding]:
     path = tuple(error.absolute_path)
     where = ".".join([*([what] if what else []), *map(str, path)]) or "document"
+    if "propertyNames" in error.relative_schema_path and isinstance(error.instance, str):
+        # a bad key: point at the key itself, and name the mapping it is in
+        return [Finding((*path, error.instance), f"{where}: {_message(error)}")]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         return _unknown_keys(error, path, where)
     if error.validator in ("oneOf", "anyOf") and error.context:
