@@ -284,8 +284,9 @@ def _secrets_parsers(sub: Any) -> None:
         "edit",
         help="decrypt into $EDITOR through sops, re-encrypt, replace atomically",
         description="Open secrets/FILE in $EDITOR through sops (a new file is created). "
-        "The plaintext lives in a private temporary folder (in /dev/shm when available) "
-        "that sops removes when the editor exits, also on error.",
+        "The plaintext and the work copy live in a private folder (in /dev/shm when "
+        "available, or in $ORCHESTRATE_SCRATCH_DIR) that orchestrate removes on every exit, "
+        "also on error, Ctrl-C, SIGTERM or SIGHUP (exit 130).",
     )
     ed.add_argument("file", metavar="FILE", help="e.g. db, db.yaml or secrets/db.yaml")
     ed.set_defaults(run=_secrets_edit)

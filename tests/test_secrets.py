@@ -1,21 +1,29 @@
 """`orchestrate secrets` with the real sops binary and real age keys: keys and recipients, encrypt,
-edit, rekey (recipients removed cannot decrypt), check, tampering, and the compile-time errors."""
+edit (and its cleanup when signalled or when sops is killed), rekey (recipients removed cannot
+decrypt), check, tampering, hostile files under secrets/, and the compile-time errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets as random
+import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BUNDLED, REPO, Run, snapshot, write_tree
+from conftest import BUNDLED, REPO, Run, orchestrate, snapshot, write_tree
 
+from orchestrator.errors import FleetErrors
+from orchestrator.secrets import store
 from orchestrator.secrets.sops import controller_binary
 
 APP = """
@@ -174,7 +182,7 @@ def test_a_host_using_secrets_without_a_key_is_a_compile_error(
     sfleet: Path, cli: Callable[..., Run]
 ) -> None:
     text = (sfleet / "secrets/recipients.yaml").read_text()
-    kept = "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("beta:"))
+    kept = "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith('"beta":'))
     (sfleet / "secrets/recipients.yaml").write_text(kept + "\n")
     r = cli("--fleet", str(sfleet), "compile")
     assert r.code == 1
@@ -285,7 +293,7 @@ def test_bad_recipients_file_is_a_precise_error(sfleet: Path, cli: Callable[...,
     before = snapshot(sfleet)
     r = cli("--fleet", str(sfleet), "compile")
     assert r.code == 1
-    assert "secrets/recipients.yaml:1:1: 'not-a-key' is not an age public key" in r.err
+    assert "secrets/recipients.yaml:1:10: 'not-a-key' is not an age public key" in r.err
     assert snapshot(sfleet) == before
 
 
@@ -301,6 +309,278 @@ def test_edit_creates_a_new_file_encrypted_to_the_admins(
     assert r.code == 0, r.err
     assert decrypt(sfleet / "secrets/fresh.yaml", keyfile) == {"k": "v"}
     assert cli("--fleet", str(sfleet), "secrets", "check").code == 0
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A test-owned base for edit sessions' private folders (ORCHESTRATE_SCRATCH_DIR)."""
+    base = tmp_path / "scratch"
+    base.mkdir()
+    monkeypatch.setenv("ORCHESTRATE_SCRATCH_DIR", str(base))
+    return base
+
+
+def _everything_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("where", ["beside the fleet", "in /dev/shm"])
+def test_edit_keeps_its_whole_session_in_a_private_folder_that_it_removes(
+    where: str,
+    sfleet: Path,
+    tmp_path: Path,
+    keyfile: Path,
+    cli: Callable[..., Run],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if where == "beside the fleet":
+        base = tmp_path / "scratch"  # same file system: the work copy is renamed into place
+        base.mkdir()
+    else:
+        if not os.access("/dev/shm", os.W_OK):
+            pytest.skip("no writable /dev/shm")
+        base = Path(tempfile.mkdtemp(dir="/dev/shm"))  # another file system: copied into place
+    try:
+        monkeypatch.setenv("ORCHESTRATE_SCRATCH_DIR", str(base))
+        seen = tmp_path / "seen"
+        secrets_folder = sfleet / "secrets"
+        before = _everything_under(secrets_folder)
+        monkeypatch.setenv("SEEN", str(seen))
+        monkeypatch.setenv("SECRETS_FOLDER", str(secrets_folder))
+        body = (
+            'printf "%s\\n%s\\n" "$1" "$TMPDIR" > "$SEEN"\n'
+            'stat -c %a "$TMPDIR" >> "$SEEN"\n'
+            'ls -A "$TMPDIR" >> "$SEEN"\n'
+            'ls -A "$SECRETS_FOLDER" > "$SEEN.secrets"\n'
+            "sed -i 's/db-secret/db-changed/' \"$1\"\n"
+        )
+        monkeypatch.setenv("EDITOR", _editor(tmp_path, body))
+        r = cli("--fleet", str(sfleet), "secrets", "edit", "db")
+        assert r.code == 0, r.err
+        assert decrypt(sfleet / "secrets/db.yaml", keyfile) == {"password": "db-changed"}
+        assert stat.S_IMODE((sfleet / "secrets/db.yaml").stat().st_mode) == 0o644
+        plaintext, private, mode, *listing = seen.read_text().splitlines()
+        # sops's plaintext and the ciphertext work copy were both in orchestrate's own folder
+        assert Path(private).parent == base and Path(private).name.startswith("orchestrate-edit-")
+        assert mode == "700"
+        assert Path(plaintext).is_relative_to(private)
+        assert "db.yaml" in listing
+        # nothing of the session was in the fleet's folder during the edit, nor after it
+        assert sorted((tmp_path / "seen.secrets").read_text().split()) == before
+        assert _everything_under(secrets_folder) == before
+        assert _everything_under(base) == []
+    finally:
+        if where != "beside the fleet":
+            shutil.rmtree(base)
+
+
+def _process_gone(pid: int) -> bool:
+    """Dead: reaped, or a zombie (a container's init may never reap what it inherits)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def _start_editing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: str) -> Path:
+    """An $EDITOR that types a new secret into the decrypted file, then runs ``then`` and goes
+    on "editing"; its pid is written to the returned file. What it types comes from the
+    environment, so that it is on no disk unless orchestrate leaves it there."""
+    pid_file = tmp_path / "editor.pid"
+    monkeypatch.setenv("EDITOR_PID_FILE", str(pid_file))
+    monkeypatch.setenv("TYPED", "typed-" + random.token_hex(8))
+    body = (
+        'echo $$ > "$EDITOR_PID_FILE"\n'
+        'printf "new: %s\\n" "$TYPED" >> "$1"\n'
+        "sops_pid=$PPID; orchestrate_pid=$(awk '{print $4}' /proc/$PPID/stat)\n"
+        f"{then}\n"
+        "exec sleep 30\n"
+    )
+    monkeypatch.setenv("EDITOR", _editor(tmp_path, body))
+    return pid_file
+
+
+def _session_left_nothing(
+    sfleet: Path, scratch: Path, db_before: bytes, listing: list[str]
+) -> None:
+    assert (sfleet / "secrets/db.yaml").read_bytes() == db_before
+    assert _everything_under(sfleet / "secrets") == listing
+    assert _everything_under(scratch) == []
+    # the decrypted file, with what the editor typed into it, is nowhere
+    assert not _plaintext_files_with(os.environ["TYPED"].encode())
+
+
+@pytest.mark.parametrize("sig", ["TERM", "HUP", "INT", "INT to the group"])
+def test_a_signalled_edit_stops_sops_and_its_editor_and_removes_the_plaintext(
+    sig: str, sfleet: Path, tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_before = (sfleet / "secrets/db.yaml").read_bytes()
+    listing = _everything_under(sfleet / "secrets")
+    # "INT to the group" is a terminal's Ctrl-C: orchestrate, sops and the editor all get it
+    # (orchestrate runs in a process group of its own here, so the test is not hit)
+    target = "0" if sig == "INT to the group" else '"$orchestrate_pid"'
+    pid_file = _start_editing(tmp_path, monkeypatch, f"kill -{sig.split()[0]} {target}")
+    started = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(sfleet), "secrets", "edit", "db"],
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+        process_group=0,
+    )  # fmt: skip
+    assert r.returncode == 130, r.stderr
+    assert "interrupted" in r.stderr and "nothing saved" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert time.monotonic() - started < 20  # the editor's 30 s were not waited for
+    assert _process_gone(int(pid_file.read_text()))  # the editor cannot write after cleanup
+    _session_left_nothing(sfleet, scratch, db_before, listing)
+
+
+def test_an_edit_whose_sops_is_killed_cleans_up_and_says_so(
+    sfleet: Path, tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_before = (sfleet / "secrets/db.yaml").read_bytes()
+    listing = _everything_under(sfleet / "secrets")
+    pid_file = _start_editing(tmp_path, monkeypatch, 'kill -KILL "$sops_pid"')
+    r = orchestrate(sfleet, "secrets", "edit", "db", timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "error: " in r.stderr and "sops was killed (SIGKILL) before it saved" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert _process_gone(int(pid_file.read_text()))  # the editor sops left behind is stopped
+    _session_left_nothing(sfleet, scratch, db_before, listing)
+
+
+def test_edit_restores_the_signal_handlers_it_replaced(
+    sfleet: Path,
+    tmp_path: Path,
+    scratch: Path,
+    cli: Callable[..., Run],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mine = {s: (lambda signum, frame: None) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, h) for s, h in mine.items()}
+    try:
+        monkeypatch.setenv("EDITOR", _editor(tmp_path, "exit 0\n"))
+        r = cli("--fleet", str(sfleet), "secrets", "edit", "db")
+        assert r.code == 0 and "unchanged" in r.err
+        assert {s: signal.getsignal(s) for s in mine} == mine
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+HOSTILE_DOCUMENTS = {
+    "alias bomb": "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+    ),
+    "10,000 deep": "k: " + "[" * 10_000 + "]" * 10_000 + "\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("doc", "file", "command"),
+    [
+        ("alias bomb", "x.yaml", "secrets check"),
+        ("10,000 deep", "x.yaml", "secrets check"),
+        ("alias bomb", "x.yaml", "compile"),
+        ("10,000 deep", "recipients.yaml", "secrets check"),
+        ("alias bomb", "recipients.yaml", "compile"),
+    ],
+)
+def test_a_hostile_secrets_file_is_refused_fast_with_its_location(
+    doc: str, file: str, command: str, sfleet: Path
+) -> None:
+    (sfleet / "secrets" / file).write_text(HOSTILE_DOCUMENTS[doc])
+    started = time.monotonic()
+    r = orchestrate(sfleet, *command.split(), timeout=60)
+    assert time.monotonic() - started < 5
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    what = "expands to more than" if doc == "alias bomb" else "nesting deeper than"
+    assert re.search(rf"secrets/{re.escape(file)}:\d+:\d+: [^\n]*{what}", r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("file", ["x.yaml", "recipients.yaml"])
+@pytest.mark.parametrize("kind", ["FIFO", "link to /dev/zero"])
+def test_a_fifo_or_device_under_secrets_is_refused_without_blocking(
+    kind: str, file: str, sfleet: Path
+) -> None:
+    path = sfleet / "secrets" / file
+    path.unlink(missing_ok=True)
+    if kind == "FIFO":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    r = orchestrate(sfleet, "secrets", "check", timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    detail = "a FIFO" if kind == "FIFO" else "a character device"
+    assert f"secrets/{file}:1:1: not a regular file ({detail})" in r.stderr, r.stderr
+
+
+def test_reading_a_secrets_file_is_bounded_but_plaintext_stays_plaintext(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as fh:
+        fh.truncate(store.MAX_FILE_BYTES + 1)  # sparse: refused by its size, not read
+    with pytest.raises(FleetErrors, match=r"huge\.yaml:1:1: larger than 16,777,216 bytes"):
+        store.read_sops_file(str(huge))
+    # not YAML, or not UTF-8, is plaintext (reported as such), not an error of its own
+    for name, data in (("broken.yaml", b"a: [unclosed\n"), ("binary.yaml", b"\xff\xfe\x00")):
+        (tmp_path / name).write_bytes(data)
+        sf = store.read_sops_file(str(tmp_path / name))
+        assert not sf.encrypted and not sf.problems
+
+
+ODD_NAMES = ["true", "null", "0x1F", "on", "1e3", "~", "007", "alpha"]
+
+
+def test_host_names_that_yaml_would_convert_round_trip_through_recipients(
+    tmp_path: Path,
+) -> None:
+    import yaml
+    from pyrage import x25519
+
+    keys = [str(x25519.Identity.generate().to_public()) for _ in ODD_NAMES]
+    hosts = dict(zip(ODD_NAMES, keys, strict=True))
+    store.save_recipients(str(tmp_path), store.Recipients([keys[0]], hosts))
+    back = store.load_recipients(str(tmp_path))
+    assert back.hosts == hosts and back.admins == [keys[0]]
+    on_disk = yaml.safe_load((tmp_path / "secrets/recipients.yaml").read_text())
+    assert on_disk["hosts"] == hosts  # any YAML reader sees the same strings
+
+
+def _recipients_problems(root: Path, text: str) -> str:
+    (root / "secrets").mkdir(exist_ok=True)
+    (root / "secrets/recipients.yaml").write_text(text)
+    with pytest.raises(FleetErrors) as exc:
+        store.load_recipients(str(root))
+    return str(exc.value)
+
+
+def test_recipients_errors_point_at_the_bad_key_or_value(tmp_path: Path) -> None:
+    from pyrage import x25519
+
+    good = str(x25519.Identity.generate().to_public())
+    text = (
+        f'admins:\n  - "{good}"\n  - nope\n'
+        f'hosts:\n  "alpha": "{good}"\n  on: "{good}"\n  beta: 42\n'
+        "extra: 1\n"
+    )
+    msg = _recipients_problems(tmp_path, text)
+    assert "recipients.yaml:3:5: 'nope' is not an age public key" in msg
+    assert "recipients.yaml:6:3: host name 'on' is read by YAML as 'true'" in msg
+    assert 'quote it: "on"' in msg
+    assert "recipients.yaml:7:3: 42 is not an age public key" in msg
+    assert "recipients.yaml:8:1: unknown key 'extra'" in msg
+    assert ":1:1:" not in msg
+
+
+def test_recipients_errors_show_only_an_escaped_excerpt_of_a_value(tmp_path: Path) -> None:
+    pasted = "AGE-SECRET-KEY-1" + "Q" * 40 + "\\e[31m" + "Z" * 500  # \e: ESC in YAML
+    msg = _recipients_problems(tmp_path, f'admins: ["{pasted}"]\nhosts: {{}}\n')
+    assert "recipients.yaml:1:10: 'AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQ'..." in msg
+    assert "Q" * 30 not in msg and "ZZZ" not in msg and "\x1b" not in msg
+    msg = _recipients_problems(tmp_path, 'admins: ["\\e[2Jx"]\nhosts: {}\n')
+    assert "'\\x1b[2Jx' is not an age public key" in msg and "\x1b" not in msg
 
 
 def test_committed_plaintext_fails_the_bundled_check_as_ci_runs_it(tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from orchestrator.errors import FleetErrors, Problem, UsageError
@@ -208,17 +210,85 @@ def encrypt(root: str, name: str, say: Say) -> None:
     say(f"{os.path.relpath(path)}: encrypted to {len(recipients)} recipient(s)")
 
 
-def _scratch_dir() -> str | None:
-    """Where sops puts the plaintext while the editor runs: memory-backed when possible."""
+SCRATCH_ENV = "ORCHESTRATE_SCRATCH_DIR"
+
+
+def scratch_base() -> str:
+    """Where an edit session's private folder is made: $ORCHESTRATE_SCRATCH_DIR when set, else
+    /dev/shm when it is writable (the plaintext then stays in memory), else the temp dir."""
+    explicit = os.environ.get(SCRATCH_ENV)
+    if explicit:
+        return explicit
     shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return tempfile.gettempdir()
+
+
+@contextmanager
+def _private_folder() -> Iterator[str]:
+    """A folder only we can enter (mkdtemp: 0700), removed with everything in it on the way
+    out, however that is."""
+    base = scratch_base()
+    try:
+        folder = tempfile.mkdtemp(prefix="orchestrate-edit-", dir=base)
+    except OSError as e:
+        raise SecretsError(
+            f"cannot make a private folder in {base}: {e.strerror} (set {SCRATCH_ENV})"
+        ) from None
+    try:
+        yield folder
+    finally:
+        _remove(folder)
+
+
+def _remove(folder: str) -> None:
+    # a few tries: a process that was being stopped may have created a file meanwhile
+    for _attempt in range(3):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.lexists(folder):
+            return
+    raise SecretsError(f"could not remove {folder}, which may hold plaintext: remove it yourself")
+
+
+def _install(work: str, path: str) -> None:
+    """The finished ciphertext in place of ``path``, atomically: a rename when the private folder
+    is on the same file system, else a copy written beside ``path`` and renamed."""
+    with open(work, "rb") as fh:
+        if os.fstat(fh.fileno()).st_dev != os.stat(os.path.dirname(path)).st_dev:
+            atomic_write(path, fh.read(), mode=0o644)
+            return
+        os.fsync(fh.fileno())
+    os.chmod(work, 0o644)
+    os.replace(work, path)
+
+
+def _edited(path: str, code: int, stderr: bytes) -> bool:
+    """What sops's exit status says: True when it wrote a changed file, False when unchanged."""
+    rel = os.path.relpath(path)
+    if code == 200:  # sops: the file has not been modified
+        return False
+    if code < 0:
+        raise SecretsError(
+            f"{rel}: sops was killed ({signal.Signals(-code).name}) before it saved; the file is "
+            "unchanged and the decrypted copy is removed"
+        )
+    if code != 0:
+        raise SecretsError(sops.explain_failure(path, stderr))
+    return True
 
 
 def edit(root: str, name: str, say: Say) -> None:
-    """Decrypt into $EDITOR through sops, re-encrypt, and replace the file atomically. sops
-    keeps the plaintext in a private temporary folder (in /dev/shm when there is one) that it
-    removes when the editor exits, whatever the outcome; the file itself is only replaced
-    after sops has written a complete encrypted copy."""
+    """Decrypt into $EDITOR through sops, re-encrypt, and replace the file atomically.
+
+    Everything of the session lives in a private folder of orchestrate's own (0700, made in
+    $ORCHESTRATE_SCRATCH_DIR when set, else in /dev/shm when writable, else in the temp dir):
+    the ciphertext work copy, and the plaintext sops writes for the editor (its TMPDIR). The
+    folder is removed on every exit: success, error, sops killed, and SIGINT, SIGTERM or SIGHUP
+    to orchestrate, which stop sops and its editor first and then end the call with
+    KeyboardInterrupt (the CLI: exit 130, "interrupted"). The file is only replaced once sops
+    has written a complete encrypted copy; nothing is written beside it before that.
+    """
     path = resolve_file(root, name)
     plan = _fleet_plan(root)
     exists = os.path.exists(path)
@@ -227,35 +297,29 @@ def edit(root: str, name: str, say: Say) -> None:
             f"{os.path.relpath(path)} is not encrypted: run `orchestrate secrets encrypt` first"
         )
     recipients = _file_recipients(plan, path)
-    fd, work = tempfile.mkstemp(prefix=".edit-", suffix=".yaml", dir=os.path.dirname(path))
-    os.close(fd)
+    rel = os.path.relpath(path)
+    saved = False
     try:
-        args = ["edit"]
-        if exists:
-            shutil.copyfile(path, work)  # ciphertext only
-        else:
-            os.unlink(work)
-            args += ["--age", ",".join(recipients)]
-        env = sops.sops_env()
-        scratch = _scratch_dir()
-        if scratch:
-            env["TMPDIR"] = scratch  # where sops writes the plaintext for the editor
-        proc = subprocess.run(
-            [sops.controller_binary(), *args, work], env=env, stderr=subprocess.PIPE, check=False
-        )
-        if proc.returncode == 200:  # sops: the file has not been modified
-            say(f"{os.path.relpath(path)}: unchanged")
-            return
-        if proc.returncode != 0:
-            raise SecretsError(sops.explain_failure(path, proc.stderr))
-        if not read_sops_file(work).encrypted:
-            raise SecretsError(f"{os.path.relpath(path)}: sops did not write an encrypted file")
-        os.chmod(work, 0o644)
-        os.replace(work, path)
-    finally:
-        if os.path.exists(work):
-            os.unlink(work)
-    say(f"{os.path.relpath(path)}: saved")
+        with sops.interrupts() as guard, _private_folder() as folder:
+            work = os.path.join(folder, os.path.basename(path))  # sops reads the type from it
+            args = ["edit", work]
+            if exists:
+                shutil.copyfile(path, work)  # ciphertext only
+            else:
+                args[1:1] = ["--age", ",".join(recipients)]
+            if not _edited(path, *sops.edit_session(args, folder, guard)):
+                say(f"{rel}: unchanged")
+                return
+            if not read_sops_file(work).encrypted:
+                raise SecretsError(f"{rel}: sops did not write an encrypted file")
+            guard.check()  # a signal after sops finished: stop here, before replacing
+            _install(work, path)
+            saved = True
+    except KeyboardInterrupt:
+        done = "saved before that" if saved else "nothing saved"
+        say(f"{rel}: interrupted; {done}, and the decrypted copy is removed")
+        raise
+    say(f"{rel}: saved")
     current = read_sops_file(path).recipients
     if sorted(current) != sorted(recipients):
         say("its recipients differ from what the fleet needs: run `orchestrate secrets rekey`")
@@ -271,9 +335,10 @@ def rekey(root: str, say: Say) -> RekeyResult:
     """Re-encrypt every file whose recipients differ from what the fleet needs; the data key
     is rotated with them, so a removed recipient cannot read any current file."""
     plan = _fleet_plan(root)
-    plaintext = [p for p in plan.problems if "not SOPS-encrypted" in p.message]
-    if plaintext:
-        raise FleetErrors(plaintext)
+    blocking = [p for p in plan.problems if "not SOPS-encrypted" in p.message]
+    blocking += [p for sf in plan.files.values() if sf for p in sf.problems]  # unreadable
+    if blocking:
+        raise FleetErrors(blocking)
     result = RekeyResult([], [])
     for rel in secret_files(root):
         path = os.path.join(secrets_dir(root), rel)

@@ -1,7 +1,9 @@
 """The fleet's secrets folder: recipients.yaml, the SOPS files, and what each host needs.
 
 Nothing here decrypts. Key names and recipients are readable in a SOPS file without a key, so
-everything the compiler and `secrets check` need is known from the ciphertext alone.
+everything the compiler and `secrets check` need is known from the ciphertext alone. Every file
+here is read with the hardened loader, size-capped and only when it is a regular file: a file
+under secrets/ is anyone's commit, and reading it must not hang `compile` or `secrets check`.
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from orchestrator.errors import FleetErrors, Loc, Problem
+from orchestrator.errors import FleetErrors, Loc, Problem, fail
+from orchestrator.loader.yamlfile import Map, Seq, load_text
 
 SECRETS_DIR = "secrets"
 RECIPIENTS = "recipients.yaml"
@@ -24,6 +28,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*
 PATH_RE = re.compile(re.escape(TARGET_ROOT) + r"/([A-Za-z0-9_][A-Za-z0-9_./-]*[A-Za-z0-9_])")
 AGE_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
 DEFAULT_ACCESS = {"owner": "root", "group": "root", "mode": "0400"}
+MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any secrets file; a bound on what is read
 
 
 def split_name(name: str) -> tuple[str, list[str]]:
@@ -52,43 +57,110 @@ def recipients_path(root: str) -> str:
 
 
 def load_recipients(root: str) -> Recipients:
+    """secrets/recipients.yaml (none yet: no recipients); every problem in it, located."""
     path = recipients_path(root)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return Recipients()
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        loc = Loc(path, mark.line + 1, mark.column + 1) if mark else Loc(path, 1, 1)
-        raise FleetErrors([Problem(loc, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
-    problems = []
-    if not isinstance(doc, dict) or set(doc) - {"admins", "hosts"}:
-        problems.append(Problem(Loc(path, 1, 1), "expected a mapping with `admins` and `hosts`"))
-        raise FleetErrors(problems)
-    admins = doc.get("admins") or []
-    hosts = doc.get("hosts") or {}
-    if not isinstance(admins, list) or not isinstance(hosts, dict):
-        raise FleetErrors(
-            [Problem(Loc(path, 1, 1), "`admins` is a list of age keys, `hosts` maps names to one")]
-        )
-    for key in [*admins, *hosts.values()]:
-        if not isinstance(key, str) or not AGE_RE.match(key):
-            problems.append(Problem(Loc(path, 1, 1), f"{key!r} is not an age public key (age1...)"))
+    text = _read_text(path)
+    doc = load_text(text, path)
+    if doc is None:
+        return Recipients()
+    if not isinstance(doc, Map):
+        raise fail(_where(doc, path), "expected a mapping with `admins` and `hosts`")
+    problems = [
+        Problem(doc.key_locs[k], f"unknown key {_excerpt(k)} (expected `admins` and `hosts`)")
+        for k in doc
+        if k not in ("admins", "hosts")
+    ]
+    admins = _admins(doc, problems)
+    hosts = _hosts(doc, text, problems)
     if problems:
         raise FleetErrors(problems)
-    return Recipients([str(a) for a in admins], {str(k): str(v) for k, v in hosts.items()})
+    return Recipients(admins, hosts)
+
+
+def _admins(doc: Map, problems: list[Problem]) -> list[str]:
+    node = doc.get("admins")
+    if node is None:
+        return []
+    if not isinstance(node, Seq):
+        problems.append(Problem(doc.key_locs["admins"], "`admins` is a list of age public keys"))
+        return []
+    return [k for k, loc in zip(node, node.item_locs, strict=True) if _age_key(k, loc, problems)]
+
+
+def _hosts(doc: Map, text: str, problems: list[Problem]) -> dict[str, str]:
+    node = doc.get("hosts")
+    if node is None:
+        return {}
+    if not isinstance(node, Map):
+        problems.append(Problem(doc.key_locs["hosts"], "`hosts` maps host names to age keys"))
+        return {}
+    plain = _plain_scalars(text)
+    out = {}
+    for host, key in node.items():
+        loc = node.key_locs[host]
+        written = plain.get((loc.line, loc.col), host)
+        if written != host:
+            problems.append(
+                Problem(
+                    loc,
+                    f"host name {_excerpt(written)} is read by YAML as {_excerpt(host)}",
+                    f"quote it: {_quoted(written)}",
+                )
+            )
+        elif _age_key(key, loc, problems):
+            out[host] = key
+    return out
+
+
+def _age_key(value: Any, loc: Loc, problems: list[Problem]) -> bool:
+    if isinstance(value, str) and AGE_RE.match(value):
+        return True
+    problems.append(Problem(loc, f"{_excerpt(value)} is not an age public key (age1...)"))
+    return False
+
+
+def _plain_scalars(text: str) -> dict[tuple[int, int], str]:
+    """Where each unquoted scalar starts, and its text as written: YAML reads a plain `on`,
+    `0x1F` or `007` as true, 31 or 7, and the loader then keys them "true", "31" and "7".
+    The text has passed the hardened loader already, so these events are bounded."""
+    out = {}
+    for e in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        if isinstance(e, yaml.ScalarEvent) and not e.style and e.start_mark is not None:
+            out[(e.start_mark.line + 1, e.start_mark.column + 1)] = e.value
+    return out
+
+
+def _where(node: Any, path: str) -> Loc:
+    loc = getattr(node, "loc", None)
+    return loc if isinstance(loc, Loc) else Loc(path, 1, 1)
+
+
+def _excerpt(value: Any, limit: int = 40) -> str:
+    """A value as a message shows it: repr-like (control characters escaped), and no more than
+    ``limit`` characters of it, so that a pasted private key or a huge line is not echoed."""
+    text = value if isinstance(value, str) else repr(value)  # repr escapes nested strings
+    shown = repr(text[:limit]) if isinstance(value, str) else text[:limit]
+    return shown + ("..." if len(text) > limit else "")
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a YAML double-quoted scalar, which every YAML reader takes as that string."""
+    return yaml.safe_dump(text, default_style='"', width=2**31 - 1).rstrip("\n")
 
 
 def render_recipients(r: Recipients) -> str:
+    """recipients.yaml: every name and key quoted, so that a host called `on`, `null` or `007`
+    reads back as itself, with this loader or any other."""
     lines = [
         "# Who can decrypt the files in this folder; kept by `orchestrate secrets`.",
         "# Each file is encrypted to the admins and to the hosts that use a secret in it.",
         "admins:" + ("" if r.admins else " []"),
     ]
-    lines += [f"  - {a}" for a in r.admins]
+    lines += [f"  - {_quoted(a)}" for a in r.admins]
     lines.append("hosts:" + ("" if r.hosts else " {}"))
-    lines += [f"  {h}: {k}" for h, k in sorted(r.hosts.items())]
+    lines += [f"  {_quoted(h)}: {_quoted(k)}" for h, k in sorted(r.hosts.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +192,7 @@ class SopsFile:
     encrypted: bool
     recipients: list[str]
     data: Any  # the tree with ENC[...] leaves
+    problems: list[Problem] = field(default_factory=list)  # why it could not be read at all
 
     def has(self, keys: list[str]) -> bool:
         node = self.data
@@ -131,12 +204,26 @@ class SopsFile:
 
 
 def read_sops_file(path: str) -> SopsFile:
-    """Parse a file under secrets/; ``encrypted`` is False for anything that is not SOPS."""
+    """Parse a file under secrets/ without decrypting it.
+
+    ``encrypted`` is False for anything that is not SOPS, including a file that is not UTF-8 or
+    not YAML at all: that is plaintext to report, not a reason to stop. A file that cannot be
+    read safely raises FleetErrors located in it instead: not a regular file (a FIFO or a link
+    to a device would block or never end), larger than MAX_FILE_BYTES, or refused by the
+    hardened loader for anything but a syntax error (nesting too deep, an alias bomb, duplicate
+    keys, unknown tags, more than one document).
+    """
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except (yaml.YAMLError, UnicodeDecodeError, ValueError):
+        text = _read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
         return SopsFile(path, False, [], None)
+    try:
+        doc = load_text(text, path)
+    except FleetErrors as exc:
+        # load_text words the parser's own errors "invalid YAML..."; the rest are its limits
+        if all(p.message.startswith("invalid YAML") for p in exc.problems):
+            return SopsFile(path, False, [], None)
+        raise
     meta = doc.get("sops") if isinstance(doc, dict) else None
     if not isinstance(meta, dict) or "mac" not in meta:
         return SopsFile(path, False, [], doc)
@@ -144,6 +231,55 @@ def read_sops_file(path: str) -> SopsFile:
     encrypted = _all_encrypted(data)
     recipients = [a.get("recipient") for a in meta.get("age") or [] if isinstance(a, dict)]
     return SopsFile(path, encrypted, [str(r) for r in recipients if r], data)
+
+
+def _read_collecting(path: str, problems: list[Problem]) -> SopsFile:
+    """read_sops_file for the plan, which reports every file's problems together."""
+    try:
+        return read_sops_file(path)
+    except FleetErrors as exc:
+        problems.extend(exc.problems)
+        return SopsFile(path, False, [], None, list(exc.problems))
+
+
+def _read_bytes(path: str) -> bytes:
+    """A regular file's bytes, at most MAX_FILE_BYTES of them. Opened without blocking and
+    checked on the open descriptor, so a FIFO, a device or a file swapped in meanwhile is
+    refused instead of read."""
+    here = Loc(path, 1, 1)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise fail(here, f"cannot read file: {e.strerror}") from None
+    too_big = fail(here, f"larger than {MAX_FILE_BYTES:,} bytes; refusing to read it")
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(here, f"not a regular file ({_kind(st.st_mode)}); refusing to read it")
+        if st.st_size > MAX_FILE_BYTES:
+            raise too_big
+        data = fh.read(MAX_FILE_BYTES + 1)  # it may have grown since
+    if len(data) > MAX_FILE_BYTES:
+        raise too_big
+    return data
+
+
+def _read_text(path: str) -> str:
+    try:
+        return _read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise fail(Loc(path, 1, 1), f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
 def _all_encrypted(node: Any) -> bool:
@@ -294,7 +430,7 @@ def plan_secrets(
             file_hosts.setdefault(file, set()).add(host)
             if file not in files:
                 path = os.path.join(secrets_dir(root), file)
-                files[file] = read_sops_file(path) if os.path.exists(path) else None
+                files[file] = _read_collecting(path, problems) if os.path.lexists(path) else None
             sf = files[file]
             if sf is None:
                 problems.append(
@@ -328,9 +464,9 @@ def plan_secrets(
         if chosen:
             uses[host] = chosen
     for rel in secret_files(root):
-        sf = files.get(rel) or read_sops_file(os.path.join(secrets_dir(root), rel))
+        sf = files.get(rel) or _read_collecting(os.path.join(secrets_dir(root), rel), problems)
         files.setdefault(rel, sf)
-        if not sf.encrypted:
+        if not sf.encrypted and not sf.problems:
             problems.append(
                 Problem(
                     Loc(sf.path, 1, 1),
