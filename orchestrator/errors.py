@@ -36,9 +36,12 @@ def excerpt(value: object, limit: int = EXCERPT) -> str:
     return f'"{body}{suffix}"' if isinstance(value, str) else body + suffix
 
 
-def quoted(text: str, limit: int = EXCERPT) -> str:
+def quoted(text: object, limit: int = EXCERPT) -> str:
     """A name or an expression as a message shows it: Python-quoted, at most ``limit``
-    characters, control characters escaped (values use :func:`excerpt`)."""
+    characters, control characters escaped (values use :func:`excerpt`; so does anything that
+    is not a string)."""
+    if not isinstance(text, str):
+        return excerpt(text, limit)
     cut = text[:limit]
     more = len(text) - len(cut)
     return escape_controls(repr(cut)) + (f"... ({more} more characters)" if more > 0 else "")

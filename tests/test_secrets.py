@@ -567,8 +567,7 @@ def test_recipients_errors_point_at_the_bad_key_or_value(tmp_path: Path) -> None
     )
     msg = _recipients_problems(tmp_path, text)
     assert "recipients.yaml:3:5: 'nope' is not an age public key" in msg
-    assert "recipients.yaml:6:3: host name 'on' is read by YAML as 'true'" in msg
-    assert 'quote it: "on"' in msg
+    assert "recipients.yaml:6:3" not in msg  # an unquoted `on` is the host "on", as written
     assert "recipients.yaml:7:3: 42 is not an age public key" in msg
     assert "recipients.yaml:8:1: unknown key 'extra'" in msg
     assert ":1:1:" not in msg

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import FleetErrors, Loc, Problem, fail
+from orchestrator.errors import FleetErrors, Loc, Problem, fail, quoted
 from orchestrator.loader.yamlfile import Map, Seq, load_text
 
 SECRETS_DIR = "secrets"
@@ -68,12 +68,12 @@ def load_recipients(root: str) -> Recipients:
     if not isinstance(doc, Map):
         raise fail(_where(doc, path), "expected a mapping with `admins` and `hosts`")
     problems = [
-        Problem(doc.key_locs[k], f"unknown key {_excerpt(k)} (expected `admins` and `hosts`)")
+        Problem(doc.key_locs[k], f"unknown key {quoted(k)} (expected `admins` and `hosts`)")
         for k in doc
         if k not in ("admins", "hosts")
     ]
     admins = _admins(doc, problems)
-    hosts = _hosts(doc, text, problems)
+    hosts = _hosts(doc, problems)
     if problems:
         raise FleetErrors(problems)
     return Recipients(admins, hosts)
@@ -89,27 +89,16 @@ def _admins(doc: Map, problems: list[Problem]) -> list[str]:
     return [k for k, loc in zip(node, node.item_locs, strict=True) if _age_key(k, loc, problems)]
 
 
-def _hosts(doc: Map, text: str, problems: list[Problem]) -> dict[str, str]:
+def _hosts(doc: Map, problems: list[Problem]) -> dict[str, str]:
     node = doc.get("hosts")
     if node is None:
         return {}
     if not isinstance(node, Map):
         problems.append(Problem(doc.key_locs["hosts"], "`hosts` maps host names to age keys"))
         return {}
-    plain = _plain_scalars(text)
     out = {}
-    for host, key in node.items():
-        loc = node.key_locs[host]
-        written = plain.get((loc.line, loc.col), host)
-        if written != host:
-            problems.append(
-                Problem(
-                    loc,
-                    f"host name {_excerpt(written)} is read by YAML as {_excerpt(host)}",
-                    f"quote it: {_quoted(written)}",
-                )
-            )
-        elif _age_key(key, loc, problems):
+    for host, key in node.items():  # keys as written: an unquoted `on` is the host "on"
+        if _age_key(key, node.key_locs[host], problems):
             out[host] = key
     return out
 
@@ -117,32 +106,13 @@ def _hosts(doc: Map, text: str, problems: list[Problem]) -> dict[str, str]:
 def _age_key(value: Any, loc: Loc, problems: list[Problem]) -> bool:
     if isinstance(value, str) and AGE_RE.match(value):
         return True
-    problems.append(Problem(loc, f"{_excerpt(value)} is not an age public key (age1...)"))
+    problems.append(Problem(loc, f"{quoted(value)} is not an age public key (age1...)"))
     return False
-
-
-def _plain_scalars(text: str) -> dict[tuple[int, int], str]:
-    """Where each unquoted scalar starts, and its text as written: YAML reads a plain `on`,
-    `0x1F` or `007` as true, 31 or 7, and the loader then keys them "true", "31" and "7".
-    The text has passed the hardened loader already, so these events are bounded."""
-    out = {}
-    for e in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-        if isinstance(e, yaml.ScalarEvent) and not e.style and e.start_mark is not None:
-            out[(e.start_mark.line + 1, e.start_mark.column + 1)] = e.value
-    return out
 
 
 def _where(node: Any, path: str) -> Loc:
     loc = getattr(node, "loc", None)
     return loc if isinstance(loc, Loc) else Loc(path, 1, 1)
-
-
-def _excerpt(value: Any, limit: int = 40) -> str:
-    """A value as a message shows it: repr-like (control characters escaped), and no more than
-    ``limit`` characters of it, so that a pasted private key or a huge line is not echoed."""
-    text = value if isinstance(value, str) else repr(value)  # repr escapes nested strings
-    shown = repr(text[:limit]) if isinstance(value, str) else text[:limit]
-    return shown + ("..." if len(text) > limit else "")
 
 
 def _quoted(text: str) -> str:
