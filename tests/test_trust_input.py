@@ -152,6 +152,10 @@ CASES = {
         ),
         r"fleet.yaml:7:\d+: .*does not match",
     ),
+    "host-group": (
+        _files(fleet=FLEET.replace("  b: {builder: x86_64}", "  arch_x86_64: {builder: x86_64}")),
+        r"fleet.yaml:7:3: host 'arch_x86_64' has the name of a group",
+    ),
     "role-newline": (_a('role: "web\\n"\n'), r"a.yaml:1:1: role: 'web\\n' does not match"),
     "template-up": (
         _a("tasks: []\ntemplates:\n  ../tasks/main.yml: x\n"),
@@ -343,3 +347,21 @@ def test_corrupt_state_is_an_error_not_no_changes(
     (state / "a.json").unlink()
     r = cli("--fleet", str(root), "testbed", "status")
     assert r.code == 1 and "testbed.json is corrupt" in r.err
+
+
+def test_key_files_the_user_names_are_refused_unless_regular(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run], tmp_path: Path
+) -> None:
+    root = fleet(_files())
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo)
+    r = cli("--fleet", str(root), "secrets", "keygen", "--key-file", str(fifo))
+    assert r.code == 1 and "is a FIFO" in r.err, r.err
+    r = cli("--fleet", str(root), "secrets", "host-key", "a", "--import", str(fifo))
+    assert r.code == 1 and "cannot read it (not a regular file" in r.err, r.err
+    pasted = tmp_path / "pasted"
+    pasted.write_text("AGE-SECRET-KEY-1NOTAKEYSECRETSECRET\n")
+    r = cli("--fleet", str(root), "secrets", "host-key", "a", "--import", str(pasted))
+    assert r.code == 1 and "no age identity in it" in r.err
+    assert "SECRETSECRET" not in r.err
+    assert not (root / "secrets").exists()

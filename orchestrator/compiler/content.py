@@ -93,7 +93,18 @@ def groups_of(ev: Evaluation, secrets: SecretsPlan | None = None) -> dict[str, l
         keys += [f"role_{r.name}" for r in h.roles]
         for key in dict.fromkeys(keys):
             groups.setdefault(key, []).append(name)
+    clash = sorted(set(groups) & set(ev.hosts))
+    if clash:  # Ansible would merge the host and the group of the same name
+        raise FleetErrors(
+            [
+                Problem(ev.spec.hosts[h].loc, f"host {h!r} has the name of a group", _GROUP_HINT)
+                for h in clash
+            ]
+        )
     return dict(sorted(groups.items()))
+
+
+_GROUP_HINT = "arch_*, builder_*, role_* and tag_* name the groups orchestrate makes: rename it"
 
 
 def host_vars(h: HostResult, secrets: SecretsPlan | None = None) -> dict[str, Any]:

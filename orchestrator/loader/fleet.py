@@ -372,9 +372,13 @@ class ModuleCache:
 
     def _typed(self, path: str, doc: Map) -> ModuleFile:
         base = os.path.dirname(path)
+        params = {}
         for name, schema in doc.get("params", {}).items():
             where = loc_of(doc["params"], name) or doc.loc
-            self.problems.extend(check_option_schema(schema, where, "parameter"))
+            found = check_option_schema(schema, where, "parameter")
+            self.problems.extend(found)
+            # a refused schema (reported) accepts anything, so that nothing else trips on it
+            params[name] = ({"default": None} if found else schema, where)
         for old, new in doc.get("renamed", {}).items():
             for p in (old, new):
                 problem = option_path_problem(p)
@@ -382,10 +386,7 @@ class ModuleCache:
                     self.problems.append(Problem(loc_of(doc["renamed"], old) or doc.loc, problem))
         return ModuleFile(
             path=path,
-            params={
-                k: (v, loc_of(doc["params"], k) or doc.loc)
-                for k, v in doc.get("params", {}).items()
-            },
+            params=params,
             imports=_refs(doc.get("imports"), base),
             options=self._options(doc),
             blocks=_blocks(doc),

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from orchestrator.errors import FleetErrors, Problem, UsageError
-from orchestrator.fsutil import atomic_write, write_user_file
+from orchestrator.fsutil import atomic_write, user_file_target, write_user_file
+from orchestrator.loader.files import read_regular
 from orchestrator.secrets import sops
 from orchestrator.secrets.sops import SecretsError
 from orchestrator.secrets.store import (
@@ -51,6 +52,14 @@ def _fleet_plan(root: str) -> SecretsPlan:
     return plan_for(evaluate_fleet(root))
 
 
+def _read_user_file(path: str) -> bytes:
+    """A small file the user names (a key file): regular files only, never blocking."""
+    try:
+        return read_regular(path, 1 << 20)[0]
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
 def keygen(root: str, key_file: str | None, say: Say) -> str:
     """A new admin identity, appended to the admin key file and added to the admins."""
     import pyrage
@@ -60,9 +69,9 @@ def keygen(root: str, key_file: str | None, say: Say) -> str:
     public = str(identity.to_public())
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     old = b""
-    if os.path.exists(path):
-        with open(path, "rb") as fh:
-            old = fh.read()
+    target = user_file_target(path)  # a FIFO, folder or device is refused before any read
+    if os.path.exists(target):
+        old = _read_user_file(target)
         if old and not old.endswith(b"\n"):
             old += b"\n"
     text = _identity_text(identity, public, "orchestrate admin key")
@@ -104,12 +113,13 @@ def host_key(
         )
     private_text: str | None = None
     if import_file:
+        text = _read_user_file(import_file).decode("utf-8", "replace")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("AGE-SECRET-KEY-")]
         try:
-            with open(import_file, encoding="utf-8") as fh:
-                lines = [ln.strip() for ln in fh if ln.strip().startswith("AGE-SECRET-KEY-")]
             identity = pyrage.x25519.Identity.from_str(lines[0])
-        except (OSError, IndexError, ValueError) as e:
-            raise UsageError(f"{import_file}: no age identity in it ({e})") from None
+        except (IndexError, ValueError, pyrage.IdentityError):
+            # never the error's text: it could quote the key
+            raise UsageError(f"{import_file}: no age identity in it") from None
         public = str(identity.to_public())
         private_text = _identity_text(identity, public, f"age identity of host {host}")
     elif public:
