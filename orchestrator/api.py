@@ -73,7 +73,9 @@ def select(data: dict[str, Any], limit: str | None) -> list[str]:
                 raise UsageError(f"--limit: unknown group {group!r}")
             chosen.update(data["groups"][group])
         elif term.startswith("arch:"):
-            chosen.update(data["groups"].get(f"arch_{term[5:]}", []))
+            if f"arch_{term[5:]}" not in data["groups"]:
+                raise UsageError(f"--limit: unknown architecture {term[5:]!r} (x86_64, aarch64)")
+            chosen.update(data["groups"][f"arch_{term[5:]}"])
         elif term in data["hosts"]:
             chosen.add(term)
         else:

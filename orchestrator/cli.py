@@ -422,6 +422,8 @@ def _query(args: argparse.Namespace) -> int:
 
     try:
         compiled = jmespath.compile(args.expr)
+    except RecursionError:
+        raise UsageError("<query>: the expression is nested too deeply") from None
     except jexc.ParseError as exc:
         pos = (exc.lex_position or 0) + 1
         raise UsageError(f"<query>:1:{pos}: invalid JMESPath expression: {exc.msg}") from None

@@ -13,16 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Run, orchestrate, snapshot
-
-FLEET = """
-name: t
-builders:
-  x86_64: {arch: x86_64}
-defaults: [modules/base.yaml]
-hosts:
-  a: {builder: x86_64, modules: [hosts/a.yaml]}
-  b: {builder: x86_64}
-"""
+from test_errors import FLEET  # hosts a and b; a imports hosts/a.yaml
 
 BASE = """
 options:
@@ -365,3 +356,26 @@ def test_key_files_the_user_names_are_refused_unless_regular(
     assert r.code == 1 and "no age identity in it" in r.err
     assert "SECRETSECRET" not in r.err
     assert not (root / "secrets").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("query", "(" * 3000 + "hosts" + ")" * 3000), "nested too deeply"),
+        (("plan", "--offline", "--limit", "arch:sparc"), "unknown architecture 'sparc'"),
+        (("plan", "--offline", "--forks", "0"), "--forks must be at least 1"),
+        (("apply", "--serial", "{{ x }}", "--yes"), "--serial '{{ x }}': give a number"),
+        (("apply", "--max-fail-percent", "300", "--yes"), "a percentage, 0 to 100"),
+    ],
+)
+def test_bad_command_line_values_are_usage_errors(
+    args: tuple[str, ...],
+    message: str,
+    fleet: Callable[[dict[str, str]], Path],
+    cli: Callable[..., Run],
+) -> None:
+    root = fleet(_files())
+    r = cli("--fleet", str(root), *args)
+    assert r.code == 1, r.err
+    assert message in r.err and "Traceback" not in r.err
+    assert not (root / ".orchestrate" / "runs").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from orchestrator.api import build, select
 from orchestrator.compiler.build import input_hashes
 from orchestrator.compiler.content import SECRETS_ROLE
 from orchestrator.compiler.freshness import input_path, load_build_data, sha256_file
-from orchestrator.errors import OrchestrateError, UsageError
+from orchestrator.errors import OrchestrateError, UsageError, quoted
 from orchestrator.evaluator.fleet import Evaluation
 from orchestrator.executor import state
 from orchestrator.executor.lock import FleetLock
@@ -39,6 +40,14 @@ class Options:
     max_fail_percent: int | None = None
     verbosity: int = 0
     diff: bool = False
+
+    def __post_init__(self) -> None:
+        if self.forks is not None and self.forks < 1:
+            raise UsageError("--forks must be at least 1")
+        if self.serial is not None and not re.fullmatch(r"[1-9][0-9]{0,5}%?", self.serial):
+            raise UsageError(f"--serial {quoted(self.serial)}: give a number of hosts or N%")
+        if self.max_fail_percent is not None and not 0 <= self.max_fail_percent <= 100:
+            raise UsageError("--max-fail-percent is a percentage, 0 to 100")
 
 
 @dataclass

@@ -133,7 +133,7 @@ def run(
             "ORCHESTRATE_SKIPS": skips,
             **req.envvars,
         },
-        extravars=extravars,
+        extravars=unsafe_json(extravars),
         limit=",".join(req.hosts),
         forks=req.forks,
         cmdline=cmdline or None,

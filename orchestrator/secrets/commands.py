@@ -123,7 +123,7 @@ def host_key(
         public = str(identity.to_public())
         private_text = _identity_text(identity, public, f"age identity of host {host}")
     elif public:
-        if not AGE_RE.match(public):
+        if not AGE_RE.fullmatch(public):
             raise UsageError(f"{public!r} is not an age public key (age1...)")
     elif from_host:
         public = read_public_from_host(root, host)
@@ -166,7 +166,7 @@ def read_public_from_host(root: str, host: str) -> str:
         cmd += ["-e", json.dumps(extra)]
     env = {**os.environ, "ANSIBLE_CONFIG": os.path.join(build, "ansible.cfg")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    words = [w for w in proc.stdout.split() if AGE_RE.match(w)]
+    words = [w for w in proc.stdout.split() if AGE_RE.fullmatch(w)]
     if proc.returncode != 0 or not words:
         detail = (proc.stdout + proc.stderr).strip().splitlines()
         raise SecretsError(

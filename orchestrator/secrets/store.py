@@ -20,13 +20,13 @@ import yaml
 
 from orchestrator.errors import FleetErrors, Loc, Problem, fail, quoted
 from orchestrator.loader.yamlfile import Map, Seq, load_text
+from orchestrator.naming import SECRET_NAME
 
 SECRETS_DIR = "secrets"
 RECIPIENTS = "recipients.yaml"
 TARGET_ROOT = "/run/orchestrate/secrets"
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+$")
 PATH_RE = re.compile(re.escape(TARGET_ROOT) + r"/([A-Za-z0-9_][A-Za-z0-9_./-]*[A-Za-z0-9_])")
-AGE_RE = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+AGE_RE = re.compile(r"age1[02-9ac-hj-np-z]{58}")  # matched whole (fullmatch)
 DEFAULT_ACCESS = {"owner": "root", "group": "root", "mode": "0400"}
 MAX_FILE_BYTES = 16 * 1024 * 1024  # far above any secrets file; a bound on what is read
 
@@ -104,7 +104,7 @@ def _hosts(doc: Map, problems: list[Problem]) -> dict[str, str]:
 
 
 def _age_key(value: Any, loc: Loc, problems: list[Problem]) -> bool:
-    if isinstance(value, str) and AGE_RE.match(value):
+    if isinstance(value, str) and AGE_RE.fullmatch(value):
         return True
     problems.append(Problem(loc, f"{quoted(value)} is not an age public key (age1...)"))
     return False
@@ -391,7 +391,7 @@ def plan_secrets(
         chosen: list[SecretUse] = []
         for name in sorted(names):
             access, where = _access(name, decls, problems, host)
-            if not NAME_RE.match(name):
+            if not SECRET_NAME.fullmatch(name):
                 problems.append(
                     Problem(where, f"{name!r} is not a secret name (FILE/KEY[/KEY...])")
                 )
