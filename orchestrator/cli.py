@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.errors import FleetErrors, OrchestrateError, UsageError
+from orchestrator.errors import FleetErrors, OrchestrateError, UsageError, one_line
 
 EPILOG = """\
 The fleet is --fleet DIR, else $ORCHESTRATE_FLEET, else the nearest folder above the working
@@ -928,7 +928,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"{len(exc.problems)} problem(s) found; nothing was written")
         return 1
     except OrchestrateError as exc:
-        _err(f"error: {exc}")
+        # its lines as they are, but never a control character (they may quote user input)
+        _err("error: " + "\n".join(one_line(line, 2000) for line in str(exc).splitlines()))
         return exc.exit_code
     except KeyboardInterrupt:
         _err("interrupted")

@@ -12,8 +12,12 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from orchestrator.errors import OrchestrateError
+
+# hypothesis keeps notes (failing examples as patches) in its home: never in the checkout
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "orchestrate-hypothesis"))
 
 NAMES = ["a", "b", "web", "web.port", "c"] * 4 + [
     "a..b",
@@ -146,6 +150,9 @@ def _dump(data: Any) -> str:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
+    # the same examples on every run, so that CI is repeatable; ORCHESTRATE_FUZZ_RANDOM=1 (and
+    # ORCHESTRATE_FUZZ_EXAMPLES=3000) explores new ones by hand
+    derandomize=not os.environ.get("ORCHESTRATE_FUZZ_RANDOM"),
 )
 @given(fleets())
 def test_generated_fleets_never_cause_an_internal_error(
@@ -167,4 +174,4 @@ def test_generated_fleets_never_cause_an_internal_error(
             text = str(exc)
             assert "Traceback" not in text
             assert "\x1b" not in text
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 30  # generous: the machine may be busy

@@ -124,6 +124,15 @@ CASES = {
         ),
         r"a.yaml:2:5: reference to unknown host 'zz'",
     ),
+    "with-expr-role": (  # found by the fuzzing test: a role's parameters failing to bind
+        _files(
+            **{
+                "hosts/a.yaml": "imports:\n  - use: ../p.yaml\n    with: {q: '${config.nosuch}'}\n",
+                "p.yaml": "params:\n  q: {type: string}\ntasks: []\n",
+            }
+        ),
+        r"a.yaml:2:5: no module in the fleet declares option nosuch",
+    ),
     # names
     "newline-host": (
         _files(fleet=FLEET.replace("  b: {builder: x86_64}", '  "b\\n": {builder: x86_64}')),

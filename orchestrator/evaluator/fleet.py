@@ -150,7 +150,7 @@ def _finish(
         if (f.role or f.tasks is not None) and (
             f.role_when is None or _holds(ev, he, inst, f.role_when, f.role_when_loc)
         ):
-            params = he.bound_params(inst) if f.params else {}
+            params = _params(he, inst) if f.params else {}
             roles.append(RoleUse(role_name(f, spec.root), f.path, f.tasks is not None, params))
         decls.extend((n, a, f.loc) for n, a in f.secrets.items())
     config = he.view.materialize()
@@ -166,6 +166,14 @@ def _holds(ev: Evaluator, he: HostEval, inst: Instance, expr: str, loc: Loc | No
     except Unusable:
         return True  # what it reads already failed and was reported
     return value is not ERROR and truthy(value)
+
+
+def _params(he: HostEval, inst: Instance) -> dict[str, Any]:
+    """A role's bound parameters; {} when binding failed (`_bind` reported why)."""
+    try:
+        return he.bound_params(inst)
+    except (ExprFailure, Unusable):
+        return {}
 
 
 def _bind(ev: Evaluator, he: HostEval, inst: Instance) -> None:
