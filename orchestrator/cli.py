@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NoReturn
 
 from orchestrator import __version__
 from orchestrator.errors import FleetErrors, OrchestrateError, UsageError, one_line
@@ -22,18 +22,44 @@ from orchestrator.errors import FleetErrors, OrchestrateError, UsageError, one_l
 EPILOG = """\
 The fleet is --fleet DIR, else $ORCHESTRATE_FLEET, else the nearest folder above the working
 directory that holds fleet.yaml. Errors name file:line:col; nothing is written when any is found.
+
+exit codes:
+  0    success
+  1    invalid input or usage (a bad flag too); nothing ran, nothing was written
+  2    plan --detailed-exitcode: changes were found
+  3    the run finished with failed or unreachable hosts
+  4    another run holds the fleet's lock
+  70   internal error (one line names the debug log with the traceback)
+  130  interrupted (Ctrl-C, SIGTERM); records are kept
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake exits 1 like every other invalid input: 2 means "plan
+    found changes" to scripts that run `plan --detailed-exitcode`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def _version_text() -> str:
+    """The version, and for a git checkout the commit (a wheel names only its version)."""
+    from orchestrator.paths import checkout_commit
+
+    commit = checkout_commit()
+    return f"orchestrate {__version__}" + (f" (checkout at {commit})" if commit else "")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="orchestrate",
         description="Compile a NixOS-style fleet of YAML modules into Ansible content, "
         "query it, explain it.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"orchestrate {__version__}")
+    p.add_argument("--version", action="version", version=_version_text())
     p.add_argument("--fleet", metavar="DIR", help="the fleet folder (holds fleet.yaml)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

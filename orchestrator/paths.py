@@ -19,13 +19,14 @@ def library_root() -> str:
 
 
 def shipped_roles_dir() -> str:
-    """The roles that come with orchestrate (the repository's roles/ folder)."""
-    return os.path.normpath(os.path.join(_HERE, "..", "roles"))
+    """The roles that come with orchestrate: package data (roles/ in a checkout links here), so
+    that an installed wheel has them as a checkout does."""
+    return os.path.join(_HERE, "roles")
 
 
 def shipped_playbooks_dir() -> str:
-    """The playbooks that come with orchestrate (the repository's playbooks/ folder)."""
-    return os.path.normpath(os.path.join(_HERE, "..", "playbooks"))
+    """The playbooks that come with orchestrate (package data, like the roles)."""
+    return os.path.join(_HERE, "playbooks")
 
 
 def find_fleet(explicit: str | None, env: dict[str, str], cwd: str) -> str:
@@ -46,3 +47,21 @@ def find_fleet(explicit: str | None, env: dict[str, str], cwd: str) -> str:
                 f"no {FLEET_FILE} in {cwd} or above; pass --fleet DIR or set ORCHESTRATE_FLEET"
             )
         here = parent
+
+
+def checkout_commit() -> str | None:
+    """The commit of the git checkout the package runs from (an editable install); None for
+    an installed wheel, or where git cannot say."""
+    import subprocess
+
+    top = os.path.dirname(_HERE)
+    if not os.path.exists(os.path.join(top, ".git")):
+        return None
+    try:
+        proc = subprocess.run(
+            ["git", "-C", top, "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None

@@ -115,7 +115,10 @@ def compile_fleet(ev: Evaluation, out_dir: str) -> BuildResult:
     }
     outputs[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     _write_atomically(outputs, out_dir)
-    write_stamp(out_dir, input_files(ev), hashlib.sha256(outputs[MANIFEST]).hexdigest())
+    manifest_sha = hashlib.sha256(outputs[MANIFEST]).hexdigest()
+    # folders whose new files would be inputs: secrets/ and the lib folders
+    folders = [os.path.join(ev.spec.root, "secrets"), *ev.spec.lib_dirs]
+    write_stamp(out_dir, ev.spec.root, input_files(ev), folders, manifest_sha)
     roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}
     return BuildResult(out_dir, len(outputs), len(ev.hosts), len(roles))
 

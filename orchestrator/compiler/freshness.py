@@ -66,24 +66,43 @@ def _stat_key(path: str) -> list[int] | None:
     return [st.st_mtime_ns, st.st_size]
 
 
-def write_stamp(out_dir: str, files: list[str], manifest_sha: str) -> None:
+def write_stamp(
+    out_dir: str, root: str, files: list[str], folders: list[str], manifest_sha: str
+) -> None:
     """Beside the build (not in it, which must not depend on the machine): each input's mtime
-    and size when it was compiled, so that `query` and `inventory` can tell a build is fresh
-    from stat() calls instead of hashing every file again."""
-    stamp = {"manifest": manifest_sha, "inputs": {p: _stat_key(p) for p in files}}
+    and size when it was compiled, and those of the folders they are in (a file added to
+    secrets/ or a lib folder changes its folder's mtime), so that `query` and `inventory` can
+    tell a build is fresh from stat() calls instead of hashing every file again. The stamp
+    names the fleet and the build it was made for: a copied or moved fleet (whose stamp still
+    names the original's files) is checked by content instead."""
+    watched = sorted(os.path.relpath(f, root) for f in folders)
+    folders = sorted({*folders, *(os.path.dirname(p) for p in files)})
+    stamp = {
+        "root": os.path.realpath(root),
+        "out": os.path.realpath(out_dir),
+        "manifest": manifest_sha,
+        "inputs": {p: _stat_key(p) for p in [*files, *folders]},
+        "watched": watched,  # relative: a copy's own folders are listed against the manifest
+    }
     # a fresh temporary name (not a fixed one that a planted link could redirect)
     atomic_write(_stamp_path(out_dir), json.dumps(stamp).encode(), 0o644)
 
 
-def _stamp_says_fresh(out_dir: str, manifest_bytes: bytes) -> bool:
+def _stamp_says_fresh(out_dir: str, root: str, manifest_bytes: bytes) -> bool:
     try:
         with open(_stamp_path(out_dir), encoding="utf-8") as fh:
             stamp = json.load(fh)
     except (OSError, ValueError):
         return False
-    if stamp.get("manifest") != hashlib.sha256(manifest_bytes).hexdigest():
+    if (
+        not isinstance(stamp, dict)
+        or stamp.get("manifest") != hashlib.sha256(manifest_bytes).hexdigest()
+    ):
         return False
-    return all(_stat_key(p) == key for p, key in stamp.get("inputs", {}).items())
+    if (stamp.get("root"), stamp.get("out")) != (os.path.realpath(root), os.path.realpath(out_dir)):
+        return False  # made for another fleet folder or build (a copy): compare contents
+    inputs = stamp.get("inputs")
+    return isinstance(inputs, dict) and all(_stat_key(p) == key for p, key in inputs.items())
 
 
 def is_fresh(out_dir: str, root: str) -> bool:
@@ -96,9 +115,12 @@ def is_fresh(out_dir: str, root: str) -> bool:
         return False
     if manifest.get("version") != __version__ or manifest.get("tool_digest") != tool_digest():
         return False
-    if _stamp_says_fresh(out_dir, raw):
+    if _stamp_says_fresh(out_dir, root, raw):
         return True
-    for name, digest in manifest.get("inputs", {}).items():
+    inputs = manifest.get("inputs", {})
+    if any(_listing(root, rel) != _names_below(inputs, rel) for rel in _watched(out_dir)):
+        return False  # a file was added to (or removed from) secrets/ or a lib folder
+    for name, digest in inputs.items():
         path = input_path(name, root)
         try:
             if sha256_file(path) != digest:
@@ -106,6 +128,38 @@ def is_fresh(out_dir: str, root: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def _watched(out_dir: str) -> list[str]:
+    """The folders (relative to the fleet) whose every file is an input, from the stamp."""
+    try:
+        with open(_stamp_path(out_dir), encoding="utf-8") as fh:
+            found = json.load(fh).get("watched", ["secrets"])
+    except (OSError, ValueError, AttributeError):
+        found = ["secrets"]
+    return [f for f in found if isinstance(f, str) and not os.path.isabs(f) and ".." not in f]
+
+
+def _listing(root: str, rel: str) -> set[str]:
+    """The files below ``rel`` as the manifest names them, chosen as the compiler chooses its
+    inputs: every file of secrets/ but dot files, the ``*.py`` files of a lib folder."""
+    folder = os.path.join(root, rel)
+    if rel != "secrets":
+        try:
+            return {os.path.join(rel, n) for n in os.listdir(folder) if n.endswith(".py")}
+        except OSError:
+            return set()
+    out = set()
+    for base, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for n in names:
+            if not n.startswith("."):
+                out.add(os.path.relpath(os.path.join(base, n), root))
+    return out
+
+
+def _names_below(inputs: dict[str, Any], rel: str) -> set[str]:
+    return {n for n in inputs if n.startswith(rel.rstrip("/") + "/")}
 
 
 def load_build_data(out_dir: str) -> dict[str, Any]:

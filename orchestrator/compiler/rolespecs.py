@@ -53,15 +53,18 @@ def library_modules() -> dict[str, ModuleFile]:
 
 
 def shipped_interfaces() -> dict[str, bytes]:
-    """Path below the repository -> content: roles/ROLE/meta/argument_specs.yml and
-    defaults/main.yml of every library module that names a shipped role, and docs/options.md."""
+    """Where (absolute) -> content: roles/ROLE/meta/argument_specs.yml and defaults/main.yml of
+    every library module that names a shipped role, and the checkout's docs/options.md."""
     from orchestrator.reporter.options import library_markdown
 
-    out = {"../docs/options.md": library_markdown().encode()}
+    checkout = os.path.dirname(os.path.dirname(shipped_roles_dir()))
+    out: dict[str, bytes] = {
+        os.path.join(checkout, "docs", "options.md"): library_markdown().encode()
+    }
     for name, f in library_modules().items():
         if f.role and f.tasks is None and f.options:
             files = interface_files(f.role, f, f"Role of the fleet module {name}.")
-            out.update({f"{f.role}/{k}": v for k, v in files.items()})
+            out.update({os.path.join(shipped_roles_dir(), f.role, k): v for k, v in files.items()})
     return out
 
 
@@ -70,21 +73,21 @@ def main() -> int:
     p.add_argument("--write", action="store_true", help="rewrite the files that differ")
     args = p.parse_args()
     stale = []
-    for rel, data in shipped_interfaces().items():
-        path = os.path.join(shipped_roles_dir(), rel)
+    checkout = os.path.dirname(os.path.dirname(shipped_roles_dir()))
+    for path, data in shipped_interfaces().items():
         try:
             with open(path, "rb") as fh:
                 same = fh.read() == data
         except OSError:
             same = False
         if not same:
-            stale.append(rel)
+            stale.append(os.path.relpath(path, checkout))
             if args.write:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb") as fh:
                     fh.write(data)
     for rel in stale:
-        print(("wrote " if args.write else "stale: ") + os.path.normpath("roles/" + rel))
+        print(("wrote " if args.write else "stale: ") + rel)
     return 1 if stale and not args.write else 0
 
 

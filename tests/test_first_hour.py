@@ -1,0 +1,76 @@
+"""What a new user meets in the first hour: a copied fleet never answers from the original's
+build, and the version names its checkout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import REPO, Run, orchestrate
+
+FLEET = {
+    "fleet.yaml": """
+        name: t
+        builders: {x86_64: {arch: x86_64}}
+        defaults: [m.yaml]
+        hosts:
+          a: {builder: x86_64}
+    """,
+    "m.yaml": """
+        options:
+          motd: {type: string, default: original}
+    """,
+}
+
+
+def test_a_copied_fleet_answers_from_its_own_files(
+    fleet: Callable[[dict[str, str]], Path], tmp_path: Path
+) -> None:
+    root = fleet(FLEET)
+    assert orchestrate(root, "query", "hosts.a.config.motd").stdout.strip() == '"original"'
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(root), str(copy)], check=True)  # mtimes kept, build too
+    (copy / "m.yaml").write_text("options:\n  motd: {type: string, default: edited}\n")
+    r = orchestrate(copy, "query", "hosts.a.config.motd")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == "edited"
+    (copy / "m.yaml").write_text("options:\n  motd: {type: strin}\n")
+    r = orchestrate(copy, "inventory", "--list")
+    assert r.returncode == 1 and "m.yaml:2:3" in r.stderr  # fails, never the old build
+    assert orchestrate(root, "query", "hosts.a.config.motd").stdout.strip() == '"original"'
+
+
+def test_a_file_added_to_secrets_makes_the_build_stale(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run]
+) -> None:
+    root = fleet({**FLEET, "secrets/notes.yaml": "plain: text\n"})
+    (root / "secrets" / "notes.yaml").unlink()
+    assert cli("--fleet", str(root), "compile").code == 0
+    time.sleep(0.05)  # past the file system's clock tick, as any real edit is
+    (root / "secrets" / "more.yaml").write_text("plain: text\n")
+    r = cli("--fleet", str(root), "inventory", "--list")
+    assert r.code == 1 and "more.yaml:1:1: not SOPS-encrypted" in r.err
+
+
+def test_version_names_the_checkout_commit() -> None:
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    r = orchestrate(REPO / "inventory", "--version")
+    assert r.stdout.strip() == f"orchestrate 0.1.0 (checkout at {head})"
+    assert shutil.which("git")
+
+
+def test_a_mistyped_flag_exits_1_and_help_lists_every_exit_code(tmp_path: Path) -> None:
+    for args in (["plan", "--detailed-exitcodes"], ["secrets", "nope"], ["compile", "--out"]):
+        r = orchestrate(tmp_path, *args)
+        assert r.returncode == 1, (args, r.returncode)  # 2 would read as "plan found changes"
+        assert "error:" in r.stderr and "Traceback" not in r.stderr
+    text = orchestrate(tmp_path, "--help").stdout
+    for code in ("0", "1", "2", "3", "4", "70", "130"):
+        assert f"\n  {code} " in text, code
