@@ -113,6 +113,7 @@ def test_scheduled_run_never_overlaps(fleet, cli: Callable[..., Run], clean_cron
     assert 'orchestrate_last_run_exit_code{fleet="sched",schedule="d",mode="plan"} 4' in prom
 
 
+@pytest.mark.cron
 def test_cron_daemon_runs_the_entry(fleet, cli: Callable[..., Run], clean_crontab: None) -> None:
     root = fleet(FLEET)
     assert (
