@@ -40,7 +40,8 @@ def test_a_copied_fleet_answers_from_its_own_files(
     assert json.loads(r.stdout) == "edited"
     (copy / "m.yaml").write_text("options:\n  motd: {type: strin}\n")
     r = orchestrate(copy, "inventory", "--list")
-    assert r.returncode == 1 and "m.yaml:2:3" in r.stderr  # fails, never the old build
+    assert r.returncode == 1 and "m.yaml:2:10" in r.stderr  # fails, never the old build
+    assert "did you mean 'string'?" in r.stderr
     assert orchestrate(root, "query", "hosts.a.config.motd").stdout.strip() == '"original"'
 
 

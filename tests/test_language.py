@@ -267,7 +267,7 @@ def test_options_command(fleet, cli: Callable[..., Run]) -> None:
     r = cli("--fleet", str(root), "options", "svc", "--json")
     rows = json.loads(r.out)
     assert [row["path"] for row in rows] == ["svc.enable", "svc.port"]
-    assert rows[1]["type"] == "port" and rows[1]["default"] == 9090
+    assert rows[1]["type"] == '$ref "orchestrate:port"' and rows[1]["default"] == 9090
     assert rows[1]["declared"].endswith("decl.yaml:8:3")
 
 

@@ -8,15 +8,15 @@ from typing import Any
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.expressions import plain
 from orchestrator.evaluator.fleet import Evaluation
-from orchestrator.validator.schemas import TYPE_PREFIX
 
 
 def type_name(schema: Any) -> str:
     if not isinstance(schema, dict):
         return "any"
     ref = schema.get("$ref")
-    if isinstance(ref, str):
-        return ref[len(TYPE_PREFIX) :] if ref.startswith(TYPE_PREFIX) else ref
+    if isinstance(ref, str):  # as it is written: `$ref: "orchestrate:port"`
+        return f'$ref "{ref}"'
+
     kind = schema.get("type")
     if kind == "array":
         return f"array of {type_name(schema.get('items'))}"
@@ -89,6 +89,8 @@ def library_markdown() -> str:
         "",
         "Generated from `orchestrator/library/` by "
         "`python3 -m orchestrator.compiler.rolespecs --write`; a test fails when it is stale. "
+        'A type `$ref "orchestrate:NAME"` is a shared type (`schemas/types.schema.json`), '
+        'declared as `{$ref: "orchestrate:port"}`: there is no `type: port`. '
         "A fleet imports a module as `orchestrate:PATH`; `orchestrate options` lists what a "
         "fleet declares, `orchestrate options --library` what ships.",
     ]

@@ -287,8 +287,19 @@ def _explain(error: ValidationError, what: str) -> list[Finding]:
         return _unknown_keys(error, path, where)
     if error.validator in ("oneOf", "anyOf") and error.context:
         inner = best_match(error.context)
-        return [Finding(tuple(inner.absolute_path) or path, f"{where}: {_message(inner)}")]
-    return [Finding(path, f"{where}: {_message(error)}")]
+        at = tuple(inner.absolute_path) or path
+        return [Finding(at, f"{where}: {_message(inner)}", _type_hint(at, inner.instance))]
+    return [Finding(path, f"{where}: {_message(error)}", _type_hint(path, error.instance))]
+
+
+def _type_hint(path: tuple[Any, ...], value: Any) -> str | None:
+    """`type: port` in a module's option or parameter: the fix, not just "not one of"."""
+    if not path or path[-1] != "type" or not isinstance(value, str) or value in JSON_TYPES:
+        return None
+    if shared_type(value) is not None:
+        return f'use $ref: "{TYPE_PREFIX}{value}"'
+    close = difflib.get_close_matches(value, JSON_TYPES, n=1)
+    return TYPE_HINTS.get(value) or (f"did you mean {close[0]!r}?" if close else None)
 
 
 def _message(error: ValidationError | SchemaError) -> str:
