@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.compiler.freshness import is_fresh, load_build_data
-from orchestrator.errors import UsageError
+from orchestrator.selection import select
 
 if TYPE_CHECKING:  # the heavy stages load only when a command needs them
     from orchestrator.compiler.build import BuildResult
@@ -56,31 +55,6 @@ def fresh_build(root: str, out: str | None = None) -> str:
 def fleet_data(root: str, out: str | None = None) -> dict[str, Any]:
     """{fleet, hosts, groups, images} of a fresh build."""
     return load_build_data(fresh_build(root, out))
-
-
-def select(data: dict[str, Any], limit: str | None) -> list[str]:
-    """Hosts named by ``--limit``: names, ``@group`` and ``arch:X``, comma-separated."""
-    hosts = sorted(data["hosts"])
-    if not limit:
-        return hosts
-    chosen: set[str] = set()
-    for term in (t.strip() for t in limit.split(",")):
-        if not term:
-            continue
-        if term.startswith("@"):
-            group = re.sub(r"[^A-Za-z0-9_]", "_", term[1:])  # as group names are written
-            if group not in data["groups"]:
-                raise UsageError(f"--limit: unknown group {group!r}")
-            chosen.update(data["groups"][group])
-        elif term.startswith("arch:"):
-            if f"arch_{term[5:]}" not in data["groups"]:
-                raise UsageError(f"--limit: unknown architecture {term[5:]!r} (x86_64, aarch64)")
-            chosen.update(data["groups"][f"arch_{term[5:]}"])
-        elif term in data["hosts"]:
-            chosen.add(term)
-        else:
-            raise UsageError(f"--limit: unknown host {term!r}")
-    return [h for h in hosts if h in chosen]
 
 
 __all__ = [

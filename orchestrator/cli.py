@@ -34,6 +34,11 @@ exit codes:
 """
 
 
+SELECTION = "hosts, globs (pi-*), groups and tags (core, @core), arch:X; " + (
+    "! excludes, & intersects; comma- or colon-separated"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake exits 1 like every other invalid input: 2 means "plan
     found changes" to scripts that run `plan --detailed-exitcode`."""
@@ -132,7 +137,7 @@ def _selection(p: argparse.ArgumentParser) -> None:
         "--limit",
         "-l",
         metavar="SEL",
-        help="hosts, @group and arch:X, comma-separated (default: every host)",
+        help=SELECTION + " (default: every host)",
     )
     p.add_argument("--forks", "-f", type=int, metavar="N", help="parallel hosts")
     p.add_argument(
@@ -196,7 +201,7 @@ def _deploy_parsers(sub: Any) -> None:
     )
     tsub = tb.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
     tu = tsub.add_parser("up", help="start containers (all hosts, or --hosts)")
-    tu.add_argument("--hosts", metavar="H1,H2", help="only these hosts")
+    tu.add_argument("--hosts", metavar="SEL", help="only these hosts: " + SELECTION)
     tu.add_argument(
         "--from-image",
         metavar="NAME",
@@ -653,10 +658,12 @@ def _testbed_up(args: argparse.Namespace) -> int:
 
     root = _root(args)
     ev = evaluate_fleet(root)
-    chosen = args.hosts.split(",") if args.hosts else sorted(ev.hosts)
-    unknown = [h for h in chosen if h not in ev.hosts]
-    if unknown:
-        raise UsageError(f"unknown host(s): {', '.join(unknown)}")
+    chosen = sorted(ev.hosts)
+    if args.hosts:
+        from orchestrator.api import fleet_data
+        from orchestrator.selection import select
+
+        chosen = select(fleet_data(root), args.hosts)
     if args.from_image:
         chosen = _built_image_hosts(root, ev, args.from_image, args.hosts)
     suite = ev.spec.channels["stable"]["suite"]
@@ -693,10 +700,14 @@ def _built_image_hosts(root: str, ev: Any, name: str, hosts: str | None) -> list
     from orchestrator.images.plan import images_dir, plan_images
 
     planned = {i.host: i for i in plan_images(ev, [name])}
-    chosen = hosts.split(",") if hosts else sorted(planned)
-    outside = [h for h in chosen if h not in planned]
-    if outside:
-        raise UsageError(f"image {name!r} has no file for {', '.join(outside)}")
+    chosen = sorted(planned)
+    if hosts:
+        from orchestrator.api import fleet_data
+        from orchestrator.selection import select
+
+        chosen = [h for h in select(fleet_data(root), hosts) if h in planned]
+        if not chosen:
+            raise UsageError(f"image {name!r} has no file for the hosts {hosts!r} selects")
     built = load_image_manifest(root, name)
     missing = [
         h
@@ -752,9 +763,7 @@ with NAME/manifest.json (file, sha256, inputs, where it was built).""",
     ib.add_argument("names", nargs="*", metavar="NAME", help="image entries from fleet.yaml")
     ib.add_argument("--all", action="store_true", help="every image entry")
     ib.add_argument("--out", metavar="DIR", help="where to write them (.orchestrate/images)")
-    ib.add_argument(
-        "--limit", metavar="HOSTS", help="only these hosts' files (comma-separated host names)"
-    )
+    ib.add_argument("--limit", metavar="SEL", help="only these hosts' files: " + SELECTION)
     ib.set_defaults(run=_image_build)
     ibo = isub.add_parser(
         "boot",
@@ -767,7 +776,7 @@ with NAME/manifest.json (file, sha256, inputs, where it was built).""",
         "`orchestrate testbed up --from-image NAME` instead.",
     )
     ibo.add_argument("name", metavar="NAME", help="an image entry (qcow2 or raw)")
-    ibo.add_argument("--limit", metavar="HOSTS", help="only these hosts (comma-separated)")
+    ibo.add_argument("--limit", metavar="SEL", help="only these hosts: " + SELECTION)
     ibo.add_argument("--timeout", type=float, default=600, help="seconds per image (600)")
     ibo.add_argument("--console-log", metavar="FILE", help="keep the serial console here")
     ibo.set_defaults(run=_image_boot)
@@ -813,15 +822,15 @@ def _image_build(args: argparse.Namespace) -> int:
     ev, result = build(root)
     planned = plan_images(ev, None if args.all else list(args.names))
     if args.limit:
-        wanted = [h.strip() for h in args.limit.split(",") if h.strip()]
-        inside = {i.host for i in planned}
-        outside = [h for h in wanted if h not in inside]
-        if outside:
-            raise UsageError(
-                f"--limit: {', '.join(outside)} not in the chosen images "
-                f"(their hosts: {', '.join(sorted(inside))})"
-            )
+        from orchestrator.selection import select
+
+        wanted = set(select(load_build_data(result.out_dir), args.limit))
+        inside = sorted({i.host for i in planned})
         planned = [i for i in planned if i.host in wanted]
+        if not planned:
+            raise UsageError(
+                f"--limit selects none of the chosen images' hosts ({', '.join(inside)})"
+            )
     if not planned:
         _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
         return 0

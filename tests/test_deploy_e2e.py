@@ -346,7 +346,7 @@ def test_limit_by_group_and_name(fresh: Path) -> None:
     assert everyone.returncode == 1
     assert "needs --yes" in everyone.stderr
     bad = orchestrate(fresh, "apply", "--limit", "@nosuchgroup")
-    assert bad.returncode == 1 and "unknown group 'nosuchgroup'" in bad.stderr
+    assert bad.returncode == 1 and "no host or group named '@nosuchgroup'" in bad.stderr
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_records(fresh: Path) -> None:

@@ -78,7 +78,7 @@ def test_build_needs_names_or_all(cli: Callable[..., Run]) -> None:
     assert r.code == 1 and "(not both)" in r.err
     r = cli("--fleet", str(BUNDLED), "image", "build", "pi-cards", "--limit", "LINDA")
     assert r.code == 1
-    assert "--limit: LINDA not in the chosen images (their hosts: pi-1, pi-2)" in r.err
+    assert "--limit selects none of the chosen images' hosts (pi-1, pi-2)" in r.err
 
 
 def test_bad_entries_are_located_and_nothing_is_written(
