@@ -129,7 +129,20 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("path", metavar="PATH")
     e.set_defaults(run=_explain)
     _deploy_parsers(sub)
+    _fleet_flag_everywhere(p)
     return p
+
+
+def _fleet_flag_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`--fleet DIR` after the subcommand too (`orchestrate plan --fleet inventory`), as
+    people type it; the top-level value stands unless a subcommand gives one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                child.add_argument(
+                    "--fleet", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                )
+                _fleet_flag_everywhere(child)
 
 
 def _selection(p: argparse.ArgumentParser) -> None:

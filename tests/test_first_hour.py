@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,3 +76,17 @@ def test_a_mistyped_flag_exits_1_and_help_lists_every_exit_code(tmp_path: Path) 
     text = orchestrate(tmp_path, "--help").stdout
     for code in ("0", "1", "2", "3", "4", "70", "130"):
         assert f"\n  {code} " in text, code
+
+
+def test_fleet_is_accepted_after_the_subcommand(fleet: Callable[[dict[str, str]], Path]) -> None:
+    root = fleet(FLEET)
+    for args in (
+        ["--fleet", str(root), "query", "length(hosts)"],
+        ["query", "length(hosts)", "--fleet", str(root)],
+        ["--fleet", "/nonexistent", "query", "length(hosts)", "--fleet", str(root)],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            capture_output=True, text=True, check=False, cwd=REPO,
+        )  # fmt: skip
+        assert r.returncode == 0 and r.stdout.strip() == "1", (args, r.stderr)
