@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         "query",
         help="JMESPath over {hosts, images, groups, fleet}",
         description="Evaluate a JMESPath expression over the compiled fleet, e.g. "
-        "orchestrate query 'hosts.*.deploy.host' or "
+        "orchestrate query 'values(hosts)[].deploy.host' or "
         "\"values(hosts)[?arch=='aarch64'].name\".",
     )
     q.add_argument("expr", metavar="EXPR")

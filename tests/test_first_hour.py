@@ -90,3 +90,35 @@ def test_fleet_is_accepted_after_the_subcommand(fleet: Callable[[dict[str, str]]
             capture_output=True, text=True, check=False, cwd=REPO,
         )  # fmt: skip
         assert r.returncode == 0 and r.stdout.strip() == "1", (args, r.stderr)
+
+
+def test_the_readme_fleet_in_one_minute_compiles_as_written(tmp_path: Path) -> None:
+    import re
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## A fleet in one minute") : text.index("## Commands")]
+    files = re.findall(r"```yaml\n# (\S+)\n(.*?)```", section, re.S)
+    assert [name for name, _ in files] == ["fleet.yaml", "modules/prometheus.yaml"]
+    for name, body in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(body)
+    query = re.search(r"`orchestrate query\s+('[^']+' -o lines)`", section)
+    assert query is not None
+    expr = query.group(1).split("'")[1]
+    assert orchestrate(tmp_path, "compile").returncode == 0
+    r = orchestrate(tmp_path, "query", expr, "-o", "lines")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1108", "9090"]
+
+
+def test_the_query_help_examples_answer_on_the_bundled_fleet() -> None:
+    import re
+
+    text = orchestrate(REPO / "inventory", "query", "--help").stdout
+    examples = re.findall(r"orchestrate query '([^']+)'|\"([^\"]+)\"", " ".join(text.split()))
+    exprs = [a or b for a, b in examples]
+    assert len(exprs) >= 2
+    for expr in exprs:
+        r = orchestrate(REPO / "inventory", "query", expr)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) not in (None, []), expr
