@@ -122,3 +122,16 @@ def test_the_query_help_examples_answer_on_the_bundled_fleet() -> None:
         r = orchestrate(REPO / "inventory", "query", expr)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout) not in (None, []), expr
+
+
+def test_every_environment_variable_the_tool_reads_is_documented() -> None:
+    import re
+
+    code = "\n".join(p.read_text() for p in (REPO / "orchestrator").rglob("*.py"))
+    read = set(
+        re.findall(
+            r"\b(ORCHESTRATE_[A-Z_]+|SOPS_AGE_KEY_FILE|SOURCE_DATE_EPOCH|XDG_[A-Z_]+)\b", code
+        )
+    )
+    documented = (REPO / "docs" / "conventions.md").read_text()
+    assert read and not [v for v in sorted(read) if f"`{v}`" not in documented]
