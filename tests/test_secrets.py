@@ -514,14 +514,16 @@ def test_a_fifo_or_device_under_secrets_is_refused_without_blocking(
     r = orchestrate(sfleet, "secrets", "check", timeout=30)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     detail = "a FIFO" if kind == "FIFO" else "a character device"
-    assert f"secrets/{file}:1:1: not a regular file ({detail})" in r.stderr, r.stderr
+    assert f"secrets/{file}:1:1: cannot read file: not a regular file ({detail}" in r.stderr
 
 
 def test_reading_a_secrets_file_is_bounded_but_plaintext_stays_plaintext(tmp_path: Path) -> None:
     huge = tmp_path / "huge.yaml"
     with open(huge, "wb") as fh:
         fh.truncate(store.MAX_FILE_BYTES + 1)  # sparse: refused by its size, not read
-    with pytest.raises(FleetErrors, match=r"huge\.yaml:1:1: larger than 16,777,216 bytes"):
+    with pytest.raises(
+        FleetErrors, match=r"huge\.yaml:1:1: cannot read file: larger than 16,777,216 bytes"
+    ):
         store.read_sops_file(str(huge))
     # not YAML, or not UTF-8, is plaintext (reported as such), not an error of its own
     for name, data in (("broken.yaml", b"a: [unclosed\n"), ("binary.yaml", b"\xff\xfe\x00")):

@@ -32,13 +32,15 @@ def read_regular(path: str, limit: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnreadableFile(f"not a regular file ({file_kind(st.st_mode)})")
+            raise UnreadableFile(
+                f"not a regular file ({file_kind(st.st_mode)}); refusing to read it"
+            )
         if st.st_size > limit:
-            raise UnreadableFile(f"larger than {limit >> 20} MiB ({st.st_size} bytes)")
+            raise UnreadableFile(f"larger than {limit:,} bytes; refusing to read it")
         with os.fdopen(fd, "rb", closefd=False) as fh:
             data = fh.read(limit + 1)
         if len(data) > limit:
-            raise UnreadableFile(f"larger than {limit >> 20} MiB")
+            raise UnreadableFile(f"larger than {limit:,} bytes; refusing to read it")
         return data, st
     finally:
         os.close(fd)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import FleetErrors, Loc, Problem, fail, quoted
+from orchestrator.loader.files import read_regular
 from orchestrator.loader.yamlfile import Map, Seq, load_text
 from orchestrator.naming import SECRET_NAME
 
@@ -213,25 +213,12 @@ def _read_collecting(path: str, problems: list[Problem]) -> SopsFile:
 
 
 def _read_bytes(path: str) -> bytes:
-    """A regular file's bytes, at most MAX_FILE_BYTES of them. Opened without blocking and
-    checked on the open descriptor, so a FIFO, a device or a file swapped in meanwhile is
-    refused instead of read."""
-    here = Loc(path, 1, 1)
+    """A regular file's bytes, at most MAX_FILE_BYTES of them (a FIFO, a device or a huge file
+    is refused without blocking), or a located error."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_regular(path, MAX_FILE_BYTES)[0]
     except OSError as e:
-        raise fail(here, f"cannot read file: {e.strerror}") from None
-    too_big = fail(here, f"larger than {MAX_FILE_BYTES:,} bytes; refusing to read it")
-    with open(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise fail(here, f"not a regular file ({_kind(st.st_mode)}); refusing to read it")
-        if st.st_size > MAX_FILE_BYTES:
-            raise too_big
-        data = fh.read(MAX_FILE_BYTES + 1)  # it may have grown since
-    if len(data) > MAX_FILE_BYTES:
-        raise too_big
-    return data
+        raise fail(Loc(path, 1, 1), f"cannot read file: {e.strerror or e}") from None
 
 
 def _read_text(path: str) -> str:
@@ -239,17 +226,6 @@ def _read_text(path: str) -> str:
         return _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as e:
         raise fail(Loc(path, 1, 1), f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def _kind(mode: int) -> str:
-    kinds = [
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISSOCK, "a socket"),
-    ]
-    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
 def _all_encrypted(node: Any) -> bool:
