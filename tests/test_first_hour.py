@@ -4,6 +4,7 @@ build, and the version names its checkout."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -135,3 +136,28 @@ def test_every_environment_variable_the_tool_reads_is_documented() -> None:
     )
     documented = (REPO / "docs" / "conventions.md").read_text()
     assert read and not [v for v in sorted(read) if f"`{v}`" not in documented]
+
+
+def test_an_unknown_option_names_the_module_that_declares_it(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run]
+) -> None:
+    root = fleet(
+        {
+            "fleet.yaml": """
+                name: t
+                builders: {x86_64: {arch: x86_64}}
+                hosts:
+                  a: {builder: x86_64, modules: [web.yaml]}
+                  b: {builder: x86_64, modules: [b.yaml]}
+            """,
+            "web.yaml": "options:\n  web.port: {type: integer, default: 80}\n",
+            "b.yaml": "config:\n  services.prometheus.enable: true\n  web.port: 8\n",
+        }
+    )
+    r = cli("--fleet", str(root), "compile")
+    assert r.code == 1
+    assert (
+        "b.yaml:2:3: unknown option services.prometheus.enable "
+        "(hint: orchestrate:services/prometheus.yaml declares it" in r.err
+    )
+    assert re.search(r"b.yaml:3:3: unknown option web.port \(hint: \S*web.yaml declares it", r.err)

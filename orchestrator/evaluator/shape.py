@@ -7,14 +7,18 @@ Module expansion and option tries are shared between hosts; only expressions are
 from __future__ import annotations
 
 import difflib
+import functools
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.errors import Loc, Problem, excerpt
+from orchestrator.errors import Loc, Problem, display_path, excerpt
 from orchestrator.evaluator.expressions import ExprSyntaxError, has_template, parse_template
 from orchestrator.loader.fleet import Block, ModuleCache, ModuleFile, ModuleRef, OptionDecl
 from orchestrator.loader.yamlfile import Map, Prio, Seq, loc_of
+from orchestrator.paths import LIBRARY_PREFIX, library_root
 
 PLAIN_PRIORITY = 100
 DEFAULT_PRIORITY = 1500
@@ -200,11 +204,48 @@ class ShapeBuilder:
     ) -> list[Def]:
         key = (inst.key, id(trie))
         if key not in self._flat:
-            walker = _Flattener(inst, trie, renamed)
+            walker = _Flattener(inst, trie, renamed, self.declared_elsewhere)
             self._flat[key] = walker.run()
             self.problems.extend(walker.problems)
             self.warnings.extend(walker.warnings)
         return self._flat[key]
+
+    def declared_elsewhere(self, path: tuple[str, ...]) -> str | None:
+        """A module that declares ``path`` (or options below it) though this host does not
+        import it: one of the fleet's modules, else one shipped in the library."""
+        for f in [*(f for f in self.modules.files.values() if f is not None), *_library()]:
+            # the option itself, one below it (a group was set), or one above (inside a value)
+            if any(_related(d.path, path) for d in f.options):
+                return _module_name(f.path)
+        return None
+
+
+@functools.cache
+def _library() -> tuple[ModuleFile, ...]:
+    """The shipped library's modules, read once, only when a hint needs them."""
+    root = library_root()
+    cache = ModuleCache((root,))
+    found = []
+    for base, _dirs, names in sorted(os.walk(root)):
+        for n in sorted(names):
+            if n.endswith(".yaml"):
+                path = os.path.join(base, n)
+                f = cache.get(ModuleRef(path, None, Loc(path, 1, 1)))
+                if f is not None:
+                    found.append(f)
+    return tuple(found)
+
+
+def _related(declared: tuple[str, ...], written: tuple[str, ...]) -> bool:
+    n = min(len(declared), len(written))
+    return declared[:n] == written[:n]
+
+
+def _module_name(path: str) -> str:
+    root = library_root()
+    if path.startswith(root + os.sep):
+        return LIBRARY_PREFIX + os.path.relpath(path, root)
+    return display_path(path)
 
 
 def _build_trie(files: list[ModuleFile]) -> Trie:
@@ -260,8 +301,10 @@ class _Flattener:
         inst: Instance,
         trie: Trie,
         renamed: dict[tuple[str, ...], tuple[tuple[str, ...], Loc]],
+        declared_elsewhere: Callable[[tuple[str, ...]], str | None],
     ) -> None:
         self.inst, self.trie, self.renamed = inst, trie, renamed
+        self.declared_elsewhere = declared_elsewhere
         self.renamed_groups = {old[:i] for old in renamed for i in range(1, len(old))}
         self.out: list[Def] = []
         self.problems: list[Problem] = []
@@ -311,7 +354,7 @@ class _Flattener:
                 self._emit(decl, _nest(parts[i + 1 :], value), prio, loc, block, index)
                 return
             if path not in self.trie.children and path not in self.renamed_groups:
-                self._unknown(path, loc)
+                self._unknown(path, (*prefix, *parts), loc)
                 return
         if isinstance(value, Map):
             self._walk(value, path, prio, block, index)
@@ -339,14 +382,18 @@ class _Flattener:
         )
         return new
 
-    def _unknown(self, path: tuple[str, ...], loc: Loc) -> None:
+    def _unknown(self, path: tuple[str, ...], full: tuple[str, ...], loc: Loc) -> None:
+        """``path`` is where the host's options end; ``full`` is the whole path as written."""
         name = ".".join(path)
         close = difflib.get_close_matches(name, self.trie.names, n=1, cutoff=0.6)
         if not close:
             prefix = path[:-1]
             close = [".".join((*prefix, c)) for c in self.trie.children.get(prefix, [])[:1]]
         hint = f"did you mean {close[0]}?" if close else "no module on this host declares it"
-        self.problems.append(Problem(loc, f"unknown option {name}", hint))
+        elsewhere = self.declared_elsewhere(full)
+        if elsewhere is not None:
+            hint = f"{elsewhere} declares it, and this host does not import it: add it"
+        self.problems.append(Problem(loc, f"unknown option {'.'.join(full)}", hint))
 
     def _emit(
         self, decl: OptionDecl, value: Any, prio: int, loc: Loc, block: Block, index: int
