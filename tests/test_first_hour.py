@@ -161,3 +161,14 @@ def test_an_unknown_option_names_the_module_that_declares_it(
         "(hint: orchestrate:services/prometheus.yaml declares it" in r.err
     )
     assert re.search(r"b.yaml:3:3: unknown option web.port \(hint: \S*web.yaml declares it", r.err)
+
+
+def test_no_play_for_an_architecture_without_hosts(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run]
+) -> None:
+    import yaml
+
+    root = fleet(FLEET)
+    assert cli("--fleet", str(root), "compile").code == 0
+    site = yaml.safe_load((root / ".orchestrate" / "build" / "site.yml").read_text())
+    assert [play["hosts"] for play in site] == ["arch_x86_64"]

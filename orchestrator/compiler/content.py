@@ -314,6 +314,8 @@ def _site(ev: Evaluation, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
     plays = []
     for arch in ARCHES:
         members = set(groups.get(f"arch_{arch}", []))
+        if not members:
+            continue  # no play for an architecture the fleet has no host of
         used = [r for r in order if members & set(groups.get(f"role_{r}", []))]
         if members & set(groups.get(f"role_{SECRETS_ROLE}", [])):
             used.insert(0, SECRETS_ROLE)  # before the services that read the secrets
