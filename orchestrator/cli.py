@@ -184,6 +184,18 @@ def _deploy_parsers(sub: Any) -> None:
     )
     pl.set_defaults(run=_plan)
 
+    sh = sub.add_parser(
+        "show",
+        help="render a plan saved by `plan -o`",
+        description="Print a saved plan as `plan` printed it, or as JSON: what `apply PLAN` "
+        "would do. Reads only the file; nothing is compiled and no host is contacted.",
+        epilog="example:\n  orchestrate plan -o tonight.plan && orchestrate show tonight.plan",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sh.add_argument("plan_file", metavar="PLAN")
+    sh.add_argument("--json", action="store_true", help="the plan as JSON")
+    sh.set_defaults(run=_show)
+
     ap = sub.add_parser(
         "apply",
         help="converge the hosts through ansible-runner",
@@ -613,6 +625,18 @@ def _plan(args: argparse.Namespace) -> int:
     if failed:
         return 3
     return 2 if args.detailed_exitcode and plan.has_changes else 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from orchestrator.executor.deploy import Plan, load_plan
+    from orchestrator.reporter.run import render_plan
+
+    plan = Plan.from_json(load_plan(args.plan_file), args.plan_file)
+    if args.json:
+        sys.stdout.write(json.dumps(plan.to_json(), indent=2, sort_keys=True) + "\n")
+    else:
+        render_plan(_console(), plan)
+    return 0
 
 
 def _apply(args: argparse.Namespace) -> int:

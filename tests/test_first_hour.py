@@ -172,3 +172,19 @@ def test_no_play_for_an_architecture_without_hosts(
     assert cli("--fleet", str(root), "compile").code == 0
     site = yaml.safe_load((root / ".orchestrate" / "build" / "site.yml").read_text())
     assert [play["hosts"] for play in site] == ["arch_x86_64"]
+
+
+def test_show_renders_a_saved_plan(
+    fleet: Callable[[dict[str, str]], Path], cli: Callable[..., Run], tmp_path: Path
+) -> None:
+    root = fleet(FLEET)
+    saved = tmp_path / "tonight.plan"
+    planned = cli("--fleet", str(root), "plan", "--offline", "-o", str(saved), "--json")
+    assert planned.code == 0, planned.err
+    shown = cli("show", str(saved), "--json")
+    assert shown.code == 0 and json.loads(shown.out) == json.loads(planned.out)
+    text = cli("show", str(saved))
+    assert text.code == 0 and "~ a" in text.out and "would change" in text.out
+    (tmp_path / "other.json").write_text('{"hosts": {}, "inputs": {}}')
+    bad = cli("show", str(tmp_path / "other.json"))
+    assert bad.code == 1 and "is not a plan saved by" in bad.err

@@ -88,6 +88,24 @@ class Plan:
         data["has_changes"] = self.has_changes
         return data
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> Plan:
+        """A plan saved by `plan -o`, back as a value (for `show` and `apply PLAN`)."""
+        try:
+            hosts = {
+                name: HostPlan(
+                    h["host"], list(h["roles"]), bool(h["first_apply"]),
+                    list(h["config_changes"]), h.get("check"),
+                )
+                for name, h in data["hosts"].items()
+            }  # fmt: skip
+            return cls(
+                str(data["fleet"]), str(data["version"]), int(data["created_at"]),
+                bool(data["offline"]), dict(data["inputs"]), hosts, data.get("run_id"),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise UsageError(f"{where} is not a plan saved by `orchestrate plan -o`") from None
+
 
 @dataclass
 class ApplyResult:
