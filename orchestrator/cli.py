@@ -252,6 +252,16 @@ def _deploy_parsers(sub: Any) -> None:
         "fleet's own roles/ take part when a fleet is found. Logs go to "
         ".orchestrate/test-logs/ (or ./test-logs without a fleet). Exit 3 when a role fails.",
     )
+    co = sub.add_parser(
+        "completion",
+        help="print the shell completion script (bash or zsh)",
+        description="Print a completion script for subcommands and flags.",
+        epilog="examples:\n  orchestrate completion bash > ~/.local/share/bash-completion/"
+        "completions/orchestrate\n  echo 'eval \"$(orchestrate completion zsh)\"' >> ~/.zshrc",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    co.add_argument("shell", choices=("bash", "zsh"))
+    co.set_defaults(run=_completion)
     te.add_argument("roles", nargs="*", metavar="ROLE")
     te.add_argument(
         "--jobs", type=int, default=1, metavar="N", help="scenarios run side by side (1)"
@@ -625,6 +635,13 @@ def _plan(args: argparse.Namespace) -> int:
     if failed:
         return 3
     return 2 if args.detailed_exitcode and plan.has_changes else 0
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from orchestrator.reporter.completion import completion_script
+
+    sys.stdout.write(completion_script(_parser(), args.shell))
+    return 0
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -188,3 +188,24 @@ def test_show_renders_a_saved_plan(
     (tmp_path / "other.json").write_text('{"hosts": {}, "inputs": {}}')
     bad = cli("show", str(tmp_path / "other.json"))
     assert bad.code == 1 and "is not a plan saved by" in bad.err
+
+
+def test_completion_scripts_complete_subcommands_and_flags(tmp_path: Path) -> None:
+    script = tmp_path / "orchestrate.bash"
+    script.write_text(orchestrate(tmp_path, "completion", "bash").stdout)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        probe = (
+            f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
+            '_orchestrate; printf "%s\\n" "${COMPREPLY[@]}"'
+        )
+        out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    assert complete("orchestrate", "sec") == ["secrets"]
+    assert complete("orchestrate", "secrets", "ho") == ["host-key"]
+    assert "--detailed-exitcode" in complete("orchestrate", "--fleet", "x", "plan", "--det")
+    assert "--hosts" in complete("orchestrate", "testbed", "up", "--")
+    zsh = orchestrate(tmp_path, "completion", "zsh").stdout
+    assert zsh.startswith("autoload -U +X bashcompinit") and "_orchestrate()" in zsh
