@@ -7,17 +7,16 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.compiler.freshness import is_fresh, load_build_data
+from orchestrator.paths import state_dir
 from orchestrator.selection import select
 
 if TYPE_CHECKING:  # the heavy stages load only when a command needs them
     from orchestrator.compiler.build import BuildResult
     from orchestrator.evaluator.fleet import Evaluation
 
-STATE_DIR = ".orchestrate"
-
 
 def default_out(root: str) -> str:
-    return os.path.join(root, STATE_DIR, "build")
+    return os.path.join(state_dir(root), "build")
 
 
 def evaluate_fleet(root: str) -> Evaluation:

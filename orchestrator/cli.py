@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         ".orchestrate/build (or --out), atomically.",
     )
     c.add_argument(
+        "-o",
         "--out",
         metavar="DIR",
         help="where to write the build: a new or empty folder, or an earlier build",
@@ -90,7 +91,11 @@ def _parser() -> argparse.ArgumentParser:
         "\"values(hosts)[?arch=='aarch64'].name\".",
     )
     q.add_argument("expr", metavar="EXPR")
-    q.add_argument("--output", "-o", choices=("json", "yaml", "lines"), default="json")
+    q.add_argument(
+        "--format", choices=("json", "yaml", "lines"), default="json", help="(default: json)"
+    )
+    _build_flag(q)
+    q.add_argument("--output", dest="old_output", metavar="FORMAT", help=argparse.SUPPRESS)
     q.set_defaults(run=_query)
 
     i = sub.add_parser(
@@ -102,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     g = i.add_mutually_exclusive_group(required=True)
     g.add_argument("--list", action="store_true", help="all groups and host variables")
     g.add_argument("--host", metavar="H", help="one host's variables")
+    _build_flag(i)
     i.set_defaults(run=_inventory)
 
     o = sub.add_parser(
@@ -131,6 +137,16 @@ def _parser() -> argparse.ArgumentParser:
     _deploy_parsers(sub)
     _fleet_flag_everywhere(p)
     return p
+
+
+def _build_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--out",
+        metavar="DIR",
+        help="the build to read, as `compile --out DIR` wrote it (compiled first when stale; "
+        "default .orchestrate/build)",
+    )
 
 
 def _fleet_flag_everywhere(parser: argparse.ArgumentParser) -> None:
@@ -493,12 +509,21 @@ def _query(args: argparse.Namespace) -> int:
     except jexc.ParseError as exc:
         pos = (exc.lex_position or 0) + 1
         raise UsageError(f"<query>:1:{pos}: invalid JMESPath expression: {exc.msg}") from None
-    data = fleet_data(_root(args))
+    if args.old_output is not None:
+        raise UsageError(
+            f"query --output is now --format (write --format {one_line(args.old_output)}); "
+            "-o/--out names the build folder, as for compile"
+        )
+    if args.out in ("json", "yaml", "lines") and not os.path.isdir(args.out):
+        raise UsageError(
+            f"-o names the build folder to read; for the output format write --format {args.out}"
+        )
+    data = fleet_data(_root(args), args.out)
     try:
         result = compiled.search(data)
     except jexc.JMESPathError as exc:
         raise UsageError(f"<query>: {exc}") from None
-    _print_value(result, args.output)
+    _print_value(result, args.format)
     return 0
 
 
@@ -518,7 +543,7 @@ def _print_value(value: Any, fmt: str) -> None:
 def _inventory(args: argparse.Namespace) -> int:
     from orchestrator.api import fresh_build
 
-    build = fresh_build(_root(args))
+    build = fresh_build(_root(args), args.out)
     if args.list:
         path = os.path.join(build, "inventory.json")
     else:
@@ -707,7 +732,7 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _testbed_up(args: argparse.Namespace) -> int:
     from orchestrator.api import evaluate_fleet
-    from orchestrator.executor.state import state_dir
+    from orchestrator.paths import state_dir
     from orchestrator.testbed import up
 
     root = _root(args)
@@ -786,7 +811,9 @@ def _image_parsers(sub: Any) -> None:
     isub = im.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     il = isub.add_parser("list", help="every image: host, architecture, format, file, built")
     il.add_argument("--json", action="store_true", help="one JSON object per image file")
-    il.add_argument("--out", metavar="DIR", help="where images are built (.orchestrate/images)")
+    il.add_argument(
+        "-o", "--out", metavar="DIR", help="where images are built (.orchestrate/images)"
+    )
     il.set_defaults(run=_image_list)
     ib = isub.add_parser(
         "build",
@@ -816,7 +843,7 @@ with NAME/manifest.json (file, sha256, inputs, where it was built).""",
     )
     ib.add_argument("names", nargs="*", metavar="NAME", help="image entries from fleet.yaml")
     ib.add_argument("--all", action="store_true", help="every image entry")
-    ib.add_argument("--out", metavar="DIR", help="where to write them (.orchestrate/images)")
+    ib.add_argument("-o", "--out", metavar="DIR", help="where to write them (.orchestrate/images)")
     ib.add_argument("--limit", metavar="SEL", help="only these hosts' files: " + SELECTION)
     ib.set_defaults(run=_image_build)
     ibo = isub.add_parser(
@@ -937,7 +964,7 @@ def _image_boot(args: argparse.Namespace) -> int:
 
 
 def _testbed_status(args: argparse.Namespace) -> int:
-    from orchestrator.executor.state import state_dir
+    from orchestrator.paths import state_dir
     from orchestrator.testbed import status
 
     rows = status(state_dir(_root(args)))
@@ -953,7 +980,7 @@ def _testbed_status(args: argparse.Namespace) -> int:
 
 
 def _testbed_down(args: argparse.Namespace) -> int:
-    from orchestrator.executor.state import state_dir
+    from orchestrator.paths import state_dir
     from orchestrator.testbed import down
 
     removed = down(state_dir(_root(args)))

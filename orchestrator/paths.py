@@ -10,7 +10,13 @@ from orchestrator.errors import UsageError
 FLEET_FILE = "fleet.yaml"
 LIBRARY_PREFIX = "orchestrate:"
 ROLES_PREFIX = "orchestrate-roles:"
+STATE_DIR = ".orchestrate"  # the fleet's own records and builds, inside the fleet folder
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def state_dir(root: str) -> str:
+    """The folder of a fleet's builds, run records and host state."""
+    return os.path.join(root, STATE_DIR)
 
 
 def library_root() -> str:

@@ -4,6 +4,7 @@ build, and the version names its checkout."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import REPO, Run, orchestrate
 
 FLEET = {
@@ -45,6 +47,43 @@ def test_a_copied_fleet_answers_from_its_own_files(
     assert r.returncode == 1 and "m.yaml:2:10" in r.stderr  # fails, never the old build
     assert "did you mean 'string'?" in r.stderr
     assert orchestrate(root, "query", "hosts.a.config.motd").stdout.strip() == '"original"'
+
+
+def test_query_and_compile_agree_on_the_out_folder(
+    fleet: Callable[[dict[str, str]], Path], tmp_path: Path
+) -> None:
+    root = fleet(FLEET)
+    builds = tmp_path / "builds"
+    builds.mkdir()
+    out = builds / "b"
+    assert orchestrate(root, "compile", "-o", str(out)).returncode == 0
+    assert os.listdir(builds) == ["b"]  # nothing beside --out
+    assert not (root / ".orchestrate" / "build").exists()
+    r = orchestrate(root, "query", "hosts.a.config.motd", "-o", str(out))
+    assert (r.returncode, r.stdout.strip()) == (0, '"original"'), r.stderr
+    assert not (root / ".orchestrate" / "build").exists()  # it read --out's build
+    (root / "m.yaml").write_text("options:\n  motd: {type: string, default: edited}\n")
+    r = orchestrate(root, "inventory", "--host", "a", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "edited" in r.stdout  # a stale --out build is compiled again, in place
+    assert json.loads((out / "manifest.json").read_text())["fleet"]
+    assert os.listdir(builds) == ["b"]
+
+
+@pytest.mark.parametrize(
+    "args,hint",
+    [
+        (["--output", "yaml"], "query --output is now --format (write --format yaml)"),
+        (["-o", "lines"], "for the output format write --format lines"),
+    ],
+)
+def test_the_old_query_output_flag_points_to_format(
+    fleet: Callable[[dict[str, str]], Path], args: list[str], hint: str
+) -> None:
+    root = fleet(FLEET)
+    r = orchestrate(root, "query", "hosts", *args)
+    assert r.returncode == 1 and hint in r.stderr, r.stderr
+    assert not (root / "lines").exists() and not (root / ".orchestrate").exists()
 
 
 def test_a_file_added_to_secrets_makes_the_build_stale(
@@ -103,11 +142,11 @@ def test_the_readme_fleet_in_one_minute_compiles_as_written(tmp_path: Path) -> N
     for name, body in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(body)
-    query = re.search(r"`orchestrate query\s+('[^']+' -o lines)`", section)
+    query = re.search(r"`orchestrate query\s+('[^']+' --format lines)`", section)
     assert query is not None
     expr = query.group(1).split("'")[1]
     assert orchestrate(tmp_path, "compile").returncode == 0
-    r = orchestrate(tmp_path, "query", expr, "-o", "lines")
+    r = orchestrate(tmp_path, "query", expr, "--format", "lines")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1108", "9090"]
 

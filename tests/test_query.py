@@ -16,9 +16,9 @@ def test_query_json_default(cli: Callable[..., Run]) -> None:
 
 
 def test_query_lines_and_yaml(cli: Callable[..., Run]) -> None:
-    r = cli("--fleet", str(BUNDLED), "query", "groups.tag_core", "-o", "lines")
+    r = cli("--fleet", str(BUNDLED), "query", "groups.tag_core", "--format", "lines")
     assert r.out.splitlines() == ["cortex-alpha", "data-storage"]
-    r = cli("--fleet", str(BUNDLED), "query", 'images."pi-cards"', "--output", "yaml")
+    r = cli("--fleet", str(BUNDLED), "query", 'images."pi-cards"', "--format", "yaml")
     assert yaml.safe_load(r.out) == {
         "name": "pi-cards",
         "hosts": ["pi-1", "pi-2"],

@@ -10,11 +10,13 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,10 +55,6 @@ def _tree(folder: Path) -> dict[str, object]:
     return out
 
 
-def _outside_tool_dir(tree: dict[str, object]) -> dict[str, object]:
-    return {k: v for k, v in tree.items() if build.TOOL_DIR not in k.split(os.sep)}
-
-
 def _wait_gone(path: Path, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while os.path.lexists(path) and time.monotonic() < deadline:
@@ -71,6 +69,11 @@ def _wait_tool_dir_empty(work: Path) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"left in {work}: {os.listdir(work)}")
+
+
+def _work(root: Path) -> Path:
+    """The fleet's own working folder, where builds are written before they are swapped in."""
+    return root / ".orchestrate" / build.TOOL_DIR
 
 
 def _compile(cli: Callable[..., Run], root: Path, out: Path) -> Run:
@@ -193,13 +196,15 @@ def test_replaced_builds_go_through_the_tool_folder_only(small, tmp_path, cli) -
         {".old-notes": "mine\n", ".old-project/keep.txt": "mine\n", ".build-x/y": "mine\n"},
     )
     out = parent / "b"
+    mine = sorted(os.listdir(parent))
     assert _compile(cli, small, out).code == 0
-    work = parent / build.TOOL_DIR
+    assert sorted(os.listdir(parent)) == sorted([*mine, "b"])  # nothing beside --out
+    work = _work(small)
     assert stat.S_IMODE(work.lstat().st_mode) == 0o700 and work.is_dir()
-    before = _outside_tool_dir(_tree(parent))
+    before = _tree(parent)
     assert _compile(cli, small, out).code == 0
     _wait_tool_dir_empty(work)
-    assert _outside_tool_dir(_tree(parent)) == before  # the user's .old-* and .build-* stay
+    assert _tree(parent) == before  # the user's .old-* and .build-* stay
 
 
 def test_the_tool_folder_must_be_a_real_private_folder(small, tmp_path, cli) -> None:
@@ -207,7 +212,8 @@ def test_the_tool_folder_must_be_a_real_private_folder(small, tmp_path, cli) -> 
     parent.mkdir()
     decoy = tmp_path / "decoy"
     decoy.mkdir()
-    (parent / build.TOOL_DIR).symlink_to(decoy)
+    _work(small).parent.mkdir()
+    _work(small).symlink_to(decoy)
     before = _tree(tmp_path)
     r = _compile(cli, small, parent / "b")
     assert r.code == 1 and "symbolic link" in r.err, r.err
@@ -248,7 +254,7 @@ def test_a_killed_compile_leaves_only_tool_folder_entries(
     parent = write_tree(tmp_path / "builds", {".old-mine": "mine\n", "notes/a.txt": "mine\n"})
     out = parent / "b"
     assert _compile(cli, small, out).code == 0
-    work = parent / build.TOOL_DIR
+    work = _work(small)
     _wait_tool_dir_empty(work)
     before = _tree(parent)
     child = subprocess.Popen(
@@ -263,7 +269,7 @@ def test_a_killed_compile_leaves_only_tool_folder_entries(
         child.kill()
         child.wait()
     after = _tree(parent)
-    assert _outside_tool_dir(after) == _outside_tool_dir(before)  # a whole build is in place
+    assert after == before  # a whole build is in place
     leftovers = [n for n in os.listdir(work) if n != ".lock"]
     assert len(leftovers) == 1 and leftovers[0].startswith("build-")
     assert _compile(cli, small, out).code == 0
@@ -289,6 +295,24 @@ def test_a_sweep_skips_the_folder_a_live_compile_holds(tmp_path, monkeypatch) ->
     assert swept == [[live]]
 
 
+def test_a_build_on_another_file_system_gets_its_working_folder_beside_it(
+    small: Path, tmp_path: Path, cli
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    parent = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        out = parent / "b"
+        assert _compile(cli, small, out).code == 0
+        assert _compile(cli, small, out).code == 0  # the exchange works there too
+        assert sorted(os.listdir(parent)) == [build.TOOL_DIR, "b"]
+        assert (out / build.BUILD_MARKER).is_file()
+        _wait_tool_dir_empty(parent / build.TOOL_DIR)
+    finally:
+        shutil.rmtree(parent)
+
+
 # --- c. the swap
 
 
@@ -309,7 +333,7 @@ def test_the_swap_exchanges_old_and_new_in_one_step(tmp_path, cli, monkeypatch) 
     assert json.loads((out / "manifest.json").read_text())["fleet"] == "second"
     [(paths, fds)] = replaced
     [aside] = paths
-    assert os.path.dirname(aside) == str(out.parent / build.TOOL_DIR)
+    assert os.path.dirname(aside) == str(_work(two))
     assert os.stat(aside).st_ino == old_inode
     assert json.loads(Path(aside, "manifest.json").read_text())["fleet"] == "first"
     monkeypatch.undo()
@@ -338,7 +362,7 @@ def test_without_exchange_the_renames_hold_the_signals(tmp_path, cli, monkeypatc
     assert len(masks) == 2 and all(m >= build.SWAP_SIGNALS for m in masks)
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
     assert (out / build.BUILD_MARKER).is_file()
-    _wait_tool_dir_empty(out.parent / build.TOOL_DIR)
+    _wait_tool_dir_empty(_work(small))
 
 
 def test_without_exchange_a_failed_rename_puts_the_old_build_back(tmp_path, monkeypatch) -> None:
@@ -388,7 +412,7 @@ def test_the_writer_refuses_names_outside_its_folder(tmp_path: Path, name: str, 
     out = tmp_path / "builds" / "b"
     outputs = {"inventory.json": b"{}\n", "roles/r/tasks/main.yml": b"[]\n", name: b"evil\n"}
     with pytest.raises(build.UnsafeOutputs) as caught:
-        build._write_atomically(outputs, str(out))
+        build._write_atomically(outputs, str(out), str(tmp_path / "fleet"))
     assert isinstance(caught.value, UsageError)
     assert repr(name if why != "both a file and the folder" else "inventory.json") in str(
         caught.value

@@ -30,13 +30,14 @@ from orchestrator.compiler.freshness import (
     MANIFEST,
     prefixes,
     sha256_file,
+    stamp_bytes,
+    stamp_path,
     tool_digest,
-    write_stamp,
 )
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation
-from orchestrator.fsutil import file_kind, private_folder
-from orchestrator.paths import shipped_roles_dir
+from orchestrator.fsutil import atomic_write, file_kind, private_folder
+from orchestrator.paths import shipped_roles_dir, state_dir
 
 # Every build holds this file: only a folder that has it (or an earlier build's manifest) is
 # ever replaced. Its content is fixed, so builds stay byte-identical.
@@ -48,8 +49,9 @@ MARKER_TEXT = (
 )
 MARKER_LINE = re.compile(rb"orchestrate build, marker format [0-9]+\Z")
 MAX_LEGACY_MANIFEST = 64 << 20
-# In-progress and replaced builds live only here, beside the target (rename needs the same
-# file system); nothing outside it is ever swept.
+# In-progress and replaced builds live only in this folder of the fleet's .orchestrate/ (or,
+# for a build on another file system, beside the build: rename needs one file system);
+# nothing outside it is ever swept.
 TOOL_DIR = ".orchestrate-tmp"
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
@@ -114,11 +116,18 @@ def compile_fleet(ev: Evaluation, out_dir: str) -> BuildResult:
         },
     }
     outputs[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    _write_atomically(outputs, out_dir)
     manifest_sha = hashlib.sha256(outputs[MANIFEST]).hexdigest()
     # folders whose new files would be inputs: secrets/ and the lib folders
     folders = [os.path.join(ev.spec.root, "secrets"), *ev.spec.lib_dirs]
-    write_stamp(out_dir, ev.spec.root, input_files(ev), folders, manifest_sha)
+    target = _write_atomically(outputs, out_dir, ev.spec.root)
+    # after the swap, which may change the mtime of a folder the stamp records
+    stamp = stamp_bytes(target, ev.spec.root, input_files(ev), folders, manifest_sha)
+    where = stamp_path(target, ev.spec.root)
+    try:
+        os.makedirs(os.path.dirname(where), exist_ok=True)
+        atomic_write(where, stamp, 0o644)
+    except OSError:
+        pass  # a read-only fleet folder: freshness is then checked by content, more slowly
     roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}
     return BuildResult(out_dir, len(outputs), len(ev.hosts), len(roles))
 
@@ -137,24 +146,49 @@ class UnsafeOutputs(UsageError):
         )
 
 
-def _write_atomically(outputs: dict[str, bytes], out_dir: str) -> None:
-    """Write ``outputs`` into a fresh folder in the tool's own folder beside ``out_dir``, then
-    swap it in. Everything that can be refused is refused before anything is written."""
+def _write_atomically(outputs: dict[str, bytes], out_dir: str, root: str) -> str:
+    """Write ``outputs`` into a fresh folder of the tool's working folder, then swap it in at
+    ``out_dir`` (returned with links resolved). Everything that can be refused is refused
+    before anything is written."""
     target = _replaceable_target(out_dir)
     bad = _unsafe_names(outputs)
     if bad:
         raise UnsafeOutputs(bad)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    work = os.path.join(parent, TOOL_DIR)
-    private_folder(work)
+    candidates = work_dirs(target, root)
+    for i, work in enumerate(candidates):
+        private_folder(work)
+        try:
+            with _claimed(work) as tmp:
+                _write_tree(tmp, outputs)
+                os.chmod(tmp, 0o755)
+                _swap_in(tmp, target, work)
+            return target
+        except OSError as e:
+            # a bind mount shares the device number but not the mount: renames still cross
+            if e.errno != errno.EXDEV or i == len(candidates) - 1:
+                raise
+        finally:
+            _sweep(work)  # the build just replaced, and whatever a killed compile left
+    raise AssertionError("unreachable: the last working folder raises")
+
+
+def work_dirs(target: str, root: str) -> list[str]:
+    """Where a build for ``target`` is written before it is swapped in: the fleet's own
+    ``.orchestrate/.orchestrate-tmp`` when it is on the file system of ``target`` (so nothing
+    is written beside an `--out` folder), else (or when the fleet folder is read-only) the same
+    name beside ``target``: a folder cannot be renamed across file systems."""
+    parent = os.path.dirname(target)
+    beside = os.path.join(parent, TOOL_DIR)
+    own = state_dir(os.path.realpath(root))
     try:
-        with _claimed(work) as tmp:
-            _write_tree(tmp, outputs)
-            os.chmod(tmp, 0o755)
-            _swap_in(tmp, target, work)
-    finally:
-        _sweep(work)  # the build just replaced, and whatever a killed compile left
+        os.makedirs(own, exist_ok=True)
+        same = os.stat(own).st_dev == os.stat(parent).st_dev and os.access(own, os.W_OK)
+    except OSError:
+        same = False
+    mine = os.path.join(own, TOOL_DIR)
+    return [mine] if mine == beside else [mine, beside] if same else [beside]
 
 
 def _replaceable_target(out_dir: str) -> str:

@@ -14,8 +14,13 @@ import orjson
 
 from orchestrator import __version__
 from orchestrator.digest import file_digest
-from orchestrator.fsutil import atomic_write
-from orchestrator.paths import LIBRARY_PREFIX, ROLES_PREFIX, library_root, shipped_roles_dir
+from orchestrator.paths import (
+    LIBRARY_PREFIX,
+    ROLES_PREFIX,
+    library_root,
+    shipped_roles_dir,
+    state_dir,
+)
 
 MANIFEST = "manifest.json"
 QUERY_DATA = "fleet.json"
@@ -53,9 +58,12 @@ def tool_digest() -> str:
     return h.hexdigest()
 
 
-def _stamp_path(out_dir: str) -> str:
-    out_dir = os.path.abspath(out_dir)
-    return os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}-stamp.json")
+def stamp_path(out_dir: str, root: str) -> str:
+    """Where the stamp of the build in ``out_dir`` is kept: in the fleet's own .orchestrate/,
+    named after the build's resolved path. Not in the build, whose files must not depend on
+    the machine, and not beside an --out folder, which is the user's."""
+    key = hashlib.sha256(os.fsencode(os.path.realpath(out_dir))).hexdigest()[:32]
+    return os.path.join(state_dir(root), "stamps", f"{key}.json")
 
 
 def _stat_key(path: str) -> list[int] | None:
@@ -66,15 +74,15 @@ def _stat_key(path: str) -> list[int] | None:
     return [st.st_mtime_ns, st.st_size]
 
 
-def write_stamp(
+def stamp_bytes(
     out_dir: str, root: str, files: list[str], folders: list[str], manifest_sha: str
-) -> None:
-    """Beside the build (not in it, which must not depend on the machine): each input's mtime
-    and size when it was compiled, and those of the folders they are in (a file added to
-    secrets/ or a lib folder changes its folder's mtime), so that `query` and `inventory` can
-    tell a build is fresh from stat() calls instead of hashing every file again. The stamp
-    names the fleet and the build it was made for: a copied or moved fleet (whose stamp still
-    names the original's files) is checked by content instead."""
+) -> bytes:
+    """The build's freshness stamp: each input's mtime and size when it was compiled, and those
+    of the folders they are in (a file added to secrets/ or a lib folder changes its folder's
+    mtime), so that `query` and `inventory` can tell a build is fresh from stat() calls instead
+    of hashing every file again. The stamp names the fleet and the build folder it was made
+    for: a copied or moved fleet or build (whose stamp names the original's files) is checked
+    by content instead."""
     watched = sorted(os.path.relpath(f, root) for f in folders)
     folders = sorted({*folders, *(os.path.dirname(p) for p in files)})
     stamp = {
@@ -84,13 +92,12 @@ def write_stamp(
         "inputs": {p: _stat_key(p) for p in [*files, *folders]},
         "watched": watched,  # relative: a copy's own folders are listed against the manifest
     }
-    # a fresh temporary name (not a fixed one that a planted link could redirect)
-    atomic_write(_stamp_path(out_dir), json.dumps(stamp).encode(), 0o644)
+    return json.dumps(stamp).encode()
 
 
 def _stamp_says_fresh(out_dir: str, root: str, manifest_bytes: bytes) -> bool:
     try:
-        with open(_stamp_path(out_dir), encoding="utf-8") as fh:
+        with open(stamp_path(out_dir, root), encoding="utf-8") as fh:
             stamp = json.load(fh)
     except (OSError, ValueError):
         return False
@@ -118,7 +125,7 @@ def is_fresh(out_dir: str, root: str) -> bool:
     if _stamp_says_fresh(out_dir, root, raw):
         return True
     inputs = manifest.get("inputs", {})
-    if any(_listing(root, rel) != _names_below(inputs, rel) for rel in _watched(out_dir)):
+    if any(_listing(root, rel) != _names_below(inputs, rel) for rel in _watched(out_dir, root)):
         return False  # a file was added to (or removed from) secrets/ or a lib folder
     for name, digest in inputs.items():
         path = input_path(name, root)
@@ -130,10 +137,10 @@ def is_fresh(out_dir: str, root: str) -> bool:
     return True
 
 
-def _watched(out_dir: str) -> list[str]:
+def _watched(out_dir: str, root: str) -> list[str]:
     """The folders (relative to the fleet) whose every file is an input, from the stamp."""
     try:
-        with open(_stamp_path(out_dir), encoding="utf-8") as fh:
+        with open(stamp_path(out_dir, root), encoding="utf-8") as fh:
             found = json.load(fh).get("watched", ["secrets"])
     except (OSError, ValueError, AttributeError):
         found = ["secrets"]

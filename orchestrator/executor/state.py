@@ -8,10 +8,7 @@ from typing import Any
 
 from orchestrator.errors import display_path
 from orchestrator.fsutil import CorruptState, atomic_json, load_state_json
-
-
-def state_dir(root: str) -> str:
-    return os.path.join(root, ".orchestrate")
+from orchestrator.paths import state_dir as state_dir  # where the records live
 
 
 def host_state_path(root: str, host: str) -> str:

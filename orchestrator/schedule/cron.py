@@ -17,8 +17,8 @@ from crontab import CronSlices, CronTab
 from orchestrator.errors import OrchestrateError, UsageError, display_path
 from orchestrator.executor.deploy import Options, apply, make_plan
 from orchestrator.executor.lock import LockHeld
-from orchestrator.executor.state import state_dir
 from orchestrator.fsutil import CorruptState, atomic_json, load_state_json, write_user_file
+from orchestrator.paths import state_dir
 
 MODES = ("plan", "apply")
 
