@@ -19,12 +19,39 @@ def default_out(root: str) -> str:
     return os.path.join(state_dir(root), "build")
 
 
-def evaluate_fleet(root: str) -> Evaluation:
-    """Load and evaluate the fleet in ``root`` (raises FleetErrors)."""
+def evaluate_fleet(root: str, keep_going: bool = False) -> Evaluation:
+    """Load and evaluate the fleet in ``root`` (raises FleetErrors; with ``keep_going`` only
+    when fleet.yaml itself is in error, and the evaluation carries its problems)."""
     from orchestrator.evaluator.fleet import evaluate
     from orchestrator.loader.fleet import load_fleet
 
-    return evaluate(load_fleet(root))
+    return evaluate(load_fleet(root), keep_going)
+
+
+def declarations(root: str) -> tuple[Evaluation, str | None]:
+    """An evaluation `options` and `explain` can answer from while the fleet has errors
+    elsewhere, and the note they say when it has."""
+    ev = evaluate_fleet(root, keep_going=True)
+    if not ev.problems:
+        return ev, None
+    return ev, (
+        f"note: the fleet has {len(ev.problems)} problem(s) (orchestrate compile lists them); "
+        "this answer comes from the modules that loaded and may change once they are fixed"
+    )
+
+
+def explained(root: str, host: str, path: str) -> tuple[Any, str | None]:
+    """`orchestrate explain`: the explanation, and the note about errors elsewhere."""
+    from orchestrator.errors import FleetErrors
+    from orchestrator.reporter.explain import explain
+
+    ev, note = declarations(root)
+    if host in ev.broken:
+        raise FleetErrors(
+            ev.problems,
+            (f"{host} imports a module that did not load: fix that first to explain it",),
+        )
+    return explain(ev, host, path), note
 
 
 def build(root: str, out: str | None = None) -> tuple[Evaluation, BuildResult]:

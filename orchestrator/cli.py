@@ -497,18 +497,10 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    import jmespath
-    from jmespath import exceptions as jexc
-
     from orchestrator.api import fleet_data
+    from orchestrator.query import compile_expression, run_query
 
-    try:
-        compiled = jmespath.compile(args.expr)
-    except RecursionError:
-        raise UsageError("<query>: the expression is nested too deeply") from None
-    except jexc.ParseError as exc:
-        pos = (exc.lex_position or 0) + 1
-        raise UsageError(f"<query>:1:{pos}: invalid JMESPath expression: {exc.msg}") from None
+    compiled = compile_expression(args.expr)
     if args.old_output is not None:
         raise UsageError(
             f"query --output is now --format (write --format {one_line(args.old_output)}); "
@@ -518,12 +510,10 @@ def _query(args: argparse.Namespace) -> int:
         raise UsageError(
             f"-o names the build folder to read; for the output format write --format {args.out}"
         )
-    data = fleet_data(_root(args), args.out)
-    try:
-        result = compiled.search(data)
-    except jexc.JMESPathError as exc:
-        raise UsageError(f"<query>: {exc}") from None
-    _print_value(result, args.format)
+    answer = run_query(compiled, args.expr, fleet_data(_root(args), args.out))
+    if answer.note:
+        _err(answer.note)
+    _print_value(answer.value, args.format)
     return 0
 
 
@@ -556,7 +546,7 @@ def _inventory(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> int:
-    from orchestrator.api import evaluate_fleet
+    from orchestrator.api import declarations
     from orchestrator.reporter.options import describe_options
 
     if args.library:
@@ -564,7 +554,10 @@ def _options(args: argparse.Namespace) -> int:
 
         rows = [r for r in library_rows() if not args.path or r["path"].startswith(args.path)]
     else:
-        rows = describe_options(evaluate_fleet(_root(args)), args.path)
+        ev, note = declarations(_root(args))
+        if note:
+            _err(note)
+        rows = describe_options(ev, args.path)
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
         return 0
@@ -579,11 +572,13 @@ def _options(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from orchestrator.api import evaluate_fleet
-    from orchestrator.reporter.explain import explain, render_explain
+    from orchestrator.api import explained
+    from orchestrator.reporter.explain import render_explain
 
-    ev = evaluate_fleet(_root(args))
-    sys.stdout.write(render_explain(explain(ev, args.host, args.path)))
+    explanation, note = explained(_root(args), args.host, args.path)
+    if note:
+        _err(note)
+    sys.stdout.write(render_explain(explanation))
     return 0
 
 
@@ -1041,7 +1036,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FleetErrors as exc:
         for p in exc.problems:
             _err(p.render())
-        _err(f"{len(exc.problems)} problem(s) found; nothing was written")
+        notes = "".join(f"; {one_line(n)}" for n in exc.notes)
+        _err(f"{len(exc.problems)} problem(s) found; nothing was written{notes}")
         return 1
     except OrchestrateError as exc:
         # its lines as they are, but never a control character (they may quote user input)

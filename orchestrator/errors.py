@@ -143,9 +143,10 @@ class OrchestrateError(Exception):
 class FleetErrors(OrchestrateError):
     """One or more problems in the fleet's files; nothing was written."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], notes: tuple[str, ...] = ()) -> None:
         self.problems = _unique(problems)
-        super().__init__("\n".join(p.render() for p in self.problems))
+        self.notes = notes  # said in the closing line, not counted among the problems
+        super().__init__("\n".join([*(p.render() for p in self.problems), *notes]))
 
 
 class UsageError(OrchestrateError):

@@ -248,3 +248,130 @@ def test_completion_scripts_complete_subcommands_and_flags(tmp_path: Path) -> No
     assert "--hosts" in complete("orchestrate", "testbed", "up", "--")
     zsh = orchestrate(tmp_path, "completion", "zsh").stdout
     assert zsh.startswith("autoload -U +X bashcompinit") and "_orchestrate()" in zsh
+
+
+# --- messages that lead to the fix
+
+BROKEN = {
+    "fleet.yaml": """
+        name: m6
+        builders:
+          x86_64: {arch: x86_64}
+        hosts:
+          web-2:
+            builder: x86_64
+            modules: [m.yaml, n.yaml]
+            deploy: {host: 10.0.0.2}
+          ok-1:
+            builder: x86_64
+            modules: [n2.yaml]
+            deploy: {host: 10.0.0.4}
+    """,
+    "m.yaml": """
+        options:
+          port: {$ref: "orchestrate:port", default: 8080
+    """,
+    "n.yaml": """
+        options:
+          motd: {type: string, default: hi}
+        config:
+          port: 9090
+          motd: "port ${config.port}"
+    """,
+    "n2.yaml": """
+        options:
+          banner: {type: string, default: hi, description: the login banner}
+        config:
+          banner: !force there
+    """,
+}
+
+
+def test_errors_that_follow_from_a_yaml_error_are_not_printed(
+    fleet: Callable[[dict[str, str]], Path],
+) -> None:
+    root = fleet(BROKEN)
+    r = orchestrate(root, "compile")
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert "m.yaml:3:1: invalid YAML" in lines[0], r.stderr
+    assert "unknown option" not in r.stderr and "declares option port" not in r.stderr
+    assert lines[-1] == (
+        "1 problem(s) found; nothing was written; web-2 not checked further: a module they "
+        "import did not load, and what follows from that would only repeat it"
+    )
+    # fixed, the errors that were held back are reported
+    (root / "m.yaml").write_text("options:\n  other: {type: string}\n")
+    r = orchestrate(root, "compile")
+    assert r.returncode == 1 and "n.yaml:4:3: unknown option port" in r.stderr, r.stderr
+
+
+def test_options_and_explain_answer_while_the_fleet_has_errors_elsewhere(
+    fleet: Callable[[dict[str, str]], Path],
+) -> None:
+    root = fleet(BROKEN)
+    r = orchestrate(root, "options", "banner")
+    assert r.returncode == 0, r.stderr
+    assert "banner" in r.stdout and "the login banner" in r.stdout
+    assert "the fleet has 1 problem(s)" in r.stderr
+    r = orchestrate(root, "explain", "ok-1", "banner")
+    assert r.returncode == 0 and 'banner on ok-1 = "there"' in r.stdout, r.stderr
+    r = orchestrate(root, "explain", "web-2", "motd")
+    assert r.returncode == 1 and "web-2 imports a module that did not load: fix that" in r.stderr
+    assert "m.yaml:3:1: invalid YAML" in r.stderr
+
+
+def test_a_when_that_starts_with_a_bang_is_told_to_quote_it(
+    fleet: Callable[[dict[str, str]], Path],
+) -> None:
+    root = fleet(
+        {
+            **BROKEN,
+            "m.yaml": """
+                options:
+                  port: {$ref: "orchestrate:port", default: 8080}
+                config:
+                  - when: !config.port
+                    set: {port: 9090}
+            """,
+        }
+    )
+    r = orchestrate(root, "compile")
+    assert r.returncode == 1
+    assert "m.yaml:4:11: unknown YAML tag '!config.port'" in r.stderr, r.stderr
+    assert 'quote it: "!config.port"' in r.stderr
+
+
+@pytest.mark.parametrize(
+    "expr,hint",
+    [
+        (
+            "values(hosts)[?config.port > 80].name",
+            "<query>:1:30: invalid JMESPath expression: invalid token (hint: a number in "
+            "JMESPath is written in backticks: `80` (a string: '80'))",
+        ),
+        (
+            "hosts.web-2.name",
+            "hint: a name with a dash is written in double quotes: 'hosts.\"web-2\".name'",
+        ),
+        ("values(hosts)[?config.port > '80']", "a comparison of values of different types"),
+    ],
+)
+def test_jmespath_mistakes_get_hints(
+    fleet: Callable[[dict[str, str]], Path], expr: str, hint: str
+) -> None:
+    root = fleet({**BROKEN, "m.yaml": 'options:\n  port: {$ref: "orchestrate:port"}\n'})
+    r = orchestrate(root, "query", expr)
+    assert r.returncode == 1 and hint in r.stderr, r.stderr
+    assert "internal error" not in r.stderr
+
+
+def test_a_plain_path_that_answers_null_names_the_missing_key(
+    fleet: Callable[[dict[str, str]], Path],
+) -> None:
+    root = fleet({**BROKEN, "m.yaml": 'options:\n  port: {$ref: "orchestrate:port"}\n'})
+    r = orchestrate(root, "query", "hosts.WEB_2.name")
+    assert (r.returncode, r.stdout) == (0, "null\n")
+    assert "note: hosts has no key 'WEB_2' (did you mean 'web-2'?)" in r.stderr
+    r = orchestrate(root, "query", 'hosts."web-2".name')
+    assert (r.returncode, r.stdout, r.stderr) == (0, '"web-2"\n', "")

@@ -5,7 +5,7 @@ whatever subset a later command selects."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jmespath
@@ -21,7 +21,7 @@ from orchestrator.evaluator.engine import (
     when_expr,
 )
 from orchestrator.evaluator.expressions import load_lib_functions, make_functions, plain, truthy
-from orchestrator.evaluator.shape import Instance, Shape, ShapeBuilder
+from orchestrator.evaluator.shape import Instance, ShapeBuilder
 from orchestrator.loader.fleet import FleetSpec, ModuleCache, ModuleFile, OptionDecl
 
 
@@ -55,6 +55,10 @@ class Evaluation:
     evaluator: Evaluator
     modules: dict[str, ModuleFile]
     warnings: list[Problem]
+    # only with keep_going: what evaluate() would have raised, and the hosts that import a
+    # module that did not load
+    problems: list[Problem] = field(default_factory=list)
+    broken: frozenset[str] = frozenset()
 
     def host_eval(self, name: str) -> HostEval:
         return self.evaluator.hosts[name]
@@ -81,29 +85,38 @@ def role_name(file: ModuleFile, fleet_root: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", stem.lower()).strip("_") or "module"
 
 
-def evaluate(spec: FleetSpec) -> Evaluation:
-    """Evaluate every host; raise FleetErrors with every problem found.
+def evaluate(spec: FleetSpec, keep_going: bool = False) -> Evaluation:
+    """Evaluate every host; raise FleetErrors with every problem found (with ``keep_going``,
+    return the evaluation with its problems instead: `options` and `explain` answer from it).
+
+    When a module does not load (invalid YAML, not found, an import cycle), only the problems
+    that do not follow from it are reported: the hosts that import it are not checked further,
+    since their unknown options and missing values would only repeat the first error.
 
     Evaluation follows references depth-first (a host reading a host reading a host ...), so
     it runs where a chain of ten thousand reads fits: a thread with a large stack and a
     recursion limit to match (see deep.py)."""
     try:
-        return run_deep(_evaluate, spec)
+        return run_deep(_evaluate, spec, keep_going)
     except TooDeep:
         raise FleetErrors(
             [Problem(Loc(spec.file, 1, 1), "the fleet's values nest deeper than can be evaluated")]
         ) from None
 
 
-def _evaluate(spec: FleetSpec) -> Evaluation:
+def _evaluate(spec: FleetSpec, keep_going: bool) -> Evaluation:
     cache = ModuleCache(spec.module_roots)
     builder = ShapeBuilder(cache)
-    shapes: dict[str, Shape] = {}
+    refs_of = {}
     for name, host in spec.hosts.items():
         b = spec.builders.get(host.builder)
-        refs = spec.defaults + (b.modules if b else ()) + host.modules
-        shapes[name] = builder.shape(refs)
+        refs_of[name] = spec.defaults + (b.modules if b else ()) + host.modules
+    broken = frozenset(n for n, refs in refs_of.items() if builder.reaches_broken(refs))
     extra, lib_problems = load_lib_functions(spec.lib_dirs, spec.file)
+    first = [*cache.problems, *builder.problems, *lib_problems]
+    if broken and not keep_going:
+        raise FleetErrors(first, (_unchecked(broken),))
+    shapes = {name: builder.shape(refs) for name, refs in refs_of.items()}
     problems = [*cache.problems, *builder.problems, *lib_problems]
     for shape in {id(s.trie): s for s in shapes.values()}.values():
         problems.extend(shape.trie.problems)
@@ -122,10 +135,20 @@ def _evaluate(spec: FleetSpec) -> Evaluation:
     for (loc, message), names in failed.items():
         more = f" and {len(names) - 5} more" if len(names) > 5 else ""
         ev.problem(loc, f"assertion failed on {', '.join(names[:5])}{more}: {message}")
-    if problems or ev.problems:
+    if (problems or ev.problems) and not keep_going:
         raise FleetErrors([*problems, *ev.problems])
     files = {p: f for p, f in cache.files.items() if f is not None}
-    return Evaluation(spec, results, ev, files, list(dict.fromkeys(warnings)))
+    found = list(dict.fromkeys(first if broken else [*problems, *ev.problems]))
+    return Evaluation(spec, results, ev, files, list(dict.fromkeys(warnings)), found, broken)
+
+
+def _unchecked(broken: frozenset[str]) -> str:
+    names = sorted(broken)
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return (
+        f"{', '.join(names[:5])}{more} not checked further: a module they import did not load, "
+        "and what follows from that would only repeat it"
+    )
 
 
 def _finish(

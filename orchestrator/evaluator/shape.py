@@ -97,8 +97,16 @@ class ShapeBuilder:
         self._tries: dict[tuple[str, ...], Trie] = {}
         self._flat: dict[tuple[tuple[str, str], int], list[Def]] = {}
         self._seen_problem_keys: set[tuple[str, str]] = set()
+        # expansions that reach a module which did not load (or an import cycle): what a host
+        # with one of these lacks makes errors that only follow from the first one
+        self._broken: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------- expansion and import cycles
+    def reaches_broken(self, refs: tuple[ModuleRef, ...]) -> bool:
+        """Whether expanding ``refs`` met a module that failed to load, or an import cycle."""
+        self.expand(refs)
+        return any((r.path, args_key(r.args)) in self._broken for r in refs)
+
     def expand(self, refs: tuple[ModuleRef, ...]) -> list[Instance]:
         """Module instances in order: each reference's imports depth-first, then itself."""
         order: list[Instance] = []
@@ -118,15 +126,19 @@ class ShapeBuilder:
             return self._expansions[key]
         if any(r.path == ref.path for r in chain):
             self._import_cycle(ref, chain)
+            self._broken.update((r.path, args_key(r.args)) for r in (*chain, ref))
             return []
         file = self.modules.get(ref)
         if file is None:
+            self._broken.add(key)
             return []
         inst = Instance(file, ref, key, importer, not _has_expr(ref.args))
         self._check_args(inst)
         out: list[Instance] = []
         for imp in file.imports:
             out.extend(self._expand_ref(imp, inst, (*chain, ref)))
+            if (imp.path, args_key(imp.args)) in self._broken:
+                self._broken.add(key)
         out.append(inst)
         self._expansions[key] = out
         return out

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from orchestrator.digest import remember_digest
-from orchestrator.errors import FleetErrors, Loc, Problem, excerpt, fail
+from orchestrator.errors import FleetErrors, Loc, Problem, excerpt, fail, quoted
 from orchestrator.loader.files import UnreadableFile, read_regular
 
 MAX_DEPTH = 64
@@ -202,7 +202,9 @@ class _Builder:
             raise fail(loc, f"{_REFUSED[tag]} are not fleet data", "write a mapping or a list")
         if tag in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq") or tag == "!":
             return
-        raise fail(loc, f"unknown YAML tag {tag}", "only !default and !force are understood")
+        raise fail(
+            loc, f"unknown YAML tag {quoted(tag)}", "only !default and !force are understood"
+        )
 
     def wants_key(self) -> bool:
         top = self.stack[-1] if self.stack else None
@@ -222,9 +224,7 @@ class _Builder:
         known = tag is None or tag in PRIORITY_TAGS or tag == "!" or tag.startswith("tag:yaml.org")
         if not known:
             raise fail(
-                self.loc(event),
-                f"unknown YAML tag {tag}",
-                "only !default and !force are understood",
+                self.loc(event), f"unknown YAML tag {quoted(tag)}", _tag_hint(tag or "", value)
             )
         if tag in PRIORITY_TAGS or tag is None or tag == "!":
             if event.style:  # quoted: always a string
@@ -316,3 +316,15 @@ class _Builder:
         container[frame.key] = value
         container.key_locs[frame.key] = frame.key_loc
         frame.key, frame.key_loc = _NO_KEY, None
+
+
+def _tag_hint(tag: str, value: str) -> str:
+    """An unquoted `when: !config.x` is a YAML tag, not a negation: say how to write it."""
+    known = "only !default and !force are understood"
+    if tag.startswith("!") and not tag.startswith("!!") and len(tag) > 1:
+        text = tag + (f" {value}" if value else "")
+        return (
+            "a value that starts with ! is a YAML tag (orchestrate knows only !default and "
+            f"!force); to write the expression, quote it: {excerpt(text, 60)}"
+        )
+    return known
