@@ -241,6 +241,10 @@ def test_show_prints_a_saved_plan_as_plan_printed_it(
     shown = orchestrate(root, "show", str(saved))
     assert shown.returncode == 0, shown.stderr
     assert "role monitor stops running" not in shown.stdout and "~ a  roles:" in shown.stdout
+    old["hosts"]["a"]["config_changes"][0].pop("new")  # hand-edited: refused, not a traceback
+    saved.write_text(json.dumps(old))
+    bad = orchestrate(root, "show", str(saved))
+    assert bad.returncode == 1 and "is not a plan saved by" in bad.stderr, bad.stderr
 
 
 def test_fleet_values_are_printed_escaped_and_literal(

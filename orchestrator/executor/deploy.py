@@ -111,9 +111,10 @@ class Plan:
         try:
             hosts = {
                 name: HostPlan(
-                    h["host"], list(h["roles"]), bool(h["first_apply"]),
-                    list(h["config_changes"]), h.get("check"),
-                    list(h.get("configuration", [])), list(h.get("stopped_roles", [])),
+                    str(h["host"]), _names(h["roles"]), bool(h["first_apply"]),
+                    _entries(h["config_changes"], "old", "new"), h.get("check"),
+                    _entries(h.get("configuration", []), "value"),
+                    _names(h.get("stopped_roles", [])),
                 )
                 for name, h in data["hosts"].items()
             }  # fmt: skip
@@ -124,6 +125,19 @@ class Plan:
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError):
             raise UsageError(f"{where} is not a plan saved by `orchestrate plan -o`") from None
+
+
+def _names(items: list[Any]) -> list[str]:
+    if not isinstance(items, list):
+        raise TypeError("not a list")
+    return [str(x) for x in items]
+
+
+def _entries(items: list[Any], *keys: str) -> list[dict[str, Any]]:
+    """Path entries of a saved plan, each with ``keys`` (a KeyError for one without)."""
+    if not isinstance(items, list):
+        raise TypeError("not a list")
+    return [{"path": str(e["path"]), **{k: e[k] for k in keys}} for e in items]
 
 
 @dataclass

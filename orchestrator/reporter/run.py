@@ -141,11 +141,13 @@ def _host_lines(hp: HostPlan) -> list[Text]:
     if hp.first_apply and hp.changed:
         lines.append(_line(_first_apply_note(hp)))
         for c in hp.configuration:
-            lines.append(_change(Line("+", f"{c['path']}: {show(c['value'])}")))
+            path = escape_controls(c["path"])
+            lines.append(_change(Line("+", f"{path}: {show(c['value'])}")))
     elif hp.first_apply:
         lines.append(_line("never applied through orchestrate, and already as configured"))
     for c in hp.config_changes:
-        lines.extend(_change(x) for x in value_lines(c["path"], c["old"], c["new"]))
+        path = escape_controls(c["path"])
+        lines.extend(_change(x) for x in value_lines(path, c["old"], c["new"]))
     for role in hp.stopped_roles:
         lines.append(
             _line(
