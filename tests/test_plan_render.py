@@ -140,6 +140,23 @@ def test_a_terminal_wraps_lines_itself_and_values_are_never_cut(
     assert '+ base.motd: "' + "m" * 230 + '"' in text  # one piece: the terminal wraps it
 
 
+@pytest.mark.ansible
+def test_what_plan_says_on_stderr_is_not_wrapped_either(
+    fleet: Callable[[dict[str, str]], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    root = _fleet(fleet)
+    (root / ".orchestrate").mkdir()
+    closed = {"address": "127.0.0.1", "port": 1, "user": "root", "arch": "x86_64"}
+    record = {"container": "none", "private_key": "/nonexistent", **closed}
+    (root / ".orchestrate" / "testbed.json").write_text(json.dumps({"hosts": {"b": record}}))
+    r = orchestrate(root, "plan", "--limit", "b")  # check mode, against a port nobody answers
+    assert r.returncode == 3, r.stdout + r.stderr
+    line = "testbed: reaching 1 host(s) through .orchestrate/testbed.json instead of their deploy"
+    assert line + " addresses" in r.stderr.splitlines()
+    assert "    unreachable: check mode could not run" in r.stdout.splitlines()
+
+
 def test_lists_change_per_element_and_mappings_per_key(
     fleet: Callable[[dict[str, str]], Path],
 ) -> None:

@@ -66,7 +66,8 @@ class LiveProgress:
             if event.status in ("failed", "unreachable"):
                 row.state = event.status
                 if self.live is None:
-                    self.console.print(f"{event.host}: {event.status} at task {event.task!r}")
+                    said = one_line(f"{event.host}: {event.status} at task {event.task!r}")
+                    self.console.print(said, markup=False, highlight=False, soft_wrap=True)
         if self.live is not None:
             self.live.update(self._table())
 
@@ -168,8 +169,8 @@ def _first_apply_note(hp: HostPlan) -> str:
     return f"never applied: every option is new, and {roles} would run for the first time"
 
 
-def _line(text: str, style: str = "", depth: int = 1) -> Text:
-    return Text(PLAN_INDENT * depth + text, style=style)
+def _line(text: str, style: str = "") -> Text:
+    return Text(PLAN_INDENT + text, style=style)
 
 
 def _change(line: Line) -> Text:
