@@ -636,7 +636,7 @@ def _plan(args: argparse.Namespace) -> int:
             args.offline,
             live,
             flag,
-            lambda m: err.print(m, markup=False),
+            lambda m: err.print(m, markup=False, soft_wrap=True),
         )
     if args.out:
         from orchestrator.fsutil import write_user_file
@@ -706,7 +706,7 @@ def _apply(args: argparse.Namespace) -> int:
             confirm,
             live,
             flag,
-            lambda m: err.print(m, markup=False),
+            lambda m: err.print(m, markup=False, soft_wrap=True),
         )
     if result is None:
         _err("nothing applied")

@@ -678,3 +678,14 @@ def test_the_boot_service_installs_the_kept_secrets_again(tmp_path: Path) -> Non
     kept.write_text("{not json")
     broken = boot()
     assert broken.returncode == 1 and "secrets not installed" in broken.stderr
+
+
+def test_plan_shows_where_a_secret_goes_never_its_value(
+    sfleet: Path, cli: Callable[..., Run]
+) -> None:
+    r = cli("--fleet", str(sfleet), "plan", "--offline", "--limit", "alpha")
+    assert r.code == 0, r.err
+    assert '    + app.password_file: "/run/orchestrate/secrets/db/password"' in r.out.splitlines()
+    saved = cli("--fleet", str(sfleet), "plan", "--offline", "--json").out
+    assert "db-secret" not in r.out + r.err + saved and "alpha-secret" not in r.out + saved
+    assert "/run/orchestrate/secrets/alpha/token" in saved

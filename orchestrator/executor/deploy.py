@@ -28,6 +28,9 @@ from orchestrator.testbed.manager import load_record
 TESTBED_SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 
 
+PLAN_FORMAT = 2
+
+
 class PlanRefused(OrchestrateError):
     """A saved plan no longer matches the fleet's files."""
 
@@ -52,11 +55,18 @@ class Options:
 
 @dataclass
 class HostPlan:
+    """One host's part of a plan. ``config_changes`` are the option paths whose value differs
+    from the last apply (old -> new, whole values); ``configuration`` is, for a host never
+    applied, every option that is set (what its first apply gives it); ``stopped_roles`` are
+    roles that ran at the last apply and would not run now."""
+
     host: str
     roles: list[str]
     first_apply: bool
     config_changes: list[dict[str, Any]]
     check: dict[str, Any] | None = None
+    configuration: list[dict[str, Any]] = field(default_factory=list)
+    stopped_roles: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -66,7 +76,11 @@ class HostPlan:
         )
         # a host never applied is a change unless its check ran and found every task in
         # place (a machine made from an image of its configuration)
-        return bool(self.config_changes) or checked or (self.first_apply and self.check is None)
+        return (
+            bool(self.config_changes or self.stopped_roles)
+            or checked
+            or (self.first_apply and self.check is None)
+        )
 
 
 @dataclass
@@ -78,6 +92,9 @@ class Plan:
     inputs: dict[str, str]
     hosts: dict[str, HostPlan] = field(default_factory=dict)
     run_id: str | None = None
+    # the shape of the saved JSON: 2 added each host's configuration and stopped_roles (a plan
+    # saved without this field is shape 1, and reads back with both empty)
+    format: int = PLAN_FORMAT
 
     @property
     def has_changes(self) -> bool:
@@ -94,17 +111,33 @@ class Plan:
         try:
             hosts = {
                 name: HostPlan(
-                    h["host"], list(h["roles"]), bool(h["first_apply"]),
-                    list(h["config_changes"]), h.get("check"),
+                    str(h["host"]), _names(h["roles"]), bool(h["first_apply"]),
+                    _entries(h["config_changes"], "old", "new"), h.get("check"),
+                    _entries(h.get("configuration", []), "value"),
+                    _names(h.get("stopped_roles", [])),
                 )
                 for name, h in data["hosts"].items()
             }  # fmt: skip
             return cls(
                 str(data["fleet"]), str(data["version"]), int(data["created_at"]),
                 bool(data["offline"]), dict(data["inputs"]), hosts, data.get("run_id"),
+                int(data.get("format", 1)),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError):
             raise UsageError(f"{where} is not a plan saved by `orchestrate plan -o`") from None
+
+
+def _names(items: list[Any]) -> list[str]:
+    if not isinstance(items, list):
+        raise TypeError("not a list")
+    return [str(x) for x in items]
+
+
+def _entries(items: list[Any], *keys: str) -> list[dict[str, Any]]:
+    """Path entries of a saved plan, each with ``keys`` (a KeyError for one without)."""
+    if not isinstance(items, list):
+        raise TypeError("not a list")
+    return [{"path": str(e["path"]), **{k: e[k] for k in keys}} for e in items]
 
 
 @dataclass
@@ -166,6 +199,23 @@ def config_changes(ev: Evaluation, host: str, old: dict[str, Any] | None) -> lis
     for path in sorted(p for p in old_paths if not any(p[:i] in paths for i in range(len(p)))):
         changes.append({"path": ".".join(path), "old": _get(old, path), "new": None})
     return changes
+
+
+def configuration(ev: Evaluation, host: str) -> list[dict[str, Any]]:
+    """Every declared option of ``host`` that has a value, by path: what a first apply gives it."""
+    config = ev.hosts[host].config
+    paths = sorted(d.path for d in ev.host_eval(host).shape.trie.options.values())
+    values = [(".".join(p), _get(config, p)) for p in paths]
+    return [{"path": path, "value": value} for path, value in values if value is not None]
+
+
+def stopped_roles(roles: list[str], old: dict[str, Any] | None) -> list[str]:
+    """Roles the last apply ran that would not run now (state written before roles were
+    recorded names none)."""
+    before = old.get("roles") if old else None
+    if not isinstance(before, list):
+        return []
+    return [r for r in dict.fromkeys(str(r) for r in before) if r not in roles]
 
 
 def _get(data: Any, path: tuple[str, ...]) -> Any:
@@ -253,11 +303,14 @@ def make_plan(
         plan = Plan(ev.spec.name, __version__, int(time.time()), offline, input_hashes(ev))
         for h in hosts:
             old = state.load_host_state(root, h)
+            roles = data["hosts"][h]["roles"]
             plan.hosts[h] = HostPlan(
                 h,
-                data["hosts"][h]["roles"],
+                roles,
                 old is None,
                 config_changes(ev, h, old["config"] if old else None),
+                configuration=configuration(ev, h) if old is None else [],
+                stopped_roles=stopped_roles(roles, old),
             )
         if offline or not hosts:
             return plan
@@ -361,7 +414,9 @@ def apply(
             s = res.stats.get(h)
             reached = s is not None and (s.reached or not data["hosts"][h]["roles"])
             if s is not None and s.success and reached and not res.interrupted:
-                state.save_host_state(root, h, ev.hosts[h].config, run_id, inputs)
+                state.save_host_state(
+                    root, h, ev.hosts[h].config, data["hosts"][h]["roles"], run_id, inputs
+                )
                 if h in data["groups"].get(SECRETS_GROUP, []):
                     _forget_delivered_key(root, h)
         out = ApplyResult(run_id, run_dir, res.stats, res.tasks, res.interrupted, duration)

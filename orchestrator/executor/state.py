@@ -26,13 +26,21 @@ def load_host_state(root: str, host: str) -> dict[str, Any] | None:
 
 
 def save_host_state(
-    root: str, host: str, config: dict[str, Any], run_id: str, inputs: dict[str, str]
+    root: str,
+    host: str,
+    config: dict[str, Any],
+    roles: list[str],
+    run_id: str,
+    inputs: dict[str, str],
 ) -> None:
+    """Record a successful apply: the configuration and the roles it ran (so that a later plan
+    can say which roles stopped running)."""
     atomic_json(
         host_state_path(root, host),
         {
             "host": host,
             "config": config,
+            "roles": roles,
             "run": run_id,
             "applied_at": int(time.time()),
             "inputs": inputs,

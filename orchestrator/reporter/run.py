@@ -3,7 +3,7 @@ Everything is drawn from typed events and stats, never from Ansible's own output
 
 from __future__ import annotations
 
-import json
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +12,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.executor.deploy import ApplyResult, Plan
+from orchestrator.errors import escape_controls, one_line
+from orchestrator.executor.deploy import ApplyResult, HostPlan, Plan
 from orchestrator.executor.runner import Event
+from orchestrator.reporter.valuediff import Line, show, value_lines
 
 STYLE = {
     "ok": "green",
@@ -64,7 +66,8 @@ class LiveProgress:
             if event.status in ("failed", "unreachable"):
                 row.state = event.status
                 if self.live is None:
-                    self.console.print(f"{event.host}: {event.status} at task {event.task!r}")
+                    said = one_line(f"{event.host}: {event.status} at task {event.task!r}")
+                    self.console.print(said, markup=False, highlight=False, soft_wrap=True)
         if self.live is not None:
             self.live.update(self._table())
 
@@ -101,62 +104,120 @@ def apply_table(result: ApplyResult) -> Table:
     return t
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 80 else text[:77] + "..."
+PLAN_INDENT = "    "
+DIFF_INDENT = "      "  # a check-mode diff, below its task
+MARK_STYLE = {"+": "green", "-": "red", "~": "yellow"}
+DIFF_LINES = 60  # of one check-mode diff; a longer diff says how many lines it left out
 
 
 def render_plan(console: Console, plan: Plan) -> None:
-    for h, hp in sorted(plan.hosts.items()):
-        mark = "[yellow]~[/]" if hp.changed else "[green]=[/]"
-        console.print(f"{mark} [bold]{h}[/]  roles: {', '.join(hp.roles) or '-'}")
-        if hp.first_apply and hp.changed:
-            console.print("    never applied: every option is new")
-        elif hp.first_apply:
-            console.print("    never applied through orchestrate, and already as configured")
-        for c in hp.config_changes:
-            console.print(
-                f"    {c['path']}: {_short(c['old'])} -> {_short(c['new'])}", markup=False
-            )
-        if hp.check is None:
-            continue
-        if hp.check["unreachable"]:
-            console.print("    [magenta]unreachable[/]: check mode could not run")
-        for t in hp.check["changed"]:
-            note = f" ({t['message'][:200]})" if t["message"] and not t["diff"] else ""
-            console.print(f"    [yellow]would change[/]: {t['task']}{note}", highlight=False)
-            for d in t["diff"]:
-                _render_diff(console, d)
-        for t in hp.check["not_previewable"]:
-            console.print(
-                f"    [cyan]not previewable[/]: {t['task']} ({t['message'][:80]})", highlight=False
-            )
-        for t in hp.check["failed"]:
-            console.print(
-                f"    [red]fails in check mode[/]: {t['task']}: {t['message'][:200]}",
-                highlight=False,
-            )
+    """Print a plan (made now or saved by `plan -o`). Lines are never wrapped nor cut by the
+    renderer: piped, each line comes out whole; on a terminal, the terminal wraps them."""
+    for line in plan_lines(plan):
+        console.print(line, soft_wrap=True)
+
+
+def plan_lines(plan: Plan) -> list[Text]:
+    lines: list[Text] = []
+    for _name, hp in sorted(plan.hosts.items()):
+        lines.extend(_host_lines(hp))
     n = sum(1 for hp in plan.hosts.values() if hp.changed)
-    console.print(
-        f"{n} of {len(plan.hosts)} host(s) would change"
-        + (" (offline: hosts not contacted)" if plan.offline else "")
+    lines.append(
+        Text(
+            f"{n} of {len(plan.hosts)} host(s) would change"
+            + (" (offline: hosts not contacted)" if plan.offline else "")
+        )
+    )
+    return lines
+
+
+def _host_lines(hp: HostPlan) -> list[Text]:
+    head = Text.assemble(
+        ("~", "yellow") if hp.changed else ("=", "green"),
+        " ",
+        (escape_controls(hp.host), "bold"),
+        f"  roles: {escape_controls(', '.join(hp.roles)) or '-'}",
+    )
+    lines = [head]
+    if hp.first_apply and hp.changed:
+        lines.append(_line(_first_apply_note(hp)))
+        for c in hp.configuration:
+            path = escape_controls(c["path"])
+            lines.append(_change(Line("+", f"{path}: {show(c['value'])}")))
+    elif hp.first_apply:
+        lines.append(_line("never applied through orchestrate, and already as configured"))
+    for c in hp.config_changes:
+        path = escape_controls(c["path"])
+        lines.extend(_change(x) for x in value_lines(path, c["old"], c["new"]))
+    for role in hp.stopped_roles:
+        lines.append(
+            _line(
+                f"role {escape_controls(role)} stops running on this host: "
+                "what it configured stays on the host",
+                "bold yellow",
+            )
+        )
+    if hp.check is not None:
+        lines.extend(_check_lines(hp.check))
+    return lines
+
+
+def _first_apply_note(hp: HostPlan) -> str:
+    if not hp.roles:
+        return "never applied: every option is new; no role runs on this host"
+    roles = ("role " if len(hp.roles) == 1 else "roles ") + escape_controls(", ".join(hp.roles))
+    return f"never applied: every option is new, and {roles} would run for the first time"
+
+
+def _line(text: str, style: str = "") -> Text:
+    return Text(PLAN_INDENT + text, style=style)
+
+
+def _change(line: Line) -> Text:
+    return Text.assemble(
+        PLAN_INDENT * (line.depth + 1), (line.mark, MARK_STYLE[line.mark]), " ", line.text
     )
 
 
-def _render_diff(console: Console, diff: dict[str, Any]) -> None:
-    if "prepared" in diff:
-        console.print("      " + str(diff["prepared"])[:2000], markup=False, highlight=False)
-        return
-    before, after = diff.get("before"), diff.get("after")
-    where = diff.get("after_header") or diff.get("before_header") or ""
-    if isinstance(before, str) and isinstance(after, str):
-        import difflib
+def _labelled(label: str, style: str, rest: str) -> Text:
+    return Text.assemble(PLAN_INDENT, (label, style), one_line(rest))
 
+
+def _check_lines(check: dict[str, Any]) -> list[Text]:
+    lines = []
+    if check["unreachable"]:
+        lines.append(_labelled("unreachable", "magenta", ": check mode could not run"))
+    for t in check["changed"]:
+        note = f" ({t['message']})" if t["message"] and not t["diff"] else ""
+        lines.append(_labelled("would change", "yellow", f": {t['task']}{note}"))
+        for d in t["diff"]:
+            lines.extend(_diff_lines(d))
+    for t in check["not_previewable"]:
+        lines.append(_labelled("not previewable", "cyan", f": {t['task']} ({t['message']})"))
+    for t in check["failed"]:
+        lines.append(_labelled("fails in check mode", "red", f": {t['task']}: {t['message']}"))
+    return lines
+
+
+def _diff_lines(diff: dict[str, Any]) -> list[Text]:
+    """A check-mode diff of one task: text as a unified diff, other values as old -> new."""
+    if "prepared" in diff:
+        return _at_most([escape_controls(x) for x in str(diff["prepared"]).splitlines()])
+    before, after = diff.get("before"), diff.get("after")
+    where = escape_controls(str(diff.get("after_header") or diff.get("before_header") or ""))
+    if isinstance(before, str) and isinstance(after, str):
         lines = difflib.unified_diff(
             before.splitlines(), after.splitlines(), "before", "after", lineterm=""
         )
-        console.print(f"      {where}", markup=False)
-        for line in list(lines)[2:60]:
-            console.print(f"      {line}", markup=False, highlight=False)
-    elif before is not None or after is not None:
-        console.print(f"      {where} {_short(before)} -> {_short(after)}", markup=False)
+        body = [escape_controls(x) for x in list(lines)[2:]]
+        return [Text(DIFF_INDENT + where), *_at_most(body)]
+    if before is not None or after is not None:
+        return [Text(f"{DIFF_INDENT}{where} {show(before)} -> {show(after)}")]
+    return []
+
+
+def _at_most(lines: list[str]) -> list[Text]:
+    out = [Text(DIFF_INDENT + x) for x in lines[:DIFF_LINES]]
+    if len(lines) > DIFF_LINES:
+        out.append(Text(f"{DIFF_INDENT}... ({len(lines) - DIFF_LINES} more lines of this diff)"))
+    return out
