@@ -49,7 +49,8 @@ def document(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
 def dumps(doc: Mapping[str, Any], indent: int | None = 2) -> str:
     """A document as the commands print it: ``format`` first, then every key sorted, ASCII
     only; indented, or on one line (``indent=None``)."""
-    rest = json.dumps({k: v for k, v in doc.items() if k != "format"}, indent=indent, sort_keys=True)
+    body = {k: v for k, v in doc.items() if k != "format"}
+    rest = json.dumps(body, indent=indent, sort_keys=True)
     head = "{" + ("\n" + " " * indent if indent is not None else "")
     head += '"format": ' + json.dumps(doc["format"])
     if rest == "{}":
