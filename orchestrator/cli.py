@@ -1,7 +1,8 @@
 """The command line: flags to one library call each, the single error boundary and exit codes.
 
 Exit codes: 0 success; 1 invalid input or usage; 2 plan found changes (--detailed-exitcode);
-3 failed or unreachable hosts; 4 the fleet's lock is held.
+3 failed or unreachable hosts; 4 the fleet's lock is held. The documents `--json` prints are
+made in orchestrator.reporter.shapes, the end of every `--help` in orchestrator.reporter.helptext.
 """
 
 from __future__ import annotations
@@ -13,26 +14,13 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from typing import Any, NoReturn
 
 from orchestrator import __version__
 from orchestrator.errors import FleetErrors, OrchestrateError, UsageError, one_line
+from orchestrator.reporter import shapes
 
-EPILOG = """\
-The fleet is --fleet DIR, else $ORCHESTRATE_FLEET, else the nearest folder above the working
-directory that holds fleet.yaml. Errors name file:line:col; nothing is written when any is found.
-
-exit codes:
-  0    success
-  1    invalid input or usage (a bad flag too); nothing ran, nothing was written
-  2    plan --detailed-exitcode: changes were found
-  3    the run finished with failed or unreachable hosts
-  4    another run holds the fleet's lock
-  70   internal error (one line names the debug log with the traceback)
-  130  interrupted (Ctrl-C, SIGTERM); records are kept
-"""
-
+JSON_HELP = "print the result, or the errors, as one JSON document (docs/conventions.md)"
 
 SELECTION = "hosts, globs (pi-*), groups and tags (core, @core), arch:X; " + (
     "! excludes, & intersects; comma- or colon-separated"
@@ -61,7 +49,6 @@ def _parser() -> argparse.ArgumentParser:
         prog="orchestrate",
         description="Compile a NixOS-style fleet of YAML modules into Ansible content, "
         "query it, explain it.",
-        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=_version_text())
@@ -81,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where to write the build: a new or empty folder, or an earlier build",
     )
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
     c.set_defaults(run=_compile)
 
     q = sub.add_parser(
@@ -117,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         "one option or every option below a prefix, e.g. services.prometheus.",
     )
     o.add_argument("path", nargs="?", metavar="PATH")
-    o.add_argument("--json", action="store_true", help="machine-readable output")
+    o.add_argument("--json", action="store_true", help=JSON_HELP)
     o.add_argument(
         "--library",
         action="store_true",
@@ -133,9 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("host", metavar="HOST")
     e.add_argument("path", metavar="PATH")
+    e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.set_defaults(run=_explain)
     _deploy_parsers(sub)
     _fleet_flag_everywhere(p)
+    from orchestrator.reporter.helptext import finish_help
+
+    finish_help(p)
     return p
 
 
@@ -194,7 +186,7 @@ def _deploy_parsers(sub: Any) -> None:
     _selection(pl)
     pl.add_argument("--offline", action="store_true", help="do not contact the hosts")
     pl.add_argument("-o", "--out", metavar="FILE", help="save the plan for `apply FILE`")
-    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.add_argument("--json", action="store_true", help=JSON_HELP)
     pl.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 2 when anything would change"
     )
@@ -205,11 +197,9 @@ def _deploy_parsers(sub: Any) -> None:
         help="render a plan saved by `plan -o`",
         description="Print a saved plan as `plan` printed it, or as JSON: what `apply PLAN` "
         "would do. Reads only the file; nothing is compiled and no host is contacted.",
-        epilog="example:\n  orchestrate plan -o tonight.plan && orchestrate show tonight.plan",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sh.add_argument("plan_file", metavar="PLAN")
-    sh.add_argument("--json", action="store_true", help="the plan as JSON")
+    sh.add_argument("--json", action="store_true", help=JSON_HELP)
     sh.set_defaults(run=_show)
 
     ap = sub.add_parser(
@@ -231,6 +221,12 @@ def _deploy_parsers(sub: Any) -> None:
     ap.add_argument(
         "--yes", "-y", action="store_true", help="do not ask before touching every host"
     )
+    ap.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final summary (per host: ok, changed, failed, ...) as one JSON "
+        "document instead of the table; the live display stays on stderr",
+    )
     ap.set_defaults(run=_apply)
 
     tb = sub.add_parser(
@@ -251,9 +247,9 @@ def _deploy_parsers(sub: Any) -> None:
         "the image would get on its first apply",
     )
     tu.set_defaults(run=_testbed_up)
-    tsub.add_parser("status", help="list containers and whether sshd answers").set_defaults(
-        run=_testbed_status
-    )
+    ts = tsub.add_parser("status", help="list containers and whether sshd answers")
+    ts.add_argument("--json", action="store_true", help=JSON_HELP)
+    ts.set_defaults(run=_testbed_status)
     tsub.add_parser("down", help="remove the containers and the record").set_defaults(
         run=_testbed_down
     )
@@ -272,9 +268,6 @@ def _deploy_parsers(sub: Any) -> None:
         "completion",
         help="print the shell completion script (bash or zsh)",
         description="Print a completion script for subcommands and flags.",
-        epilog="examples:\n  orchestrate completion bash > ~/.local/share/bash-completion/"
-        "completions/orchestrate\n  echo 'eval \"$(orchestrate completion zsh)\"' >> ~/.zshrc",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     co.add_argument("shell", choices=("bash", "zsh"))
     co.set_defaults(run=_completion)
@@ -298,8 +291,8 @@ def _schedule_parsers(sub: Any) -> None:
     sa = ssub.add_parser(
         "add",
         help="add or replace a schedule",
-        description="Example: orchestrate schedule add nightly --cron "
-        "'0 3 * * *' -- apply --limit @tag_core",
+        description="Add a schedule (or replace the one of that name): a crontab entry that "
+        "runs the plan or apply written after `--`.",
     )
     sa.add_argument("name", metavar="NAME")
     sa.add_argument("--cron", required=True, metavar="EXPR", help="a cron expression")
@@ -310,9 +303,9 @@ def _schedule_parsers(sub: Any) -> None:
         "directory; default .orchestrate/schedule)",
     )
     sa.set_defaults(run=_schedule_add)
-    ssub.add_parser("list", help="schedules, whether installed, last result").set_defaults(
-        run=_schedule_list
-    )
+    sl = ssub.add_parser("list", help="schedules, whether installed, last result")
+    sl.add_argument("--json", action="store_true", help=JSON_HELP)
+    sl.set_defaults(run=_schedule_list)
     sr = ssub.add_parser("remove", help="remove a schedule and its crontab entry")
     sr.add_argument("name", metavar="NAME")
     sr.set_defaults(run=_schedule_remove)
@@ -326,12 +319,6 @@ Secrets are SOPS files under secrets/ encrypted with age to the admins and to ex
 hosts that use a secret in them (secrets/recipients.yaml lists both). A host decrypts its
 secrets itself, with its own key, during apply: plaintext never passes through this machine.
 The admin key is $SOPS_AGE_KEY_FILE, else ~/.config/sops/age/keys.txt.
-
-  orchestrate secrets keygen                 # once per admin
-  orchestrate secrets host-key cortex-alpha  # once per host that uses secrets
-  orchestrate secrets edit wireguard         # secrets/wireguard.yaml in $EDITOR
-  orchestrate secrets rekey                  # after adding or removing a host or admin
-  orchestrate secrets check                  # in CI: no plaintext, nothing missing
 """
 
 
@@ -379,10 +366,12 @@ def _secrets_parsers(sub: Any) -> None:
         "rekey",
         help="re-encrypt each file to exactly the recipients it needs (rotating its data key)",
     ).set_defaults(run=_secrets_rekey)
-    ssub.add_parser(
+    ck = ssub.add_parser(
         "check",
         help="exit 1 on plaintext files, missing secrets or wrong recipients",
-    ).set_defaults(run=_secrets_check)
+    )
+    ck.add_argument("--json", action="store_true", help=JSON_HELP)
+    ck.set_defaults(run=_secrets_check)
 
 
 def _secrets_keygen(args: argparse.Namespace) -> int:
@@ -429,20 +418,20 @@ def _secrets_rekey(args: argparse.Namespace) -> int:
 
 
 def _secrets_check(args: argparse.Namespace) -> int:
-    from orchestrator.secrets.commands import check
-    from orchestrator.secrets.store import load_recipients, secret_files
+    from orchestrator.secrets.commands import check_report
 
-    root = _root(args)
-    problems = check(root)
-    for p in problems:
+    report = check_report(_root(args))
+    if args.json:
+        _print_json(shapes.secrets_check(report))
+        return 0 if report.ok else 1
+    for p in report.problems:
         _err(p.render())
-    if problems:
-        _err(f"{len(problems)} problem(s) with the fleet's secrets")
+    if report.problems:
+        _err(f"{len(report.problems)} problem(s) with the fleet's secrets")
         return 1
-    r = load_recipients(root)
     _err(
-        f"secrets OK: {len(secret_files(root))} encrypted file(s), "
-        f"{len(r.admins)} admin(s), {len(r.hosts)} host key(s)"
+        f"secrets OK: {report.files} encrypted file(s), "
+        f"{report.admins} admin(s), {report.host_keys} host key(s)"
     )
     return 0
 
@@ -481,14 +470,30 @@ def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
+def _print_json(doc: dict[str, Any]) -> None:
+    sys.stdout.write(shapes.dumps(doc))
+
+
+def _refuse(args: argparse.Namespace, message: str) -> int:
+    """Nothing was done, exit 1: the message on stderr, or as the errors document."""
+    if getattr(args, "json", False):
+        _print_json(shapes.error_message(message, 1))
+    else:
+        _err(message)
+    return 1
+
+
 def _compile(args: argparse.Namespace) -> int:
     from orchestrator.api import build
 
     start = time.perf_counter()
     ev, result = build(_root(args), args.out)
+    took = time.perf_counter() - start
+    if args.json:
+        _print_json(shapes.compile_result(result, ev.warnings, took))
+        return 0
     for w in ev.warnings:
         _err("warning: " + w.render())
-    took = time.perf_counter() - start
     _err(
         f"compiled {result.hosts} hosts, {result.roles} generated roles, {result.files} files "
         f"into {os.path.relpath(result.out_dir)} in {took:.2f}s"
@@ -559,7 +564,7 @@ def _options(args: argparse.Namespace) -> int:
             _err(note)
         rows = describe_options(ev, args.path)
     if args.json:
-        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        _print_json(shapes.options(rows))
         return 0
     for row in rows:
         sys.stdout.write(f"{row['path']}\n    type: {row['type']}\n")
@@ -575,10 +580,13 @@ def _explain(args: argparse.Namespace) -> int:
     from orchestrator.api import explained
     from orchestrator.reporter.explain import render_explain
 
-    explanation, note = explained(_root(args), args.host, args.path)
+    x, note = explained(_root(args), args.host, args.path)
     if note:
         _err(note)
-    sys.stdout.write(render_explain(explanation))
+    if args.json:
+        _print_json(shapes.explanation(x))
+        return 0
+    sys.stdout.write(render_explain(x))
     return 0
 
 
@@ -644,7 +652,7 @@ def _plan(args: argparse.Namespace) -> int:
         saved = json.dumps(plan.to_json(), indent=1, sort_keys=True).encode()
         write_user_file(args.out, saved, mode=0o600, folders=True)
     if args.json:
-        sys.stdout.write(json.dumps(plan.to_json(), indent=2, sort_keys=True) + "\n")
+        _print_json(shapes.plan(plan))
     else:
         render_plan(_console(), plan)
     if flag.is_set():
@@ -670,7 +678,7 @@ def _show(args: argparse.Namespace) -> int:
 
     plan = Plan.from_json(load_plan(args.plan_file), args.plan_file)
     if args.json:
-        sys.stdout.write(json.dumps(plan.to_json(), indent=2, sort_keys=True) + "\n")
+        _print_json(shapes.plan(plan))
     else:
         render_plan(_console(), plan)
     return 0
@@ -695,8 +703,9 @@ def _apply(args: argparse.Namespace) -> int:
                 "applying to every host needs --yes (or a saved plan) when "
                 "there is no terminal to ask on"
             )
-        answer = input(f"apply to all {len(hosts)} hosts? [y/N] ")
-        return answer.strip().lower() in ("y", "yes")
+        sys.stderr.write(f"apply to all {len(hosts)} hosts? [y/N] ")  # stdout may be --json
+        sys.stderr.flush()
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
 
     with LiveProgress(err, [], "apply") as live:
         result = apply(
@@ -709,9 +718,11 @@ def _apply(args: argparse.Namespace) -> int:
             lambda m: err.print(m, markup=False, soft_wrap=True),
         )
     if result is None:
-        _err("nothing applied")
-        return 1
-    _console().print(apply_table(result))
+        return _refuse(args, "nothing applied")
+    if args.json:
+        _print_json(shapes.apply_result(result))
+    else:
+        _console().print(apply_table(result))
     rel = os.path.relpath(result.run_dir)
     if result.interrupted:
         _err(f"interrupted; the run record is in {rel}")
@@ -805,7 +816,7 @@ def _image_parsers(sub: Any) -> None:
     )
     isub = im.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     il = isub.add_parser("list", help="every image: host, architecture, format, file, built")
-    il.add_argument("--json", action="store_true", help="one JSON object per image file")
+    il.add_argument("--json", action="store_true", help=JSON_HELP)
     il.add_argument(
         "-o", "--out", metavar="DIR", help="where images are built (.orchestrate/images)"
     )
@@ -832,9 +843,6 @@ Same inputs, same sha256: dates come from SOURCE_DATE_EPOCH (default 2025-01-01)
 from the fleet, image and host names. No secrets go in; the host's age key only with
 `include_host_key: true`. Each image is written under a temporary name and renamed when done,
 with NAME/manifest.json (file, sha256, inputs, where it was built).""",
-        epilog="examples:\n  orchestrate image build data-storage-vm\n"
-        "  orchestrate image build pi-cards --limit pi-1\n"
-        "  orchestrate image build --all --out /srv/images",
     )
     ib.add_argument("names", nargs="*", metavar="NAME", help="image entries from fleet.yaml")
     ib.add_argument("--all", action="store_true", help="every image entry")
@@ -860,19 +868,12 @@ with NAME/manifest.json (file, sha256, inputs, where it was built).""",
 
 def _image_list(args: argparse.Namespace) -> int:
     from orchestrator.api import evaluate_fleet
-    from orchestrator.images.plan import images_dir, load_manifest, plan_images
+    from orchestrator.images.plan import image_rows, images_dir
 
     root = _root(args)
-    planned = plan_images(evaluate_fleet(root))
-    out = args.out or images_dir(root)
-    rows = []
-    for i in planned:
-        sha = str(load_manifest(out, i.image).get(i.host, {}).get("sha256", ""))
-        if sha and not os.path.exists(os.path.join(out, i.file)):
-            sha = ""
-        rows.append({**asdict(i), "sha256": sha or None})
+    rows = image_rows(evaluate_fleet(root), args.out or images_dir(root))
     if args.json:
-        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        _print_json(shapes.image_list(rows))
         return 0
     if not rows:
         _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
@@ -963,15 +964,17 @@ def _testbed_status(args: argparse.Namespace) -> int:
     from orchestrator.testbed import status
 
     rows = status(state_dir(_root(args)))
+    code = 3 if any(not answering for _name, _h, _running, answering in rows) else 0
+    if args.json:
+        _print_json(shapes.testbed_status(rows))
+        return code
     if not rows:
         _err("no testbed is up for this fleet")
         return 0
-    bad = 0
     for name, h, running, answering in rows:
-        state = "answering" if answering else ("running, sshd silent" if running else "stopped")
-        bad += not answering
+        state = shapes.testbed_state(running, answering)
         sys.stdout.write(f"{name}\t{h.container}\t{h.arch}\t{h.address}:{h.port}\t{state}\n")
-    return 3 if bad else 0
+    return code
 
 
 def _testbed_down(args: argparse.Namespace) -> int:
@@ -994,7 +997,11 @@ def _schedule_add(args: argparse.Namespace) -> int:
 def _schedule_list(args: argparse.Namespace) -> int:
     from orchestrator.schedule import list_schedules
 
-    for s in list_schedules(_root(args)):
+    rows = list_schedules(_root(args))
+    if args.json:
+        _print_json(shapes.schedule_list(rows))
+        return 0
+    for s in rows:
         last = s["last"]
         when = "never run" if not last else f"last exit {last['exit']} at {last['started']}"
         flag = "" if s["installed"] else " (NOT in crontab)"
@@ -1016,7 +1023,8 @@ def _schedule_run(args: argparse.Namespace) -> int:
     from orchestrator.schedule import run_scheduled
 
     record = run_scheduled(_root(args), args.name)
-    sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+    # one line, as cron appends it to the schedule's log
+    sys.stdout.write(shapes.dumps(shapes.schedule_run(record), indent=None))
     code: int = record["exit"]
     return code
 
@@ -1031,39 +1039,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(words)
     args.command = tail
     run: Callable[[argparse.Namespace], int] = args.run
+    as_json = bool(getattr(args, "json", False))  # --json: failures are a document too
     try:
         return run(args)
-    except FleetErrors as exc:
-        for p in exc.problems:
-            _err(p.render())
-        notes = "".join(f"; {one_line(n)}" for n in exc.notes)
-        _err(f"{len(exc.problems)} problem(s) found; nothing was written{notes}")
-        return 1
     except OrchestrateError as exc:
-        # its lines as they are, but never a control character (they may quote user input)
-        _err("error: " + "\n".join(one_line(line, 2000) for line in str(exc).splitlines()))
+        if as_json:
+            _print_json(shapes.error(exc))
+        elif isinstance(exc, FleetErrors):
+            for p in exc.problems:
+                _err(p.render())
+            notes = "".join(f"; {one_line(n)}" for n in exc.notes)
+            _err(f"{len(exc.problems)} problem(s) found; nothing was written{notes}")
+        else:
+            # its lines as they are, but never a control character (they may quote user input)
+            _err("error: " + "\n".join(one_line(line, 2000) for line in str(exc).splitlines()))
         return exc.exit_code
     except KeyboardInterrupt:
-        _err("interrupted")
+        if as_json:
+            _print_json(shapes.error_message("interrupted", 130))
+        else:
+            _err("interrupted")
         return 130
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the single boundary: no traceback reaches the user
-        return _internal_error(exc, traceback.format_exc())
+        return _internal_error(exc, traceback.format_exc(), as_json)
 
 
-def _internal_error(exc: Exception, trace: str) -> int:
+def _internal_error(exc: Exception, trace: str, as_json: bool = False) -> int:
     """One line for the user; the traceback goes to a new private file of this user's."""
     try:
         log = _write_debug_log(trace)
     except Exception as e:  # the report of a crash must not crash
         first = (str(exc).splitlines() or [""])[0][:200]
-        _err(
+        message = (
             f"internal error in orchestrate {__version__} ({type(exc).__name__}: {first}); "
             f"the traceback could not be kept ({e})"
         )
-        return 70
-    _err(f"internal error in orchestrate {__version__}; the traceback is in {log}")
+    else:
+        message = f"internal error in orchestrate {__version__}; the traceback is in {log}"
+    if as_json:
+        _print_json(shapes.error_message(message, 70))
+    else:
+        _err(message)
     return 70
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 EXCERPT = 40  # characters of a value shown in a message
@@ -125,6 +125,9 @@ class Problem:
     loc: Loc | None
     message: str
     hint: str | None = None
+    # the hosts the problem was found on, when it is one host's (or a few hosts') own; not part
+    # of its identity, so the same problem found on several hosts is reported once
+    hosts: tuple[str, ...] = field(default=(), compare=False)
 
     def render(self) -> str:
         where = f"{self.loc}: " if self.loc else ""

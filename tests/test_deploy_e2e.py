@@ -165,11 +165,17 @@ def test_first_apply_changes_then_second_changes_nothing(tb: Path) -> None:
     s = summary(tb)
     assert all(s["hosts"][h]["changed"] >= 1 for h in HOSTS)  # type: ignore[index]
     assert host_file("tb-4", "/etc/orchestrate-tb/message") == "first-tb-4\n"
-    second = orchestrate(tb, "apply", "--yes")
+    second = orchestrate(tb, "apply", "--yes", "--json")
     assert second.returncode == 0
     s = summary(tb)
     assert all(s["hosts"][h]["changed"] == 0 for h in HOSTS), s  # type: ignore[index]
     assert "testbed: reaching 10 host(s)" in second.stderr
+    # --json: the final table as a document on stdout, the live display stays on stderr
+    doc = json.loads(second.stdout)
+    assert doc["format"] == "orchestrate.apply/1" and doc["failed_hosts"] == []
+    assert sorted(doc["hosts"]) == HOSTS and doc["interrupted"] is False
+    assert all(doc["hosts"][h]["changed"] == 0 and doc["hosts"][h]["ok"] > 0 for h in HOSTS)
+    assert all(doc["hosts"][h]["success"] for h in HOSTS) and doc["failures"] == []
 
 
 def test_plan_after_edit_lists_exactly_the_edited_paths(fresh: Path) -> None:

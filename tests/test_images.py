@@ -34,7 +34,9 @@ IMAGEFS = os.path.join(shipped_roles_dir(), "image_builder", "files", "imagefs")
 def test_image_list_names_one_file_per_host(cli: Callable[..., Run], tmp_path: Path) -> None:
     r = cli("--fleet", str(BUNDLED), "image", "list", "--json", "--out", str(tmp_path))
     assert r.code == 0, r.err
-    rows = {(x["image"], x["host"]): x for x in json.loads(r.out)}
+    doc = json.loads(r.out)
+    assert doc["format"] == "orchestrate.image-list/1"
+    rows = {(x["image"], x["host"]): x for x in doc["images"]}
     assert sorted(rows) == [
         ("data-storage-vm", "data-storage"),
         ("pi-cards", "pi-1"),

@@ -265,7 +265,9 @@ def test_options_command(fleet, cli: Callable[..., Run]) -> None:
         {"fleet.yaml": FLEET, "decl.yaml": DECL, "b.yaml": "", "builder.yaml": "", "a.yaml": ""}
     )
     r = cli("--fleet", str(root), "options", "svc", "--json")
-    rows = json.loads(r.out)
+    doc = json.loads(r.out)
+    assert doc["format"] == "orchestrate.options/1"
+    rows = doc["options"]
     assert [row["path"] for row in rows] == ["svc.enable", "svc.port"]
     assert rows[1]["type"] == '$ref "orchestrate:port"' and rows[1]["default"] == 9090
     assert rows[1]["declared"].endswith("decl.yaml:8:3")

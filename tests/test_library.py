@@ -50,7 +50,7 @@ def test_options_library_lists_every_shipped_option(cli: Callable[..., Run]) -> 
     assert r.code == 0
     import json
 
-    listed = {row["path"] for row in json.loads(r.out)}
+    listed = {row["path"] for row in json.loads(r.out)["options"]}
     assert listed == {d.name for f in library_modules().values() for d in f.options}
 
 

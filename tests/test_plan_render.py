@@ -198,7 +198,7 @@ def test_a_role_that_stops_running_is_named_in_text_and_json(
         "    role monitor stops running on this host: what it configured stays on the host",
     ]
     plan = json.loads(orchestrate(root, "plan", "--offline", "--json").stdout)
-    assert plan["format"] == 2
+    assert plan["format"] == "orchestrate.plan/2"
     assert plan["hosts"]["a"]["stopped_roles"] == ["nginx", "monitor"]
     assert plan["hosts"]["b"]["stopped_roles"] == []
     # a role stopping alone, with no option changed, is still a change
@@ -258,6 +258,9 @@ def test_show_prints_a_saved_plan_as_plan_printed_it(
     shown = orchestrate(root, "show", str(saved))
     assert shown.returncode == 0, shown.stderr
     assert "role monitor stops running" not in shown.stdout and "~ a  roles:" in shown.stdout
+    for marker, code in (("orchestrate.plan/9", 1), (True, 1), ("orchestrate.plan/1", 0)):
+        saved.write_text(json.dumps({**old, "format": marker}))
+        assert orchestrate(root, "show", str(saved)).returncode == code, marker
     old["hosts"]["a"]["config_changes"][0].pop("new")  # hand-edited: refused, not a traceback
     saved.write_text(json.dumps(old))
     bad = orchestrate(root, "show", str(saved))

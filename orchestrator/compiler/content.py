@@ -97,7 +97,9 @@ def groups_of(ev: Evaluation, secrets: SecretsPlan | None = None) -> dict[str, l
     if clash:  # Ansible would merge the host and the group of the same name
         raise FleetErrors(
             [
-                Problem(ev.spec.hosts[h].loc, f"host {h!r} has the name of a group", _GROUP_HINT)
+                Problem(
+                    ev.spec.hosts[h].loc, f"host {h!r} has the name of a group", _GROUP_HINT, (h,)
+                )
                 for h in clash
             ]
         )

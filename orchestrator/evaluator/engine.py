@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -405,8 +406,10 @@ class Evaluator:
             self.hosts_view[name] = {**info, "config": he.view}
 
     # ------------------------------------------------------------------ problems
-    def problem(self, loc: Loc | None, message: str, hint: str | None = None) -> None:
-        self.problems.append(Problem(loc, message, hint))
+    def problem(
+        self, loc: Loc | None, message: str, hint: str | None = None, hosts: Sequence[str] = ()
+    ) -> None:
+        self.problems.append(Problem(loc, message, hint, tuple(hosts)))
 
     def chain_from(self, host: str, what: str) -> list[tuple[str, str, Loc | None]]:
         start = max(i for i, f in enumerate(self.stack) if f.host == host and f.what == what)

@@ -134,7 +134,7 @@ def _evaluate(spec: FleetSpec, keep_going: bool) -> Evaluation:
     }
     for (loc, message), names in failed.items():
         more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-        ev.problem(loc, f"assertion failed on {', '.join(names[:5])}{more}: {message}")
+        ev.problem(loc, f"assertion failed on {', '.join(names[:5])}{more}: {message}", hosts=names)
     if (problems or ev.problems) and not keep_going:
         raise FleetErrors([*problems, *ev.problems])
     files = {p: f for p, f in cache.files.items() if f is not None}
@@ -169,7 +169,9 @@ def _finish(
                 failed.setdefault((check.loc, check.message), []).append(he.name)
         for check in f.warnings:
             if _holds(ev, he, inst, check.expr, check.loc):
-                warnings.append(Problem(check.loc, f"host {he.name}: {check.message}"))
+                warnings.append(
+                    Problem(check.loc, f"host {he.name}: {check.message}", hosts=(he.name,))
+                )
         if (f.role or f.tasks is not None) and (
             f.role_when is None or _holds(ev, he, inst, f.role_when, f.role_when_loc)
         ):

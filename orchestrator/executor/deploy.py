@@ -101,7 +101,10 @@ class Plan:
         return any(h.changed for h in self.hosts.values())
 
     def to_json(self) -> dict[str, Any]:
+        """The saved plan and `plan --json`: marked ``"format": "orchestrate.plan/N"``, as
+        every JSON document the tool prints is."""
         data = asdict(self)
+        data["format"] = f"orchestrate.plan/{self.format}"
         data["has_changes"] = self.has_changes
         return data
 
@@ -121,10 +124,22 @@ class Plan:
             return cls(
                 str(data["fleet"]), str(data["version"]), int(data["created_at"]),
                 bool(data["offline"]), dict(data["inputs"]), hosts, data.get("run_id"),
-                int(data.get("format", 1)),
+                _plan_format(data.get("format", 1)),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError):
             raise UsageError(f"{where} is not a plan saved by `orchestrate plan -o`") from None
+
+
+def _plan_format(marker: Any) -> int:
+    """The shape of a saved plan: ``orchestrate.plan/N`` (an early format 2 wrote the bare
+    number 2; format 1 had no marker)."""
+    if isinstance(marker, int) and not isinstance(marker, bool) and marker in (1, 2):
+        return marker
+    if isinstance(marker, str) and marker.startswith("orchestrate.plan/"):
+        number = marker.removeprefix("orchestrate.plan/")
+        if number.isdigit() and 1 <= int(number) <= PLAN_FORMAT:
+            return int(number)
+    raise ValueError("not a plan format this version reads")
 
 
 def _names(items: list[Any]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.errors import FleetErrors, Problem, UsageError
@@ -168,4 +168,16 @@ def load_manifest(out: str, image: str) -> dict[str, Any]:
     return hosts if isinstance(hosts, dict) else {}
 
 
-__all__ = ["FORMATS", "HostImage", "images_dir", "load_manifest", "plan_images"]
+def image_rows(ev: Evaluation, out: str) -> list[dict[str, Any]]:
+    """What `image list` shows: every planned image file, with the sha256 of its build when
+    the file is in ``out`` (None when it is not built)."""
+    rows = []
+    for i in plan_images(ev):
+        sha = str(load_manifest(out, i.image).get(i.host, {}).get("sha256", ""))
+        if sha and not os.path.exists(os.path.join(out, i.file)):
+            sha = ""
+        rows.append({**asdict(i), "sha256": sha or None})
+    return rows
+
+
+__all__ = ["FORMATS", "HostImage", "image_rows", "images_dir", "load_manifest", "plan_images"]

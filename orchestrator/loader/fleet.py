@@ -236,6 +236,7 @@ def _hosts(
                     loc_of(h, "builder"),
                     f"host {name!r}: unknown builder {h['builder']!r}",
                     f"builders: {known}",
+                    (str(name),),
                 )
             )
         _channel_ok(h.get("channel"), channels, loc_of(h, "channel"), problems)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import Loc, UsageError
 from orchestrator.evaluator.engine import ABSENT, ERROR
 from orchestrator.evaluator.expressions import plain
 from orchestrator.evaluator.fleet import Evaluation
@@ -24,6 +24,7 @@ class DefinitionRow:
     written: Any
     condition: str | None
     status: str  # winner | overridden | inactive
+    loc: Loc | None = None  # where the definition (or the option's default) is written
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def explain(ev: Evaluation, host: str, path: str) -> Explanation:
             plain(d.raw),
             d.block.when if d.block else None,
             "winner" if d in kept else "overridden" if d in active else "inactive",
+            d.loc,
         )
         for d in defs
     ]
@@ -76,6 +78,7 @@ def explain(ev: Evaluation, host: str, path: str) -> Explanation:
                 plain(decl.schema["default"]),
                 None,
                 "winner" if outcome and outcome.from_default else "overridden",
+                decl.loc,
             )
         )
     return Explanation(

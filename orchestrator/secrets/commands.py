@@ -374,9 +374,28 @@ def rekey(root: str, say: Say) -> RekeyResult:
     return result
 
 
+@dataclass(frozen=True)
+class CheckReport:
+    """What `secrets check` found: its problems, and what the fleet's secrets are made of."""
+
+    problems: list[Problem]
+    files: int  # the files under secrets/ besides recipients.yaml
+    admins: int
+    host_keys: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 def check(root: str) -> list[Problem]:
     """Every problem with the fleet's secrets: plaintext files, missing secrets, hosts without
     keys, and files whose recipients differ from what the fleet needs."""
+    return check_report(root).problems
+
+
+def check_report(root: str) -> CheckReport:
+    """:func:`check`, with the counts its summary line names."""
     plan = _fleet_plan(root)
     problems = list(plan.problems)
     names = {v: k for k, v in plan.recipients.hosts.items()}
@@ -401,4 +420,5 @@ def check(root: str) -> list[Problem]:
                     "run `orchestrate secrets rekey`",
                 )
             )
-    return problems
+    r = plan.recipients
+    return CheckReport(problems, len(secret_files(root)), len(r.admins), len(r.hosts))

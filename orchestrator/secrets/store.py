@@ -384,6 +384,7 @@ def plan_secrets(
                         where,
                         f"host {host} uses secret {name!r} but secrets/{file} does not exist",
                         f"create it with `orchestrate secrets edit {file}`",
+                        (host,),
                     )
                 )
                 continue
@@ -395,6 +396,7 @@ def plan_secrets(
                         where or Loc(sf.path, 1, 1),
                         f"host {host} uses secret {name!r} but secrets/{file} has no value at "
                         f"{'.'.join(keys)}",
+                        hosts=(host,),
                     )
                 )
                 continue
@@ -405,6 +407,7 @@ def plan_secrets(
                     Loc(rpath, 1, 1) if os.path.exists(rpath) else None,
                     f"host {host} uses secrets but has no age key",
                     f"run `orchestrate secrets host-key {host}`, then `orchestrate secrets rekey`",
+                    (host,),
                 )
             )
         if chosen:
@@ -439,6 +442,7 @@ def _access(
                         loc,
                         f"secret {name!r} on host {host}: {k} is {v!r} here and "
                         f"{set_by[k][0]!r} at {set_by[k][1]}",
+                        hosts=(host,),
                     )
                 )
             set_by.setdefault(k, (v, loc))
