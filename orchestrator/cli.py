@@ -986,10 +986,34 @@ def _testbed_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_spec(mode: str | None, words: list[str]) -> Any:
+    """A scheduled command line (`plan ...` or `apply ...`) parsed into the run it means."""
+    from orchestrator.schedule import RunSpec
+    from orchestrator.schedule.cron import MODES
+
+    if mode not in MODES:
+        raise UsageError("the scheduled command must be `plan ...` or `apply ...` after --")
+    try:
+        ns = _parser().parse_args([mode, *words])
+    except SystemExit:
+        raise UsageError(f"invalid arguments for scheduled {mode}: {' '.join(words)}") from None
+    return RunSpec(
+        mode,
+        limit=ns.limit,
+        forks=ns.forks,
+        serial=getattr(ns, "serial", None),
+        max_fail_percent=getattr(ns, "max_fail_percent", None),
+        offline=bool(getattr(ns, "offline", False)),
+        plan_file=getattr(ns, "plan_file", None),
+    )
+
+
 def _schedule_add(args: argparse.Namespace) -> int:
     from orchestrator.schedule import add
 
-    s = add(_root(args), args.name, args.cron, args.command, args.textfile_dir)
+    mode, words = (args.command[0], args.command[1:]) if args.command else (None, [])
+    spec = _run_spec(mode, words)
+    s = add(_root(args), args.name, args.cron, spec, words, args.textfile_dir)
     _err(f"scheduled {s.name}: {s.cron} -> {s.mode} {' '.join(s.args)}".rstrip())
     return 0
 
@@ -1020,9 +1044,13 @@ def _schedule_remove(args: argparse.Namespace) -> int:
 
 
 def _schedule_run(args: argparse.Namespace) -> int:
-    from orchestrator.schedule import run_scheduled
+    from orchestrator.schedule import load_schedule, run_scheduled
 
-    record = run_scheduled(_root(args), args.name)
+    root = _root(args)
+    sched = load_schedule(root, args.name)
+    # a schedule recorded before its run was kept parsed: parse its words again
+    spec = None if sched.spec is not None else _run_spec(sched.mode, sched.args)
+    record = run_scheduled(root, args.name, spec)
     # one line, as cron appends it to the schedule's log
     sys.stdout.write(shapes.dumps(shapes.schedule_run(record), indent=None))
     code: int = record["exit"]

@@ -54,6 +54,39 @@ def file_kind(mode: int) -> str:
     return next((word for test, word in _KINDS if test(mode)), "not a regular file")
 
 
+MAX_FILE_BYTES = 64 << 20  # a fleet file (fleet.yaml, a module, a lib file)
+MAX_ROLE_FILE_BYTES = 16 << 20  # one file of a role copied into the build
+
+
+class UnreadableFile(OSError):
+    """Not a regular file, too large, or unreadable: the message says which."""
+
+
+def read_regular(path: str, limit: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file (symlinks followed), refusing FIFOs, devices, sockets and
+    folders without blocking on them, and files larger than ``limit``."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except IsADirectoryError:
+        raise UnreadableFile(f"{path} is a folder, not a file") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableFile(
+                f"not a regular file ({file_kind(st.st_mode)}); refusing to read it"
+            )
+        if st.st_size > limit:
+            raise UnreadableFile(f"larger than {limit:,} bytes; refusing to read it")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise UnreadableFile(f"larger than {limit:,} bytes; refusing to read it")
+        return data, st
+    finally:
+        os.close(fd)
+
+
 def user_file_target(path: str) -> str:
     """The file that writing the user-named ``path`` replaces: ``path`` with every symbolic link
     resolved. It must be a regular file or absent; a folder, device, FIFO or socket is refused
@@ -145,7 +178,6 @@ def load_state_json(path: str, kind: type = dict, fix: str = "remove it") -> Any
     JSON of the expected ``kind`` (truncated, edited, replaced) is an error that names it and
     what to do: acting on a guess (say, "never applied, so nothing changed") would mislead."""
     from orchestrator.errors import display_path
-    from orchestrator.loader.files import read_regular
 
     where = display_path(path)
     try:

@@ -12,6 +12,9 @@ from orchestrator.errors import excerpt
 OPTION_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 # `secret('FILE/KEY/...')`: segments that cannot climb out of /run/orchestrate/secrets
 SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+")
+# the shipped role that installs a host's secrets, and the group of the hosts that get it
+SECRETS_ROLE = "orchestrate_secrets"
+SECRETS_GROUP = f"role_{SECRETS_ROLE}"
 # Ansible's own names: a host called `all` would be the group of every host
 RESERVED_HOSTS = frozenset({"all", "ungrouped", "localhost"})
 

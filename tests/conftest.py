@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import textwrap
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-import pytest
+sys.dont_write_bytecode = True  # the tests write nothing into the checkout, bytecode neither
 
-from orchestrator.cli import main
+import atexit  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import textwrap  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
 
+import pytest  # noqa: E402
+
+from orchestrator.cli import main  # noqa: E402
+
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"  # nor do the commands they start
 REPO = Path(__file__).resolve().parent.parent
-BUNDLED = REPO / "inventory"
+# The bundled fleet, as the tests use it: a copy, so that what they compile and record lands
+# there and never in the checkout's inventory/.orchestrate.
+_SANDBOX = Path(tempfile.mkdtemp(prefix="orchestrate-tests-"))
+atexit.register(shutil.rmtree, _SANDBOX, True)
+BUNDLED = _SANDBOX / "inventory"
+shutil.copytree(
+    REPO / "inventory", BUNDLED, symlinks=True, ignore=shutil.ignore_patterns(".orchestrate")
+)
+# the end-to-end lane: real container hosts, images, cron, the wheel, or long real Ansible runs
+E2E_MARKERS = {"containers", "images", "cron", "install"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_MARKERS & {m.name for m in item.iter_markers()}:
+            item.add_marker(pytest.mark.e2e)
 
 
 def orchestrate(root: Path, *args: str, timeout: float = 2400) -> subprocess.CompletedProcess[str]:

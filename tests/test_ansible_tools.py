@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import BUNDLED, Run, snapshot
+from conftest import BUNDLED, REPO, Run, snapshot
 
 pytestmark = pytest.mark.ansible
 
@@ -100,7 +100,7 @@ def test_ansible_lint_production_profile(bundled_build: Path) -> None:
 
 
 def test_image_builder_role_and_playbook_pass_the_production_profile(tmp_path: Path) -> None:
-    repo = BUNDLED.parent
+    repo = REPO
     r = subprocess.run(
         ["ansible-lint", "--offline", "--profile", "production", "roles/image_builder",
          "playbooks/image.yml"],

@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.validator import findings, option_validator
 from orchestrator.validator.fast import compile_check
-from orchestrator.validator.schemas import _load
+from orchestrator.validator.types import load_schema as _load
 
 SCHEMAS: list[dict[str, Any]] = [
     {"type": "integer"},

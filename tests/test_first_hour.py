@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Run, orchestrate
+from conftest import BUNDLED, REPO, Run, orchestrate
 
 FLEET = {
     "fleet.yaml": """
@@ -103,7 +103,7 @@ def test_version_names_the_checkout_commit() -> None:
         ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    r = orchestrate(REPO / "inventory", "--version")
+    r = orchestrate(BUNDLED, "--version")
     assert r.stdout.strip() == f"orchestrate 0.1.0 (checkout at {head})"
     assert shutil.which("git")
 
@@ -154,12 +154,12 @@ def test_the_readme_fleet_in_one_minute_compiles_as_written(tmp_path: Path) -> N
 def test_the_query_help_examples_answer_on_the_bundled_fleet() -> None:
     import re
 
-    text = orchestrate(REPO / "inventory", "query", "--help").stdout
+    text = orchestrate(BUNDLED, "query", "--help").stdout
     examples = re.findall(r"orchestrate query '([^']+)'|\"([^\"]+)\"", " ".join(text.split()))
     exprs = [a or b for a, b in examples]
     assert len(exprs) >= 2
     for expr in exprs:
-        r = orchestrate(REPO / "inventory", "query", expr)
+        r = orchestrate(BUNDLED, "query", expr)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout) not in (None, []), expr
 

@@ -14,7 +14,7 @@ import yaml
 from ansible.parsing.yaml.loader import AnsibleLoader
 from conftest import REPO, Run
 
-from orchestrator.compiler.rolespecs import library_modules
+from orchestrator.loader.library import library_modules
 
 ROLES = REPO / "roles"
 

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from orchestrator.loader.fleet import OptionDecl
-from orchestrator.validator.schemas import TYPE_PREFIX, shared_type
+from orchestrator.validator.types import TYPE_PREFIX, shared_type
 
 _TYPES = {
     "integer": "int",

@@ -28,7 +28,7 @@ from orchestrator import __version__
 from orchestrator.compiler.content import render_outputs
 from orchestrator.compiler.freshness import (
     MANIFEST,
-    prefixes,
+    input_name,
     sha256_file,
     stamp_bytes,
     stamp_path,
@@ -86,15 +86,6 @@ def input_files(ev: Evaluation) -> list[str]:
         if os.path.isdir(folder):
             files.update(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py"))
     return sorted(files)
-
-
-def input_name(path: str, root: str) -> str:
-    """How an input is named in the manifest: relative to the fleet, or ``orchestrate:...``."""
-    for prefix, folder in prefixes():
-        folder = os.path.normpath(folder)
-        if path.startswith(folder + os.sep):
-            return prefix + os.path.relpath(path, folder)
-    return os.path.relpath(path, root)
 
 
 def input_hashes(ev: Evaluation) -> dict[str, str]:

@@ -26,6 +26,15 @@ MANIFEST = "manifest.json"
 QUERY_DATA = "fleet.json"
 
 
+def input_name(path: str, root: str) -> str:
+    """How an input is named in the manifest: relative to the fleet, or ``orchestrate:...``."""
+    for prefix, folder in prefixes():
+        folder = os.path.normpath(folder)
+        if path.startswith(folder + os.sep):
+            return prefix + os.path.relpath(path, folder)
+    return os.path.relpath(path, root)
+
+
 def input_path(name: str, root: str) -> str:
     """The file behind a manifest input name (the inverse of input_name)."""
     for prefix, folder in prefixes():

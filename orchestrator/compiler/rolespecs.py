@@ -13,15 +13,14 @@ import sys
 
 from orchestrator.compiler.argspec import arg_name, arg_spec
 from orchestrator.compiler.unsafe import unsafe_yaml
-from orchestrator.errors import Loc
+from orchestrator.compiler.yamlout import yaml_bytes
 from orchestrator.evaluator.expressions import plain
-from orchestrator.loader.fleet import ModuleCache, ModuleFile, ModuleRef
-from orchestrator.paths import LIBRARY_PREFIX, library_root, shipped_roles_dir
+from orchestrator.loader.fleet import ModuleFile
+from orchestrator.loader.library import library_modules
+from orchestrator.paths import shipped_roles_dir
 
 
 def interface_files(role: str, f: ModuleFile, description: str) -> dict[str, bytes]:
-    from orchestrator.compiler.content import yaml_bytes as dump_yaml
-
     args = {arg_name(role, d): arg_spec(d) for d in f.options}
     defaults = {
         arg_name(role, d): plain(d.schema["default"]) for d in f.options if "default" in d.schema
@@ -29,27 +28,9 @@ def interface_files(role: str, f: ModuleFile, description: str) -> dict[str, byt
     # fleet values (descriptions, choices, defaults) are data: Ansible templates neither
     spec = {"main": {"short_description": description, "options": args}}
     return {
-        "meta/argument_specs.yml": dump_yaml({"argument_specs": unsafe_yaml(spec)}),
-        "defaults/main.yml": dump_yaml(unsafe_yaml(defaults)),
+        "meta/argument_specs.yml": yaml_bytes({"argument_specs": unsafe_yaml(spec)}),
+        "defaults/main.yml": yaml_bytes(unsafe_yaml(defaults)),
     }
-
-
-def library_modules() -> dict[str, ModuleFile]:
-    """Every module of the shipped library, by its `orchestrate:` name."""
-    root = library_root()
-    cache = ModuleCache((root,))
-    out = {}
-    for base, _dirs, names in sorted(os.walk(root)):
-        for n in sorted(names):
-            if n.endswith(".yaml"):
-                path = os.path.join(base, n)
-                name = LIBRARY_PREFIX + os.path.relpath(path, root)
-                f = cache.get(ModuleRef(path, None, Loc(path, 1, 1)))
-                if f is not None:
-                    out[name] = f
-    if cache.problems:
-        raise SystemExit("\n".join(p.render() for p in cache.problems))
-    return out
 
 
 def shipped_interfaces() -> dict[str, bytes]:

@@ -172,6 +172,14 @@ class HostEval:
             raise ExprFailure(f"no module in the fleet declares option {name}", hint)
         return None
 
+    def explained(self, decl: OptionDecl) -> tuple[Any, Outcome | None]:
+        """The value of ``decl`` and how it was chosen: the host's values are computed again
+        with every option's definitions recorded (what `explain` shows)."""
+        self.ev.explaining = True
+        self.values.clear()
+        value = self.option(decl)
+        return value, self.outcomes.get(decl.path)
+
     def option(self, decl: OptionDecl) -> Any:
         path = decl.path
         if path in self.values:

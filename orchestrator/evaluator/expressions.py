@@ -19,7 +19,8 @@ from jmespath import exceptions as jexc
 from jmespath import functions as jfun
 
 from orchestrator.errors import Loc, Problem, excerpt, quoted
-from orchestrator.loader.files import inside, read_regular
+from orchestrator.fsutil import read_regular
+from orchestrator.loader.files import inside
 from orchestrator.naming import SECRET_NAME
 
 MAX_VALUE_DEPTH = 100  # nesting of a value an expression computes (YAML's own limit is 64)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.errors import Loc
-from orchestrator.validator.schemas import TYPE_PREFIX, shared_type
+from orchestrator.validator.types import TYPE_PREFIX, shared_type
 
 
 class Conflict(Exception):

@@ -16,17 +16,15 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.api import build, select
 from orchestrator.compiler.build import input_hashes
-from orchestrator.compiler.content import SECRETS_ROLE
 from orchestrator.compiler.freshness import input_path, load_build_data, sha256_file
 from orchestrator.errors import OrchestrateError, UsageError, quoted
 from orchestrator.evaluator.fleet import Evaluation
 from orchestrator.executor import state
+from orchestrator.executor.connection import run_overrides
 from orchestrator.executor.lock import FleetLock
 from orchestrator.executor.runner import Event, HostStats, RunRequest, RunResult, TaskResult, run
-from orchestrator.testbed.manager import load_record
-
-TESTBED_SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-
+from orchestrator.naming import SECRETS_GROUP
+from orchestrator.secrets.store import pending_key
 
 PLAN_FORMAT = 2
 
@@ -172,32 +170,6 @@ class ApplyResult:
 Progress = Callable[[str], None]
 
 
-def connection_overrides(
-    root: str, hosts: list[str], progress: Progress | None = None
-) -> dict[str, dict[str, Any]]:
-    """Connection variables that send hosts to their testbed containers, when there is one."""
-    record = load_record(state.state_dir(root))
-    if not record:
-        return {}
-    if progress is not None:
-        progress(
-            f"testbed: reaching {len(record)} host(s) through .orchestrate/testbed.json "
-            "instead of their deploy addresses"
-        )
-    return {
-        h: {
-            "ansible_host": t.address,
-            "ansible_port": t.port,
-            "ansible_user": t.user,
-            "ansible_ssh_private_key_file": t.private_key,
-            "ansible_ssh_common_args": TESTBED_SSH_ARGS,
-            "ansible_python_interpreter": "/usr/bin/python3",
-        }
-        for h, t in record.items()
-        if h in hosts
-    }
-
-
 def config_changes(ev: Evaluation, host: str, old: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Option paths whose value differs from the last successful apply, old -> new."""
     if old is None:
@@ -251,31 +223,6 @@ def _leaf_paths(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tupl
     return out
 
 
-SECRETS_GROUP = f"role_{SECRETS_ROLE}"
-
-
-def secrets_overrides(
-    root: str, data: dict[str, Any], hosts: list[str], progress: Progress
-) -> dict[str, dict[str, Any]]:
-    """Machine-local inputs of the secrets role: the sops binary for each host's architecture
-    and, for a host whose key was just made, the key file that its apply installs."""
-    from orchestrator.secrets.commands import pending_key
-    from orchestrator.secrets.sops import binary_for
-
-    delivered = set(data["groups"].get(SECRETS_GROUP, [])) & set(hosts)
-    out: dict[str, dict[str, Any]] = {}
-    binaries: dict[str, str] = {}
-    for h in sorted(delivered):
-        arch = data["hosts"][h]["arch"]
-        if arch not in binaries:
-            binaries[arch] = binary_for(arch, progress)
-        out[h] = {"orchestrate_sops_binary": binaries[arch]}
-        key = pending_key(root, h)
-        if key:
-            out[h]["orchestrate_pending_key"] = key
-    return out
-
-
 def _request(
     root: str,
     build_dir: str,
@@ -286,9 +233,7 @@ def _request(
     progress: Progress,
     data: dict[str, Any],
 ) -> RunRequest:
-    overrides = connection_overrides(root, hosts, progress)
-    for h, extra in secrets_overrides(root, data, hosts, progress).items():
-        overrides.setdefault(h, {}).update(extra)
+    overrides = run_overrides(root, data, hosts, progress)
     return RunRequest(
         build_dir=build_dir,
         run_dir=run_dir,
@@ -441,8 +386,6 @@ def apply(
 
 def _forget_delivered_key(root: str, host: str) -> None:
     """A host's new private key stays on the control node only until an apply installed it."""
-    from orchestrator.secrets.commands import pending_key
-
     key = pending_key(root, host)
     if key:
         os.unlink(key)

@@ -242,7 +242,7 @@ def _secrets_vars(
     """What the secrets role needs in an image: the sops binary for the host's architecture. A
     key waiting for its first apply is not among them; the image builder installs it, and only
     for an entry with include_host_key."""
-    from orchestrator.executor.deploy import secrets_overrides
+    from orchestrator.executor.connection import secrets_overrides
 
     found = secrets_overrides(root, fleet, sorted({i.host for i in images}), progress)
     return {
@@ -259,7 +259,7 @@ def remote_connection(root: str, build_dir: str, host: str) -> dict[str, Any]:
     """How to reach ``host`` as a build host: its compiled connection variables, or its testbed
     container's while a testbed is up. The builder works as root (debootstrap, chroot, file
     ownership), so it logs in as root."""
-    from orchestrator.executor.deploy import connection_overrides
+    from orchestrator.executor.connection import connection_overrides
 
     path = os.path.join(build_dir, "inventory", "host_vars", f"{host}.json")
     with open(path, encoding="utf-8") as fh:
@@ -392,7 +392,7 @@ def _host_key(root: str, img: HostImage) -> str | None:
     """The host's own age identity, only for an entry with include_host_key: true."""
     if not img.include_host_key:
         return None
-    from orchestrator.secrets.commands import pending_key
+    from orchestrator.secrets.store import pending_key
 
     key = pending_key(root, img.host)
     if key is None:

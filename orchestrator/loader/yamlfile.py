@@ -17,7 +17,7 @@ import yaml
 
 from orchestrator.digest import remember_digest
 from orchestrator.errors import FleetErrors, Loc, Problem, excerpt, fail, quoted
-from orchestrator.loader.files import UnreadableFile, read_regular
+from orchestrator.fsutil import UnreadableFile, read_regular
 
 MAX_DEPTH = 64
 MAX_NODES = 2_000_000

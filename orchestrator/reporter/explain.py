@@ -45,8 +45,6 @@ def explain(ev: Evaluation, host: str, path: str) -> Explanation:
             f"unknown host {host!r}" + (f"; did you mean {close[0]!r}?" if close else "")
         )
     he = ev.host_eval(host)
-    he.ev.explaining = True
-    he.values.clear()  # recompute with every definition recorded
     key = tuple(path.split("."))
     decl = he.shape.trie.options.get(key)
     if decl is None:
@@ -54,8 +52,7 @@ def explain(ev: Evaluation, host: str, path: str) -> Explanation:
         raise UsageError(
             f"host {host} has no option {path}" + (f"; did you mean {close[0]}?" if close else "")
         )
-    value = he.option(decl)
-    outcome = he.outcomes.get(key)
+    value, outcome = he.explained(decl)
     defs = he.shape.defs.get(key, [])
     active = outcome.active if outcome else []
     kept = outcome.kept if outcome else []

@@ -60,7 +60,7 @@ def describe_options(ev: Evaluation, path: str | None) -> list[dict[str, Any]]:
 
 def library_rows() -> list[dict[str, Any]]:
     """Every option of the shipped module library (what `options --library` prints)."""
-    from orchestrator.compiler.rolespecs import library_modules
+    from orchestrator.loader.library import library_modules
 
     rows = []
     for name, f in library_modules().items():

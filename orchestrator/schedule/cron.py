@@ -24,12 +24,37 @@ MODES = ("plan", "apply")
 
 
 @dataclass(frozen=True)
+class RunSpec:
+    """What a scheduled run does, as the command line gave it (parsed there: this module never
+    reads command lines)."""
+
+    mode: str  # plan | apply
+    limit: str | None = None
+    forks: int | None = None
+    serial: str | None = None
+    max_fail_percent: int | None = None
+    offline: bool = False
+    plan_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Schedule:
     name: str
     cron: str
     mode: str
-    args: list[str]
+    args: list[str]  # the words after `--`, as shown by `schedule list`
     textfile_dir: str
+    # the parsed run; None in a schedule recorded before it was kept, which the command line
+    # parses again from ``args``
+    spec: dict[str, Any] | None = None
+
+    def run_spec(self) -> RunSpec | None:
+        if self.spec is None:
+            return None
+        try:
+            return RunSpec(**self.spec)
+        except TypeError:
+            raise CorruptState(f"schedule {self.name!r}: its recorded run is corrupt") from None
 
 
 def _defs_path(root: str) -> str:
@@ -56,19 +81,19 @@ def results_dir(root: str) -> str:
     return os.path.join(state_dir(root), "schedule")
 
 
-def add(root: str, name: str, cron: str, command: list[str], textfile_dir: str | None) -> Schedule:
-    """Record a schedule and install its crontab entry (replacing one of the same name)."""
+def add(
+    root: str, name: str, cron: str, spec: RunSpec, words: list[str], textfile_dir: str | None
+) -> Schedule:
+    """Record a schedule and install its crontab entry (replacing one of the same name);
+    ``words`` are the command's arguments as written, ``spec`` what they mean."""
     if not name.replace("-", "").replace("_", "").isalnum():
         raise UsageError(f"schedule name {name!r}: use letters, digits, - and _")
     if not CronSlices.is_valid(cron):
         raise UsageError(f"--cron {cron!r} is not a valid cron expression (e.g. '*/30 * * * *')")
-    if not command or command[0] not in MODES:
+    if spec.mode not in MODES:
         raise UsageError("the scheduled command must be `plan ...` or `apply ...` after --")
-    mode, args = command[0], command[1:]
-    _check_args(mode, args)
-    sched = Schedule(
-        name, cron, mode, args, os.path.abspath(textfile_dir) if textfile_dir else results_dir(root)
-    )
+    where = os.path.abspath(textfile_dir) if textfile_dir else results_dir(root)
+    sched = Schedule(name, cron, spec.mode, list(words), where, asdict(spec))
     defs = _load(root)
     defs[name] = sched
     os.makedirs(results_dir(root), mode=0o700, exist_ok=True)  # cron appends its log here
@@ -79,15 +104,6 @@ def add(root: str, name: str, cron: str, command: list[str], textfile_dir: str |
     job.setall(cron)
     tab.write()
     return sched
-
-
-def _check_args(mode: str, args: list[str]) -> None:
-    from orchestrator.cli import _parser
-
-    try:
-        _parser().parse_args([mode, *args])
-    except SystemExit:
-        raise UsageError(f"invalid arguments for scheduled {mode}: {' '.join(args)}") from None
 
 
 def _cron_command(root: str, name: str) -> str:
@@ -133,25 +149,30 @@ def _last_results(root: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_scheduled(root: str, name: str) -> dict[str, Any]:
-    """Run one schedule non-interactively; log one JSON line and write the textfile."""
+def load_schedule(root: str, name: str) -> Schedule:
     defs = _load(root)
     if name not in defs:
         raise UsageError(f"no schedule named {name!r}")
-    sched = defs[name]
-    from orchestrator.cli import _parser
+    return defs[name]
 
-    ns = _parser().parse_args([sched.mode, *sched.args])
+
+def run_scheduled(root: str, name: str, spec: RunSpec | None = None) -> dict[str, Any]:
+    """Run one schedule non-interactively; log one JSON line and write the textfile. ``spec``
+    stands in for a schedule recorded without its parsed run."""
+    sched = load_schedule(root, name)
+    spec = sched.run_spec() or spec
+    if spec is None:
+        raise UsageError(f"schedule {name!r} has no recorded run: add it again")
     opts = Options(
-        limit=ns.limit,
-        forks=ns.forks,
-        serial=getattr(ns, "serial", None),
-        max_fail_percent=getattr(ns, "max_fail_percent", None),
+        limit=spec.limit,
+        forks=spec.forks,
+        serial=spec.serial,
+        max_fail_percent=spec.max_fail_percent,
     )
     started = time.time()
     record: dict[str, Any] = {"schedule": name, "mode": sched.mode, "started": int(started)}
     try:
-        record.update(_execute(root, sched, ns, opts))
+        record.update(_execute(root, spec, opts))
     except LockHeld as exc:
         record.update({"exit": 4, "skipped": str(exc)})
     except OrchestrateError as exc:
@@ -162,14 +183,14 @@ def run_scheduled(root: str, name: str) -> dict[str, Any]:
     return record
 
 
-def _execute(root: str, sched: Schedule, ns: Any, opts: Options) -> dict[str, Any]:
+def _execute(root: str, spec: RunSpec, opts: Options) -> dict[str, Any]:
     never = threading.Event()
 
     def quiet(_message: str) -> None:
         return None
 
-    if sched.mode == "plan":
-        plan = make_plan(root, opts, ns.offline, lambda e: None, never, quiet)
+    if spec.mode == "plan":
+        plan = make_plan(root, opts, spec.offline, lambda e: None, never, quiet)
         failed = [h for h, p in plan.hosts.items() if p.check and p.check["failed"]]
         unreachable = [h for h, p in plan.hosts.items() if p.check and p.check["unreachable"]]
         drift = [h for h, p in plan.hosts.items() if p.changed]
@@ -181,7 +202,7 @@ def _execute(root: str, sched: Schedule, ns: Any, opts: Options) -> dict[str, An
             "unreachable": unreachable,
             "drift": bool(drift),
         }
-    result = apply(root, opts, ns.plan_file, lambda hosts: True, lambda e: None, never, quiet)
+    result = apply(root, opts, spec.plan_file, lambda hosts: True, lambda e: None, never, quiet)
     assert result is not None
     changed = sorted(h for h, s in result.stats.items() if s.changed)
     failed = sorted(h for h, s in result.stats.items() if s.failed)

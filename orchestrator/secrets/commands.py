@@ -12,8 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from orchestrator.errors import FleetErrors, Problem, UsageError
-from orchestrator.fsutil import atomic_write, user_file_target, write_user_file
-from orchestrator.loader.files import read_regular
+from orchestrator.fsutil import atomic_write, read_regular, user_file_target, write_user_file
 from orchestrator.secrets import sops
 from orchestrator.secrets.sops import SecretsError
 from orchestrator.secrets.store import (
@@ -21,6 +20,8 @@ from orchestrator.secrets.store import (
     RECIPIENTS,
     SecretsPlan,
     load_recipients,
+    pending_key,
+    pending_keys_dir,
     plan_for,
     read_sops_file,
     save_recipients,
@@ -30,16 +31,6 @@ from orchestrator.secrets.store import (
 
 Say = Callable[[str], None]
 HOST_KEY = "/var/lib/orchestrate/host.agekey"
-
-
-def pending_keys_dir(root: str) -> str:
-    """Host private keys waiting for their host's next successful apply (0700)."""
-    return os.path.join(root, ".orchestrate", "host-keys")
-
-
-def pending_key(root: str, host: str) -> str | None:
-    path = os.path.join(pending_keys_dir(root), f"{host}.agekey")
-    return path if os.path.exists(path) else None
 
 
 def _identity_text(identity: object, public: str, what: str) -> str:
@@ -153,7 +144,7 @@ def read_public_from_host(root: str, host: str) -> str:
     import json
 
     from orchestrator.api import fresh_build
-    from orchestrator.executor.deploy import connection_overrides
+    from orchestrator.executor.connection import connection_overrides
 
     build = fresh_build(root)
     extra = connection_overrides(root, [host]).get(host, {})

@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import FleetErrors, Loc, Problem, fail, quoted
-from orchestrator.loader.files import read_regular
+from orchestrator.fsutil import read_regular
 from orchestrator.loader.yamlfile import Map, Seq, load_text
 from orchestrator.naming import SECRET_NAME
+from orchestrator.paths import state_dir
 
 SECRETS_DIR = "secrets"
 RECIPIENTS = "recipients.yaml"
@@ -450,3 +451,13 @@ def _access(
     mode = merged["mode"]
     merged["mode"] = mode if len(mode) == 4 else "0" + mode
     return merged, (matched[0][2] if matched else None)
+
+
+def pending_keys_dir(root: str) -> str:
+    """Host private keys waiting for their host's next successful apply (0700)."""
+    return os.path.join(state_dir(root), "host-keys")
+
+
+def pending_key(root: str, host: str) -> str | None:
+    path = os.path.join(pending_keys_dir(root), f"{host}.agekey")
+    return path if os.path.exists(path) else None

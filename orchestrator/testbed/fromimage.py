@@ -12,32 +12,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 
-from orchestrator.testbed.images import TestbedError, podman
+from orchestrator.testbed.images import podman
 from orchestrator.testbed.manager import (
     Progress,
     TestbedHost,
-    _bridge_addresses,
-    _free_port,
-    _key,
-    _save,
-    _wait_ssh,
+    bridge_addresses,
     container_name,
+    free_port,
     load_record,
+    save_record,
+    testbed_key,
+    wait_ssh,
 )
-
-
-def image_root_dir(state_dir: str, host: str) -> str:
-    return os.path.join(state_dir, "testbed-images", host)
-
-
-def _run(*cmd: str) -> str:
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise TestbedError(f"{' '.join(cmd[:2])}: {res.stderr.strip() or res.stdout.strip()}")
-    return res.stdout
+from orchestrator.testbed.roots import image_root_dir, release, run_tool
 
 
 def _mount_root(image_file: str, work: str) -> str:
@@ -45,27 +33,19 @@ def _mount_root(image_file: str, work: str) -> str:
     release(work)
     os.makedirs(work, mode=0o700)
     raw = os.path.join(work, "disk.raw")
-    _run("qemu-img", "convert", "-O", "raw", image_file, raw)
-    table = json.loads(_run("sfdisk", "--json", raw))["partitiontable"]
+    run_tool("qemu-img", "convert", "-O", "raw", image_file, raw)
+    table = json.loads(run_tool("sfdisk", "--json", raw))["partitiontable"]
     root = table["partitions"][-1]
     copy = os.path.join(work, "root.img")
-    _run(
+    run_tool(
         "dd", f"if={raw}", f"of={copy}", "bs=512", f"skip={root['start']}",
         f"count={root['size']}", "conv=sparse", "status=none",
     )  # fmt: skip
     os.unlink(raw)
     mnt = os.path.join(work, "root")
     os.makedirs(mnt)
-    _run("mount", "-o", "loop", copy, mnt)
+    run_tool("mount", "-o", "loop", copy, mnt)
     return mnt
-
-
-def release(work: str) -> None:
-    """Unmount and remove a copied root filesystem (nothing when there is none)."""
-    mnt = os.path.join(work, "root")
-    if os.path.ismount(mnt):
-        _run("umount", mnt)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def up_from_image(
@@ -79,7 +59,7 @@ def up_from_image(
     """Start one container per host from its image file (``images``: host -> (file, arch)),
     replacing the host's testbed container if it has one."""
     record = load_record(state_dir)
-    key, pub = _key(state_dir)
+    key, pub = testbed_key(state_dir)
     taken = {h.port for n, h in record.items() if n not in images}
     started = []
     for host, (image_file, arch) in sorted(images.items()):
@@ -97,7 +77,7 @@ def up_from_image(
         if os.path.lexists(masked):
             os.unlink(masked)
         os.symlink("/dev/null", masked)
-        port = _free_port(taken)
+        port = free_port(taken)
         taken.add(port)
         inner = ssh_ports.get(host, 22)
         podman(
@@ -112,10 +92,10 @@ def up_from_image(
         )  # fmt: skip
         record[host] = TestbedHost(cname, "127.0.0.1", port, "root", key, arch)
         started.append(host)
-        _save(state_dir, record)
+        save_record(state_dir, record)
     progress(f"booting {len(started)} image(s) under systemd; waiting for sshd ...")
-    _wait_ssh([record[n] for n in started], timeout=180)
-    _bridge_addresses(record, deploy_addresses)
+    wait_ssh([record[n] for n in started], timeout=180)
+    bridge_addresses(record, deploy_addresses)
     return record
 
 

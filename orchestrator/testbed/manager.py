@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from orchestrator.errors import display_path
 from orchestrator.fsutil import CorruptState, atomic_write, load_state_json
 from orchestrator.testbed.images import TestbedError, podman, ssh_image
+from orchestrator.testbed.roots import image_root_dir, release
 
 RECORD = "testbed.json"
 FIRST_PORT = 22001
@@ -52,7 +53,7 @@ def load_record(state_dir: str) -> dict[str, TestbedHost]:
         ) from None
 
 
-def _save(state_dir: str, hosts: dict[str, TestbedHost]) -> None:
+def save_record(state_dir: str, hosts: dict[str, TestbedHost]) -> None:
     os.makedirs(state_dir, exist_ok=True)
     record = {"hosts": {n: asdict(h) for n, h in sorted(hosts.items())}}
     atomic_write(record_path(state_dir), json.dumps(record, indent=2, sort_keys=True).encode())
@@ -64,7 +65,7 @@ def container_name(fleet: str, host: str, state_dir: str) -> str:
     return f"orch-{fleet}-{where}-" + re.sub(r"[^a-z0-9_.-]", "-", host.lower())
 
 
-def _key(state_dir: str) -> tuple[str, str]:
+def testbed_key(state_dir: str) -> tuple[str, str]:
     folder = os.path.join(state_dir, "testbed")
     os.makedirs(folder, mode=0o700, exist_ok=True)
     key = os.path.join(folder, "id_ed25519")
@@ -78,7 +79,7 @@ def _key(state_dir: str) -> tuple[str, str]:
         return key, fh.read().strip()
 
 
-def _free_port(taken: set[int]) -> int:
+def free_port(taken: set[int]) -> int:
     port = FIRST_PORT
     while True:
         if port not in taken:
@@ -108,10 +109,8 @@ def up(
     addresses (scrape targets, proxy upstreams) work inside the testbed. Hosts in ``builders``
     build their own images (deploy.build_on: remote): their containers run privileged, since
     the image builder makes namespaces, a tap device and chroots there."""
-    from orchestrator.testbed.fromimage import image_root_dir, release
-
     record = load_record(state_dir)
-    key, pub = _key(state_dir)
+    key, pub = testbed_key(state_dir)
     images = {arch: ssh_image(arch, suite, progress) for arch in sorted(set(hosts.values()))}
     taken = {h.port for h in record.values()}
     started = []
@@ -121,7 +120,7 @@ def up(
             continue
         podman("rm", "-f", cname, check=False)
         release(image_root_dir(state_dir, name))  # it ran from an image before
-        port = _free_port(taken)
+        port = free_port(taken)
         taken.add(port)
         inner = (ssh_ports or {}).get(name, 22)
         podman(
@@ -155,14 +154,14 @@ def up(
         )
         record[name] = TestbedHost(cname, "127.0.0.1", port, "root", key, arch)
         started.append(name)
-        _save(state_dir, record)
+        save_record(state_dir, record)
     progress(f"started {len(started)} container(s); waiting for sshd ...")
-    _wait_ssh([record[n] for n in started])
-    _bridge_addresses(record, deploy_addresses or {})
+    wait_ssh([record[n] for n in started])
+    bridge_addresses(record, deploy_addresses or {})
     return record
 
 
-def _bridge_addresses(record: dict[str, TestbedHost], deploy: dict[str, str]) -> None:
+def bridge_addresses(record: dict[str, TestbedHost], deploy: dict[str, str]) -> None:
     """Give each container its IPv4 deploy address on its bridge interface, and every container
     an on-link route to the others' (idempotent: ``replace``). Traffic stays on the bridge."""
     wanted = {n: a for n, a in deploy.items() if n in record and _is_ipv4(a)}
@@ -193,7 +192,7 @@ def _running(cname: str) -> bool:
     return out.returncode == 0 and out.stdout.strip() == "true"
 
 
-def _wait_ssh(hosts: list[TestbedHost], timeout: float = 120) -> None:
+def wait_ssh(hosts: list[TestbedHost], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     pending = list(hosts)
     while pending and time.monotonic() < deadline:
@@ -231,8 +230,6 @@ def status(state_dir: str) -> list[tuple[str, TestbedHost, bool, bool]]:
 
 def down(state_dir: str) -> list[str]:
     """Remove every recorded container and the record."""
-    from orchestrator.testbed.fromimage import image_root_dir, release
-
     record = load_record(state_dir)
     for name, h in record.items():
         podman("rm", "-f", "-t", "1", h.container, check=False)

@@ -6,8 +6,8 @@ from orchestrator.validator.schemas import (
     document_problems,
     findings,
     option_validator,
-    schema_path,
 )
+from orchestrator.validator.types import schema_path
 
 __all__ = [
     "Finding",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.validator.patterns import PatternError, PatternTimeout, search
-from orchestrator.validator.schemas import TYPE_PREFIX, shared_type
+from orchestrator.validator.types import TYPE_PREFIX, shared_type
 
 Check = Callable[[Any], bool]
 _IGNORED = {"description", "default", "examples", "deprecated", "title", "$comment"}

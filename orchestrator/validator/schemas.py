@@ -8,10 +8,8 @@ value, and unknown keys get a "did you mean" hint.
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from jsonschema import Draft202012Validator, validators
@@ -22,36 +20,17 @@ from referencing.jsonschema import DRAFT202012
 from orchestrator.errors import Loc, Problem, excerpt, one_line, quoted
 from orchestrator.loader.yamlfile import locate
 from orchestrator.validator.patterns import PatternError, PatternTimeout, compile_pattern, search
-
-TYPE_PREFIX = "orchestrate:"
-
-
-def schema_path(name: str) -> str:
-    """The file path of a shipped schema, e.g. ``fleet`` -> .../schemas/fleet.schema.json."""
-    return str(resources.files("orchestrator") / "schemas" / f"{name}.schema.json")
-
-
-@cache
-def _load(name: str) -> dict[str, Any]:
-    with open(schema_path(name), encoding="utf-8") as fh:
-        data: dict[str, Any] = json.load(fh)
-    return data
+from orchestrator.validator.types import TYPE_PREFIX, load_schema, shared_type
 
 
 @cache
 def _registry() -> Registry[Any]:
-    types = _load("types")
+    types = load_schema("types")
     pairs = []
     for name, schema in types["$defs"].items():
         contents = {"$schema": types["$schema"], **schema}
         pairs.append((TYPE_PREFIX + name, Resource.from_contents(contents, DRAFT202012)))
     return Registry().with_resources(pairs)
-
-
-def shared_type(name: str) -> dict[str, Any] | None:
-    """The schema of a shared type, for docs and merge decisions."""
-    found: dict[str, Any] | None = _load("types")["$defs"].get(name)
-    return found
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
@@ -117,14 +96,14 @@ FleetValidator = validators.extend(  # type: ignore[no-untyped-call]
 
 @cache
 def _document_validator(name: str) -> Any:
-    return FleetValidator(_load(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return FleetValidator(load_schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 @cache
 def _document_fast(name: str) -> Any:
     from orchestrator.validator.fast import compile_check
 
-    schema = _load(name)
+    schema = load_schema(name)
     return compile_check(schema, schema)
 
 
@@ -209,7 +188,7 @@ _REF_HINT = 'refer to a shared type as "orchestrate:NAME" or to "#/$defs/NAME" o
 def _ref_problem(root: Any, ref: str) -> str | None:
     if ref.startswith(TYPE_PREFIX):
         if shared_type(ref[len(TYPE_PREFIX) :]) is None:
-            known = ", ".join(sorted(_load("types")["$defs"]))
+            known = ", ".join(sorted(load_schema("types")["$defs"]))
             return f"unknown shared type {excerpt(ref)} (known types: {known})"
         return None
     if not ref.startswith("#"):

@@ -1,0 +1,149 @@
+"""The package's shape, checked from its source: stages do not import each other in circles, no
+file reaches for another file's private names, and below the command line nothing prints,
+exits or imports the command line."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "orchestrator"
+# not Python of the tool itself: role modules and plugins run on hosts or inside Ansible
+SKIP = {"roles", "library", "playbooks", "schemas", "testbed_files", "__pycache__"}
+# where output is the job: the command line, and the renderers it hands values to
+PRINTS = {"orchestrator.cli", "orchestrator.reporter.run"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(REPO)
+        if SKIP & set(rel.parts) or "callback_plugins" in rel.parts:
+            continue
+        name = ".".join(rel.with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def _imports(tree: ast.AST, modules: dict[str, Path]) -> list[tuple[str, str, int]]:
+    """(module, name, line) for every import of the package, at any depth (lazy ones too)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                target = full if full in modules else node.module
+                if target in modules:
+                    found.append((target, alias.name, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, "", node.lineno) for a in node.names if a.name in modules]
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = {t for t, _n, _l in _imports(ast.parse(path.read_text()), modules)}
+        # a package's __init__ re-exports its own files: importing it is importing them
+        graph[name] = {t for t in targets if t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on.add(start)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_between_files_of_the_package() -> None:
+    graph = _graph()
+    assert len(graph) > 50  # the walk found the package
+    assert _cycles(graph) == []
+
+
+def test_no_file_imports_another_files_private_names() -> None:
+    modules = _modules()
+    bad = []
+    for name, path in modules.items():
+        for target, imported, line in _imports(ast.parse(path.read_text()), modules):
+            if imported.startswith("_") and not imported.startswith("__") and target != name:
+                bad.append(f"{path.relative_to(REPO)}:{line}: {target}.{imported}")
+    assert bad == []
+
+
+def test_below_the_command_line_nothing_prints_exits_or_imports_it() -> None:
+    bad = []
+    for name, path in _modules().items():
+        if name == "orchestrator.cli":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ImportFrom) and node.module == "orchestrator.cli":
+                bad.append(f"{where}: imports the command line")
+            if isinstance(node, ast.Raise) and "SystemExit" in ast.unparse(node):
+                bad.append(f"{where}: raises SystemExit")
+            if isinstance(node, ast.Call):
+                call = ast.unparse(node.func)
+                if call in ("sys.exit", "exit", "quit", "os._exit") and not _in_dev_main(
+                    tree, node
+                ):
+                    bad.append(f"{where}: {call}()")
+                if call == "print" and name not in PRINTS and not _in_dev_main(tree, node):
+                    bad.append(f"{where}: print()")
+    assert bad == []
+
+
+def _in_dev_main(tree: ast.AST, call: ast.Call) -> bool:
+    """A maintainer's script run as ``python3 -m``: its own `main()` may print, and its
+    ``if __name__ == "__main__"`` block may exit with main's code."""
+    for node in ast.walk(tree):
+        script = isinstance(node, ast.FunctionDef) and node.name == "main"
+        script |= isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+        if script and any(child is call for child in ast.walk(node)):
+            return True
+    return False
