@@ -737,74 +737,11 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _testbed_up(args: argparse.Namespace) -> int:
-    from orchestrator.api import evaluate_fleet
-    from orchestrator.paths import state_dir
-    from orchestrator.testbed import up
+    from orchestrator.api import testbed_up
 
-    root = _root(args)
-    ev = evaluate_fleet(root)
-    chosen = sorted(ev.hosts)
-    if args.hosts:
-        from orchestrator.api import fleet_data
-        from orchestrator.selection import select
-
-        chosen = select(fleet_data(root), args.hosts)
-    if args.from_image:
-        chosen = _built_image_hosts(root, ev, args.from_image, args.hosts)
-    suite = ev.spec.channels["stable"]["suite"]
-    hosts = {h: ev.hosts[h].info["arch"] for h in chosen}
-    ports = {h: int(ev.hosts[h].info["deploy"]["port"]) for h in chosen}
-    addresses = {h: str(ev.hosts[h].info["deploy"]["host"]) for h in chosen}
-    if args.from_image:
-        from orchestrator.images.plan import images_dir
-        from orchestrator.testbed.fromimage import up_from_image
-
-        folder = os.path.join(images_dir(root), args.from_image)
-        files = {
-            h: (os.path.join(folder, str(load_image_manifest(root, args.from_image)[h]["file"])), a)
-            for h, a in hosts.items()
-        }
-        record = up_from_image(state_dir(root), ev.spec.name, files, _err, ports, addresses)
-    else:
-        builders = {h for h in chosen if ev.hosts[h].info["deploy"]["build_on"] == "remote"}
-        record = up(state_dir(root), ev.spec.name, hosts, suite, _err, ports, addresses, builders)
-    for name in chosen:
-        h = record[name]
+    for name, h in testbed_up(_root(args), args.hosts, args.from_image, _err):
         _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")
     return 0
-
-
-def load_image_manifest(root: str, name: str) -> dict[str, Any]:
-    from orchestrator.images.plan import images_dir, load_manifest
-
-    return load_manifest(images_dir(root), name)
-
-
-def _built_image_hosts(root: str, ev: Any, name: str, hosts: str | None) -> list[str]:
-    """The hosts of image entry ``name`` (or those of --hosts) whose image file is built."""
-    from orchestrator.images.plan import images_dir, plan_images
-
-    planned = {i.host: i for i in plan_images(ev, [name])}
-    chosen = sorted(planned)
-    if hosts:
-        from orchestrator.api import fleet_data
-        from orchestrator.selection import select
-
-        chosen = [h for h in select(fleet_data(root), hosts) if h in planned]
-        if not chosen:
-            raise UsageError(f"image {name!r} has no file for the hosts {hosts!r} selects")
-    built = load_image_manifest(root, name)
-    missing = [
-        h
-        for h in chosen
-        if h not in built or not os.path.exists(os.path.join(images_dir(root), planned[h].file))
-    ]
-    if missing:
-        raise UsageError(
-            f"image {name!r} is not built for {', '.join(missing)}: "
-            f"run `orchestrate image build {name}` first"
-        )
-    return chosen
 
 
 def _image_parsers(sub: Any) -> None:
@@ -888,74 +825,27 @@ def _image_list(args: argparse.Namespace) -> int:
 def _image_build(args: argparse.Namespace) -> int:
     import signal
 
-    from orchestrator.api import build
-    from orchestrator.compiler.freshness import load_build_data
-    from orchestrator.images.build import build_images
-    from orchestrator.images.plan import images_dir, plan_images
+    from orchestrator.api import build_images
 
     if bool(args.names) == bool(args.all):
         raise UsageError("name the image entries to build, or give --all (not both)")
-    root = _root(args)
-    ev, result = build(root)
-    planned = plan_images(ev, None if args.all else list(args.names))
-    if args.limit:
-        from orchestrator.selection import select
-
-        wanted = set(select(load_build_data(result.out_dir), args.limit))
-        inside = sorted({i.host for i in planned})
-        planned = [i for i in planned if i.host in wanted]
-        if not planned:
-            raise UsageError(
-                f"--limit selects none of the chosen images' hosts ({', '.join(inside)})"
-            )
-    if not planned:
-        _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
-        return 0
-    out = os.path.abspath(args.out or images_dir(root))
     flag = _interruptible()
     signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
-    built = build_images(
-        root,
-        result.out_dir,
-        load_build_data(result.out_dir),
-        planned,
-        out,
-        lambda msg: _err(msg),
-        flag,
-    )
-    for b in built:
+    built = build_images(_root(args), args.names, args.limit, args.out, _err, flag)
+    if built is None:
+        _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
+    for b in built or []:
         sys.stdout.write(f"{b.sha256}  {os.path.relpath(b.path)}\n")
     return 0
 
 
 def _image_boot(args: argparse.Namespace) -> int:
-    from orchestrator.api import evaluate_fleet
-    from orchestrator.images.boot import boot
-    from orchestrator.images.plan import images_dir, plan_images
+    from orchestrator.api import boot_images
 
-    root = _root(args)
-    ev = evaluate_fleet(root)
-    planned = plan_images(ev, [args.name])
-    if planned and planned[0].format == "sd":
-        raise UsageError(
-            f"{args.name}: SD card images boot on their board; try one with "
-            f"`orchestrate testbed up --from-image {args.name}`"
-        )
-    chosen = _built_image_hosts(root, ev, args.name, args.limit)
-    for img in planned:
-        if img.host in chosen:
-            port = int(ev.hosts[img.host].info["deploy"]["port"])
-            res = boot(
-                os.path.join(images_dir(root), img.file),
-                img.host,
-                port,
-                args.timeout,
-                _err,
-                args.console_log or "",
-            )
-            sys.stdout.write(
-                f"{img.host}\tup {res.ready_seconds:.0f}s\tssh {res.ssh_seconds:.0f}s\n"
-            )
+    for host, res in boot_images(
+        _root(args), args.name, args.limit, args.timeout, args.console_log, _err
+    ):
+        sys.stdout.write(f"{host}\tup {res.ready_seconds:.0f}s\tssh {res.ssh_seconds:.0f}s\n")
     return 0
 
 

@@ -147,3 +147,17 @@ def _in_dev_main(tree: ast.AST, call: ast.Call) -> bool:
         if script and any(child is call for child in ast.walk(node)):
             return True
     return False
+
+
+def test_the_executor_reaches_hosts_through_one_seam() -> None:
+    """plan and apply never import the entry points, the secrets commands or the testbed
+    manager: how a run reaches its hosts comes from executor/connection.py alone."""
+    graph = _graph()
+    forbidden = {"orchestrator.api", "orchestrator.cli", "orchestrator.secrets.commands"}
+    bad = []
+    for name, targets in graph.items():
+        if name.startswith("orchestrator.executor."):
+            seam = name == "orchestrator.executor.connection"
+            reach = forbidden | (set() if seam else {"orchestrator.testbed.manager"})
+            bad += [f"{name} -> {t}" for t in sorted(targets & reach)]
+    assert bad == []

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.api import build, select
 from orchestrator.compiler.build import input_hashes
 from orchestrator.compiler.freshness import input_path, load_build_data, sha256_file
 from orchestrator.errors import OrchestrateError, UsageError, quoted
@@ -24,7 +23,9 @@ from orchestrator.executor.connection import run_overrides
 from orchestrator.executor.lock import FleetLock
 from orchestrator.executor.runner import Event, HostStats, RunRequest, RunResult, TaskResult, run
 from orchestrator.naming import SECRETS_GROUP
+from orchestrator.pipeline import build
 from orchestrator.secrets.store import pending_key
+from orchestrator.selection import select
 
 PLAN_FORMAT = 2
 

@@ -38,7 +38,7 @@ def _identity_text(identity: object, public: str, what: str) -> str:
 
 
 def _fleet_plan(root: str) -> SecretsPlan:
-    from orchestrator.api import evaluate_fleet
+    from orchestrator.pipeline import evaluate_fleet
 
     return plan_for(evaluate_fleet(root))
 
@@ -143,8 +143,8 @@ def read_public_from_host(root: str, host: str) -> str:
     """The public line of the key already installed on a host, read over SSH by Ansible."""
     import json
 
-    from orchestrator.api import fresh_build
     from orchestrator.executor.connection import connection_overrides
+    from orchestrator.pipeline import fresh_build
 
     build = fresh_build(root)
     extra = connection_overrides(root, [host]).get(host, {})
