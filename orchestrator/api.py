@@ -46,10 +46,15 @@ Progress = Callable[[str], None]
 
 
 def testbed_up(
-    root: str, hosts: str | None, from_image: str | None, progress: Progress
+    root: str,
+    hosts: str | None,
+    from_image: str | None,
+    progress: Progress,
+    preload: bool = False,
 ) -> list[tuple[str, Any]]:
     """`orchestrate testbed up`: a container per selected host (every host by default), or
-    the built image entry ``from_image`` booted; (host, TestbedHost) for each, by name."""
+    the built image entry ``from_image`` booted; (host, TestbedHost) for each, by name. With
+    ``preload`` the containers start with the packages their hosts' roles install."""
     from orchestrator.paths import state_dir
     from orchestrator.testbed import up
 
@@ -71,8 +76,22 @@ def testbed_up(
     else:
         suite = ev.spec.channels["stable"]["suite"]
         builders = {h for h in chosen if ev.hosts[h].info["deploy"]["build_on"] == "remote"}
+        packages = None
+        if preload:
+            from orchestrator.testbed.packages import preloads
+
+            out = fresh_build(root)
+            packages = preloads(out, load_build_data(out), chosen)
         record = up(
-            state_dir(root), ev.spec.name, arch, suite, progress, ports, addresses, builders
+            state_dir(root),
+            ev.spec.name,
+            arch,
+            suite,
+            progress,
+            ports,
+            addresses,
+            builders,
+            packages,
         )
     return [(name, record[name]) for name in chosen]
 

@@ -246,6 +246,13 @@ def _deploy_parsers(sub: Any) -> None:
         "`orchestrate image build NAME` first): a plan then shows what a machine made from "
         "the image would get on its first apply",
     )
+    tu.add_argument(
+        "--preload",
+        action="store_true",
+        help="start from an image with the packages the hosts' roles install already in it "
+        "(built once per architecture and package list, renewed weekly): a first apply then "
+        "only configures. For trying a fleet quickly; a plain testbed installs from scratch",
+    )
     tu.set_defaults(run=_testbed_up)
     ts = tsub.add_parser("status", help="list containers and whether sshd answers")
     ts.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -739,7 +746,7 @@ def _apply(args: argparse.Namespace) -> int:
 def _testbed_up(args: argparse.Namespace) -> int:
     from orchestrator.api import testbed_up
 
-    for name, h in testbed_up(_root(args), args.hosts, args.from_image, _err):
+    for name, h in testbed_up(_root(args), args.hosts, args.from_image, _err, args.preload):
         _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")
     return 0
 

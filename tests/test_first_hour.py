@@ -375,3 +375,28 @@ def test_a_plain_path_that_answers_null_names_the_missing_key(
     assert "note: hosts has no key 'WEB_2' (did you mean 'web-2'?)" in r.stderr
     r = orchestrate(root, "query", 'hosts."web-2".name')
     assert (r.returncode, r.stdout, r.stderr) == (0, '"web-2"\n', "")
+
+
+def test_the_testbed_preload_lists_what_the_hosts_roles_install(tmp_path: Path) -> None:
+    from orchestrator.compiler.freshness import load_build_data
+    from orchestrator.pipeline import fresh_build
+    from orchestrator.testbed.packages import preloads
+
+    root = tmp_path / "fleet"
+    shutil.copytree(BUNDLED, root, ignore=shutil.ignore_patterns(".orchestrate"))
+    out = fresh_build(str(root))
+    data = load_build_data(out)
+    found = preloads(out, data, sorted(data["hosts"]))
+    pi, x86 = found["aarch64"], found["x86_64"]
+    # the roles' literal apt names, each only where a host runs the role
+    assert {"nftables", "wireguard-tools", "prometheus-node-exporter"} <= set(pi.packages)
+    assert "nginx-light" in x86.packages and "nginx-light" not in pi.packages
+    assert "prometheus" in x86.packages and "prometheus" not in pi.packages
+    # environment.system_packages after each host's overrides; no templated names
+    assert {"git", "curl", "htop"} <= set(pi.packages)
+    assert not any("{" in p for p in (*pi.packages, *x86.packages))
+    # components the hosts name: zfsutils-linux comes from contrib
+    assert "zfsutils-linux" in x86.packages and "contrib" in x86.components
+    assert pi.components[0] == "main" and list(pi.packages) == sorted(pi.packages)
+    only_pi = preloads(out, data, ["pi-1"])
+    assert set(only_pi) == {"aarch64"} and only_pi["aarch64"].packages == pi.packages

@@ -95,6 +95,44 @@ def ssh_image(arch: str, suite: str, progress: Progress) -> str:
     return name
 
 
+def preloaded_image(
+    arch: str,
+    suite: str,
+    components: tuple[str, ...],
+    packages: tuple[str, ...],
+    progress: Progress,
+) -> str:
+    """The SSH host image with ``packages`` installed from the archive ``components`` and
+    apt's lists kept (`testbed up --preload`), built on first use. Its name carries the list
+    and the ISO week, so that an edited list builds a new image and the lists in it are at
+    most a week old. A package the archive does not have is left to the first apply."""
+    import hashlib
+    import time
+
+    base = ssh_image(arch, suite, progress)
+    if not packages:
+        return base
+    week = time.strftime("%G-%V", time.gmtime())
+    digest = hashlib.sha256("\n".join([week, *components, "", *packages]).encode()).hexdigest()
+    name = f"{base}-pre-{digest[:10]}"
+    if image_exists(name):
+        return name
+    progress(f"building {name}: {len(packages)} package(s) preloaded for {arch} ...")
+    names = " ".join(packages)
+    install = "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends"
+    recipe = (
+        f"FROM {base}\n"
+        f"RUN sed -i 's/ main$/ {' '.join(components)}/' /etc/apt/sources.list \\\n"
+        " && apt-get update \\\n"
+        f" && ({install} {names} || for p in {names}; do {install} $p || true; done)\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="orchestrate-preload-") as context:
+        with open(os.path.join(context, "Containerfile"), "w", encoding="utf-8") as fh:
+            fh.write(recipe)
+        podman("build", "--arch", DEB_ARCH[arch], "-t", name, context, timeout=3600)
+    return name
+
+
 def recipe_digest() -> str:
     import hashlib
 

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 
 from orchestrator.errors import display_path
 from orchestrator.fsutil import CorruptState, atomic_write, load_state_json
-from orchestrator.testbed.images import TestbedError, podman, ssh_image
+from orchestrator.testbed.images import TestbedError, podman, preloaded_image
+from orchestrator.testbed.packages import Preload
 from orchestrator.testbed.roots import image_root_dir, release
 
 RECORD = "testbed.json"
@@ -101,6 +102,7 @@ def up(
     ssh_ports: dict[str, int] | None = None,
     deploy_addresses: dict[str, str] | None = None,
     builders: set[str] | None = None,
+    preload: dict[str, Preload] | None = None,
 ) -> dict[str, TestbedHost]:
     """Start a container per host (``hosts`` maps name -> arch); reuse running ones. sshd in
     a container listens on the host's deploy port (``ssh_ports``, else 22), published on a free
@@ -108,10 +110,14 @@ def up(
     podman bridge (``deploy_addresses``), so services that reach each other at those
     addresses (scrape targets, proxy upstreams) work inside the testbed. Hosts in ``builders``
     build their own images (deploy.build_on: remote): their containers run privileged, since
-    the image builder makes namespaces, a tap device and chroots there."""
+    the image builder makes namespaces, a tap device and chroots there. With ``preload``
+    (arch -> what to install) the containers start from an image that has it installed."""
     record = load_record(state_dir)
     key, pub = testbed_key(state_dir)
-    images = {arch: ssh_image(arch, suite, progress) for arch in sorted(set(hosts.values()))}
+    images = {
+        arch: preloaded_image(arch, suite, *_preload_of(preload, arch), progress)
+        for arch in sorted(set(hosts.values()))
+    }
     taken = {h.port for h in record.values()}
     started = []
     for name, arch in sorted(hosts.items()):
@@ -159,6 +165,13 @@ def up(
     wait_ssh([record[n] for n in started])
     bridge_addresses(record, deploy_addresses or {})
     return record
+
+
+def _preload_of(
+    preload: dict[str, Preload] | None, arch: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    found = (preload or {}).get(arch)
+    return (found.components, found.packages) if found else (("main",), ())
 
 
 def bridge_addresses(record: dict[str, TestbedHost], deploy: dict[str, str]) -> None:

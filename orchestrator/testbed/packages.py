@@ -1,0 +1,105 @@
+"""What `testbed up --preload` installs into the testbed image: the Debian packages the hosts
+of one architecture will ask for, read from the build (a host's `environment.system_packages`
+after its overrides, and the package names a role's apt tasks write out), never guessed."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from orchestrator.fsutil import MAX_ROLE_FILE_BYTES, read_regular
+
+# Debian package names (policy 5.6.1), with an optional :arch; anything else is not preloaded
+PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
+APT_MODULES = ("ansible.builtin.apt", "apt")
+COMPONENT = re.compile(r"[a-z][a-z-]*")
+
+
+@dataclass(frozen=True)
+class Preload:
+    """What one architecture's testbed image gets: archive components and packages."""
+
+    components: tuple[str, ...]
+    packages: tuple[str, ...]
+
+
+def preloads(build_dir: str, data: dict[str, Any], hosts: list[str]) -> dict[str, Preload]:
+    """Per architecture, for ``hosts`` of the build in ``build_dir``: the archive components
+    their `environment.apt_components` name (zfsutils-linux is in contrib) and the packages."""
+    role_packages: dict[str, set[str]] = {}
+    packages: dict[str, set[str]] = {}
+    components: dict[str, set[str]] = {}
+    for name in hosts:
+        host = data["hosts"][name]
+        wanted = packages.setdefault(host["arch"], set())
+        wanted |= _system_packages(host["config"])
+        env = host["config"].get("environment")
+        given = env.get("apt_components") if isinstance(env, dict) else None
+        components.setdefault(host["arch"], {"main"}).update(
+            c for c in given or [] if isinstance(c, str) and COMPONENT.fullmatch(c)
+        )
+        for role in host["roles"]:
+            if role not in role_packages:
+                role_packages[role] = _role_packages(os.path.join(build_dir, "roles", role))
+            wanted |= role_packages[role]
+    return {
+        arch: Preload(
+            tuple(sorted(components[arch])),
+            tuple(sorted(p for p in names if PACKAGE.fullmatch(p))),
+        )
+        for arch, names in packages.items()
+    }
+
+
+def _system_packages(config: dict[str, Any]) -> set[str]:
+    env = config.get("environment")
+    if not isinstance(env, dict):
+        return set()
+    overrides = env.get("package_overrides") or {}
+    names = set()
+    for p in env.get("system_packages") or []:
+        chosen = overrides.get(p, p) if isinstance(overrides, dict) else p
+        if isinstance(chosen, str) and chosen:  # "" drops a package
+            names.add(chosen)
+    return names
+
+
+def _role_packages(folder: str) -> set[str]:
+    """Package names an apt task of the role writes out (a templated name is left to apply)."""
+    names: set[str] = set()
+    tasks = os.path.join(folder, "tasks")
+    if not os.path.isdir(tasks):
+        return names
+    for entry in sorted(os.listdir(tasks)):
+        if entry.endswith((".yml", ".yaml")):
+            raw, _st = read_regular(os.path.join(tasks, entry), MAX_ROLE_FILE_BYTES)
+            try:
+                doc = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                continue  # ansible-lint and the run itself report a broken task file
+            names |= _apt_names(doc)
+    return names
+
+
+def _apt_names(node: Any) -> set[str]:
+    names: set[str] = set()
+    if isinstance(node, list):
+        for item in node:
+            names |= _apt_names(item)
+    elif isinstance(node, dict):
+        for module in APT_MODULES:
+            args = node.get(module)
+            if isinstance(args, dict) and args.get("state", "present") == "present":
+                if "default_release" in args:
+                    continue  # from another suite, which the image does not have
+                given = args.get("name")
+                for n in [given] if isinstance(given, str) else given or []:
+                    if isinstance(n, str) and "{{" not in n:
+                        names.add(n)
+        for key in ("block", "rescue", "always"):
+            names |= _apt_names(node.get(key))
+    return names
