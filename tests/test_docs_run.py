@@ -344,38 +344,50 @@ class Invocation:
     line: str
 
 
-def invocations(command: str) -> list[Invocation]:
-    """Every `orchestrate` (or `.../bin/orchestrate`) the command line runs; a `for` loop's
-    body once per value of its variable."""
+def _tokens(command: str) -> list[str]:
     lex = shlex.shlex(normalise(command), posix=True, punctuation_chars=True)
     lex.whitespace_split = True
-    tokens = list(lex)
-    loops: list[tuple[str, list[str]]] = []
-    if tokens[:1] == ["for"]:
-        stop = next(i for i, t in enumerate(tokens) if t in (";", "do"))
-        loops.append((tokens[1], tokens[3:stop]))
+    return list(lex)
+
+
+def simple_commands(command: str) -> list[list[str]]:
+    """The simple commands of a command line (split at pipes, lists, subshells, loop words),
+    each without its leading variable assignments and redirections; empty ones left out."""
     simple: list[list[str]] = [[]]
-    for t in tokens:
+    for t in _tokens(command):
         if t in ("|", "||", "&&", ";", "(", ")", "&", "do", "done", "then", "fi"):
             simple.append([])
         elif t in (">", ">>", "<", "2>"):
             simple[-1].append("\0")  # the rest of this command is a redirection
         else:
             simple[-1].append(t)
-    found = []
+    out = []
     for words in simple:
         if "\0" in words:
             words = words[: words.index("\0")]
         while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
             words = words[1:]  # EDITOR=... orchestrate ..., edge=$(...)
-        if not words or words[0] == "for" or os.path.basename(words[0]) != "orchestrate":
+        if words:
+            out.append(words)
+    return out
+
+
+def invocations(command: str) -> list[Invocation]:
+    """Every `orchestrate` (or `.../bin/orchestrate`) the command line runs; a `for` loop's
+    body once per value of its variable."""
+    tokens = _tokens(command)
+    var, values = "", [""]
+    if tokens[:1] == ["for"]:
+        stop = next(i for i, t in enumerate(tokens) if t in (";", "do"))
+        var, values = tokens[1], tokens[3:stop]
+    found = []
+    for words in simple_commands(command):
+        if os.path.basename(words[0]) != "orchestrate":
             continue
-        if loops and any(f"${loops[0][0]}" in w for w in words):
-            var, values = loops[0]
-            for v in values:
-                found.append(Invocation(tuple(w.replace(f"${var}", v) for w in words[1:]), command))
-        else:
-            found.append(Invocation(tuple(words[1:]), command))
+        uses = var and any(f"${var}" in w for w in words)
+        for v in values if uses else [""]:
+            args = tuple(w.replace(f"${var}", v) if uses else w for w in words[1:])
+            found.append(Invocation(args, command))
     return found
 
 
@@ -713,6 +725,40 @@ def check_not_run(c: Command, work: Work) -> None:
                 assert args.from_image in images, (c.where, args.from_image)
 
 
+# What may run in the fast lane: these programs, and orchestrate's commands but these
+HERE = {"cd", "export", "orchestrate", "ansible-playbook", "printf", "echo", "cp", "cat", "grep",
+        "awk", "jq", "head", "sort", "diff", "ls", "for"}  # fmt: skip
+NOT_HERE = {
+    ("testbed", "up"): "starts containers",
+    ("testbed", "down"): "removes containers",
+    ("testbed", "status"): "reads the running testbed",
+    ("apply",): "converges hosts",
+    ("plan",): "contacts the hosts (without --offline)",
+    ("image", "build"): "builds images as root",
+    ("image", "boot"): "boots images under qemu",
+    ("schedule", "add"): "installs a crontab entry",
+    ("schedule", "remove"): "changes the crontab",
+    ("schedule", "run"): "runs a scheduled plan or apply",
+    ("test",): "runs molecule in podman",
+}
+
+
+def cannot_run_here(c: Command) -> str:
+    """Why a command must not run in the fast lane, or ""."""
+    for words in simple_commands(c.text):
+        program = os.path.basename(words[0])
+        if program not in HERE:
+            return f"runs {program}"
+    for inv in invocations(c.text):
+        path = tuple(command_path(inv.words))
+        why = NOT_HERE.get(path[:2]) or NOT_HERE.get(path[:1])
+        if why and not (path == ("plan",) and "--offline" in inv.words):
+            return why
+        if path == ("secrets", "host-key") and "--from-host" in inv.words:
+            return "reads the key over SSH"
+    return ""
+
+
 RAN: list[str] = []  # what the tests below ran, for the count in the summary
 
 
@@ -725,6 +771,9 @@ def run_commands(work: Work, commands: list[Command], name: str, *, block: bool)
         if c.key in E2E:
             check_not_run(c, work)
             continue
+        reason = cannot_run_here(c)
+        if reason:
+            pytest.fail(f"{c.where}: `{c.key}` {reason}: add it to E2E with the test that runs it")
         here = session or _session(work, [c], state / str(n), fresh=False)
         r = here.run(c.text)
         _check_expected(c, r)
@@ -805,7 +854,9 @@ def test_the_e2e_table_names_documented_commands_and_tests_that_run_them() -> No
     stale = sorted(set(EXPECT) - documented)
     assert not stale, f"EXPECT entries no page has any more: {stale}"
     for command, (why, ref) in E2E.items():
-        assert why
+        assert why and cannot_run_here(Command(command, "E2E", "bundled")), (
+            f"{command!r} can run in the fast lane: take it out of E2E"
+        )
         if "::" not in ref:
             assert re.search(r"python3 -m pytest", command), (command, ref)  # the suite itself
             continue
@@ -852,7 +903,11 @@ def _check_synopsis(words: list[str], where: str) -> None:
         _check_synopsis(rest[cut + 1 :], where)
         rest = rest[:cut]
     for p in parsers:
-        options = {s: a for a in p._actions for s in a.option_strings}
+        # a hidden flag (help=SUPPRESS: an old spelling kept to point at the new one) is no
+        # flag to document; --fleet is the top level's
+        options = {
+            s: a for a in p._actions for s in a.option_strings if a.help != argparse.SUPPRESS
+        }
         options.update({s: a for a in top._actions for s in a.option_strings})
         positionals = [a for a in p._actions if not a.option_strings]
         for j, w in enumerate(rest):
@@ -1085,3 +1140,33 @@ def test_the_plan_sample_is_what_plan_prints(work: Work) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout == b.text
+
+
+def _every_flag() -> set[str]:
+    import argparse
+
+    flags: set[str] = set()
+
+    def walk(p: argparse.ArgumentParser) -> None:
+        for a in p._actions:
+            if a.help != argparse.SUPPRESS or "--fleet" in a.option_strings:
+                flags.update(a.option_strings)
+        for child in _children(p).values():
+            walk(child)
+
+    walk(_parser())
+    return flags
+
+
+def test_flags_named_alone_in_the_prose_exist() -> None:
+    """`--out`, `--console-log FILE`, `-vvv`: a flag some command has (a renamed one fails)."""
+    flags = _every_flag()
+    seen = 0
+    for s in spans():
+        m = re.match(r"(--?[a-z][\w-]*)", s.text)
+        if not m:
+            continue
+        flag = re.sub(r"^-([a-z])\1+$", r"-\1", m.group(1))  # -vvv is -v three times
+        assert flag in flags, f"{s.where}: no command has {flag}"
+        seen += 1
+    assert seen > 10
