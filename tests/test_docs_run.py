@@ -59,8 +59,9 @@ SHELL = {"sh", "bash", "console", "shell"}
 # ------------------------------------------------------------------------------------ tables
 
 # A documented command (normalised: comments and prompts gone, whitespace collapsed) that cannot
-# run in the fast lane -> (why, the test that runs the same command for real). The e2e test's
-# source (with the fixtures and helpers of its file that it uses) must run the command's
+# run in the fast lane -> (why, what runs the same command for real: tests/FILE.py::TEST, a
+# test file, or a script that holds the command verbatim; several joined by "; "). The tests'
+# source (with the fixtures and helpers of their file that they use) must run the command's
 # subcommands, so a renamed or deleted test fails here too.
 E2E: dict[str, tuple[str, str]] = {
     # README.md: install and the whole suite
@@ -76,7 +77,8 @@ E2E: dict[str, tuple[str, str]] = {
     ),
     "bash .ci/deps.sh && ruff check . && ruff format --check . && mypy && orchestrate --fleet "
     'inventory secrets check && python3 -m pytest -q -m "not slow"': (
-        "installs Debian packages as root, then lints and runs the whole suite (.ci/run does)",
+        "installs Debian packages as root, then lints and runs the whole suite",
+        ".ci/run; "
         "tests/test_secrets.py::test_committed_plaintext_fails_the_bundled_check_as_ci_runs_it",
     ),
     'python3 -m pytest -q -p no:cacheprovider -m "not containers and not images and not slow '
@@ -186,6 +188,7 @@ EXPECT: dict[str, Expect] = {
     "orchestrate secrets check": Expect(
         err=("secrets OK: 1 encrypted file(s), 1 admin(s), 3 host key(s)",)
     ),
+    "orchestrate secrets edit wireguard": Expect(err=("secrets/wireguard.yaml: saved",)),
     "orchestrate secrets rekey": Expect(err=("2 file(s) re-encrypted",)),
     "orchestrate inventory --list": Expect(out=('"_meta"', '"tag_core"')),
     "orchestrate options --library": Expect(out=("services.reverse_proxy.locations",)),
@@ -857,14 +860,22 @@ def test_the_e2e_table_names_documented_commands_and_tests_that_run_them() -> No
         assert why and cannot_run_here(Command(command, "E2E", "bundled")), (
             f"{command!r} can run in the fast lane: take it out of E2E"
         )
-        if "::" not in ref:
-            assert re.search(r"python3 -m pytest", command), (command, ref)  # the suite itself
-            continue
-        source = _test_source(ref)
+        refs = ref.split("; ")
+        tests = [r for r in refs if "::" in r]
+        for r in refs:
+            if "::" in r:
+                continue
+            if (REPO / r).is_file() and not r.startswith("tests/"):
+                assert command in (REPO / r).read_text(), f"{r} does not run {command!r}"
+            elif (REPO / r).is_file():
+                continue  # a whole test file
+            else:
+                assert command.startswith("python3 -m pytest"), (command, r)  # the suite itself
+        source = "\n".join(_test_source(t) for t in tests)
         for inv in invocations(command):
             path = command_path(inv.words)
             quoted = r",\s*".join(f'"{w}"' for w in path)
-            assert re.search(quoted, source), f"{ref} does not run `orchestrate {' '.join(path)}`"
+            assert re.search(quoted, source), f"{tests} do not run `orchestrate {' '.join(path)}`"
 
 
 def test_every_documented_command_is_run_or_in_the_e2e_table(work: Work) -> None:
