@@ -173,6 +173,8 @@ def test_every_environment_variable_the_tool_reads_is_documented() -> None:
             r"\b(ORCHESTRATE_[A-Z_]+|SOPS_AGE_KEY_FILE|SOURCE_DATE_EPOCH|XDG_[A-Z_]+)\b", code
         )
     )
+    # and any other variable read by name (PATH, which `schedule add` copies into crontab)
+    read |= set(re.findall(r"(?:environ\.get\(|environ\[|getenv\()\s*\"([A-Z][A-Z0-9_]*)\"", code))
     documented = (REPO / "docs" / "conventions.md").read_text()
     assert read and not [v for v in sorted(read) if f"`{v}`" not in documented]
 
