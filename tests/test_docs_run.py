@@ -76,15 +76,19 @@ E2E: dict[str, tuple[str, str]] = {
         "tests/test_install.py::test_a_wheel_in_a_fresh_venv_compiles_the_bundled_fleet_as_a_checkout_does",
     ),
     "bash .ci/deps.sh && ruff check . && ruff format --check . && mypy && orchestrate --fleet "
-    'inventory secrets check && python3 -m pytest -q -m "not slow"': (
+    'inventory secrets check && python3 -m pytest -q -m "not e2e and not slow" && python3 -m '
+    'pytest -q -m "e2e and not slow"': (
         "installs Debian packages as root, then lints and runs the whole suite",
         ".ci/run; "
         "tests/test_secrets.py::test_committed_plaintext_fails_the_bundled_check_as_ci_runs_it",
     ),
-    'python3 -m pytest -q -p no:cacheprovider -m "not containers and not images and not slow '
-    'and not install and not cron"': (
+    'python3 -m pytest -q -m "not e2e and not slow"': (
         "the fast lane itself, which this test is part of",
         "the fast lane",
+    ),
+    'python3 -m pytest -q -m "e2e and not slow"': (
+        "the e2e lane: container hosts, images, molecule, cron, the wheel",
+        "the e2e lane",
     ),
     "python3 -m pytest -m slow": (
         "emulated image builds and boots, over five minutes each",
