@@ -163,6 +163,16 @@ def test_each_json_command_prints_its_documented_shape(
     (listed,) = check("schedule-list", run("schedule", "list", "--json"))["schedules"]
     assert listed["name"] == "drift" and listed["installed"] is True
     assert listed["args"] == ["--offline"] and listed["last"]["exit"] == 2
+    assert listed["spec"]["mode"] == "plan" and listed["spec"]["offline"] is True
+    # a schedule recorded before the parsed run was kept: its flags are read again
+    defs_path = root / ".orchestrate" / "schedules.json"
+    defs = json.loads(defs_path.read_text())
+    del defs["drift"]["spec"]
+    defs_path.write_text(json.dumps(defs))
+    doc = check(
+        "schedule-run", run("schedule", "run", "drift", code=2), optional={"skipped", "error"}
+    )
+    assert doc["drift"] is True and doc["mode"] == "plan"
     run("schedule", "remove", "drift")
 
 
