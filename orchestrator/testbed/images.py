@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Callable
 
 from orchestrator.errors import OrchestrateError
+from orchestrator.testbed.packages import Preload
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
@@ -95,42 +96,46 @@ def ssh_image(arch: str, suite: str, progress: Progress) -> str:
     return name
 
 
-def preloaded_image(
-    arch: str,
-    suite: str,
-    components: tuple[str, ...],
-    packages: tuple[str, ...],
-    progress: Progress,
-) -> str:
-    """The SSH host image with ``packages`` installed from the archive ``components`` and
-    apt's lists kept (`testbed up --preload`), built on first use. Its name carries the list
-    and the ISO week, so that an edited list builds a new image and the lists in it are at
-    most a week old. A package the archive does not have is left to the first apply."""
+def preloaded_image(arch: str, suite: str, preload: Preload | None, progress: Progress) -> str:
+    """The SSH host image with a preload's packages installed from its archive components, as
+    the roles install them (with or without recommends), and apt's lists kept (`testbed up
+    --preload`); built on first use. Its name carries the lists and the ISO week, so that an
+    edited list builds a new image and the lists in it are at most a week old. A package the
+    archive does not have is left to the first apply."""
     import hashlib
     import time
 
     base = ssh_image(arch, suite, progress)
-    if not packages:
+    if preload is None or not (preload.packages or preload.recommending):
         return base
     week = time.strftime("%G-%V", time.gmtime())
-    digest = hashlib.sha256("\n".join([week, *components, "", *packages]).encode()).hexdigest()
-    name = f"{base}-pre-{digest[:10]}"
+    text = "\n".join([week, *preload.components, "", *preload.packages, "", *preload.recommending])
+    name = f"{base}-pre-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
     if image_exists(name):
         return name
-    progress(f"building {name}: {len(packages)} package(s) preloaded for {arch} ...")
-    names = " ".join(packages)
-    install = "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends"
-    recipe = (
-        f"FROM {base}\n"
-        f"RUN sed -i 's/ main$/ {' '.join(components)}/' /etc/apt/sources.list \\\n"
-        " && apt-get update \\\n"
-        f" && ({install} {names} || for p in {names}; do {install} $p || true; done)\n"
-    )
+    count = len(preload.packages) + len(preload.recommending)
+    progress(f"building {name}: {count} package(s) preloaded for {arch} ...")
+    steps = [
+        f"sed -i 's/ main$/ {' '.join(preload.components)}/' /etc/apt/sources.list",
+        "apt-get update",
+        _install("--no-install-recommends", preload.packages),
+        _install("", preload.recommending),
+    ]
+    recipe = f"FROM {base}\nRUN " + " \\\n && ".join(s for s in steps if s) + "\n"
     with tempfile.TemporaryDirectory(prefix="orchestrate-preload-") as context:
         with open(os.path.join(context, "Containerfile"), "w", encoding="utf-8") as fh:
             fh.write(recipe)
         podman("build", "--arch", DEB_ARCH[arch], "-t", name, context, timeout=3600)
     return name
+
+
+def _install(flags: str, packages: tuple[str, ...]) -> str:
+    """All at once, else one by one (a name the archive lacks is left to the first apply)."""
+    if not packages:
+        return ""
+    cmd = f"DEBIAN_FRONTEND=noninteractive apt-get install -y {flags}".rstrip()
+    names = " ".join(packages)
+    return f"({cmd} {names} || for p in {names}; do {cmd} $p || true; done)"
 
 
 def recipe_digest() -> str:

@@ -115,7 +115,7 @@ def up(
     record = load_record(state_dir)
     key, pub = testbed_key(state_dir)
     images = {
-        arch: preloaded_image(arch, suite, *_preload_of(preload, arch), progress)
+        arch: preloaded_image(arch, suite, (preload or {}).get(arch), progress)
         for arch in sorted(set(hosts.values()))
     }
     taken = {h.port for h in record.values()}
@@ -165,13 +165,6 @@ def up(
     wait_ssh([record[n] for n in started])
     bridge_addresses(record, deploy_addresses or {})
     return record
-
-
-def _preload_of(
-    preload: dict[str, Preload] | None, arch: str
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    found = (preload or {}).get(arch)
-    return (found.components, found.packages) if found else (("main",), ())
 
 
 def bridge_addresses(record: dict[str, TestbedHost], deploy: dict[str, str]) -> None:

@@ -24,14 +24,17 @@ class Preload:
     """What one architecture's testbed image gets: archive components and packages."""
 
     components: tuple[str, ...]
-    packages: tuple[str, ...]
+    packages: tuple[str, ...]  # installed as their tasks install them: without recommends
+    recommending: tuple[str, ...] = ()  # those whose tasks install recommends too (nftables
+    # pulls netbase's /etc/protocols this way, which `nft -c` needs)
 
 
 def preloads(build_dir: str, data: dict[str, Any], hosts: list[str]) -> dict[str, Preload]:
     """Per architecture, for ``hosts`` of the build in ``build_dir``: the archive components
     their `environment.apt_components` name (zfsutils-linux is in contrib) and the packages."""
-    role_packages: dict[str, set[str]] = {}
+    role_packages: dict[str, tuple[set[str], set[str]]] = {}
     packages: dict[str, set[str]] = {}
+    recommending: dict[str, set[str]] = {}
     components: dict[str, set[str]] = {}
     for name in hosts:
         host = data["hosts"][name]
@@ -42,17 +45,25 @@ def preloads(build_dir: str, data: dict[str, Any], hosts: list[str]) -> dict[str
         components.setdefault(host["arch"], {"main"}).update(
             c for c in given or [] if isinstance(c, str) and COMPONENT.fullmatch(c)
         )
+        rich = recommending.setdefault(host["arch"], set())
         for role in host["roles"]:
             if role not in role_packages:
                 role_packages[role] = _role_packages(os.path.join(build_dir, "roles", role))
-            wanted |= role_packages[role]
+            plain, full = role_packages[role]
+            wanted |= plain
+            rich |= full
     return {
         arch: Preload(
             tuple(sorted(components[arch])),
-            tuple(sorted(p for p in names if PACKAGE.fullmatch(p))),
+            _valid(names - recommending[arch]),
+            _valid(recommending[arch]),
         )
         for arch, names in packages.items()
     }
+
+
+def _valid(names: set[str]) -> tuple[str, ...]:
+    return tuple(sorted(p for p in names if PACKAGE.fullmatch(p)))
 
 
 def _system_packages(config: dict[str, Any]) -> set[str]:
@@ -68,12 +79,14 @@ def _system_packages(config: dict[str, Any]) -> set[str]:
     return names
 
 
-def _role_packages(folder: str) -> set[str]:
-    """Package names an apt task of the role writes out (a templated name is left to apply)."""
-    names: set[str] = set()
+def _role_packages(folder: str) -> tuple[set[str], set[str]]:
+    """Package names an apt task of the role writes out (a templated name is left to apply):
+    those installed without recommends, and those with."""
+    plain: set[str] = set()
+    full: set[str] = set()
     tasks = os.path.join(folder, "tasks")
     if not os.path.isdir(tasks):
-        return names
+        return plain, full
     for entry in sorted(os.listdir(tasks)):
         if entry.endswith((".yml", ".yaml")):
             raw, _st = read_regular(os.path.join(tasks, entry), MAX_ROLE_FILE_BYTES)
@@ -81,15 +94,14 @@ def _role_packages(folder: str) -> set[str]:
                 doc = yaml.safe_load(raw)
             except yaml.YAMLError:
                 continue  # ansible-lint and the run itself report a broken task file
-            names |= _apt_names(doc)
-    return names
+            _apt_names(doc, plain, full)
+    return plain, full
 
 
-def _apt_names(node: Any) -> set[str]:
-    names: set[str] = set()
+def _apt_names(node: Any, plain: set[str], full: set[str]) -> None:
     if isinstance(node, list):
         for item in node:
-            names |= _apt_names(item)
+            _apt_names(item, plain, full)
     elif isinstance(node, dict):
         for module in APT_MODULES:
             args = node.get(module)
@@ -97,9 +109,9 @@ def _apt_names(node: Any) -> set[str]:
                 if "default_release" in args:
                     continue  # from another suite, which the image does not have
                 given = args.get("name")
+                into = plain if args.get("install_recommends", True) is False else full
                 for n in [given] if isinstance(given, str) else given or []:
                     if isinstance(n, str) and "{{" not in n:
-                        names.add(n)
+                        into.add(n)
         for key in ("block", "rescue", "always"):
-            names |= _apt_names(node.get(key))
-    return names
+            _apt_names(node.get(key), plain, full)
