@@ -77,24 +77,22 @@ def test_testbed_has_both_architectures(bundled: Path) -> None:
 
 
 def test_bundled_fleet_converges_then_changes_nothing(bundled: Path) -> None:
+    """The first apply converges every host; a plan then finds nothing to change. The plan runs
+    every role in check mode, reads included, on every host (the boards under emulation too);
+    that a second real apply changes nothing is each role's molecule idempotence step, which
+    runs the same role on the same image, so it is not paid for twice here."""
     first = orchestrate(bundled, "apply", "--yes")
     assert first.returncode == 0, first.stdout + first.stderr
-    second = orchestrate(bundled, "apply", "--yes")
-    assert second.returncode == 0, second.stdout + second.stderr
-    runs = sorted((bundled / ".orchestrate/runs").glob("*-apply*"))
-    summary = json.loads((runs[-1] / "summary.json").read_text())
-    assert set(summary["hosts"]) == {
-        "terminal-zero",
-        "data-storage",
-        "LINDA",
-        "cortex-alpha",
-        "pi-1",
-        "pi-2",
-    }
-    assert all(h["changed"] == 0 and h["ok"] > 0 for h in summary["hosts"].values()), summary
-    # and a plan agrees: nothing would change (reads run in check mode too)
     plan = orchestrate(bundled, "plan", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stdout + plan.stderr
+    runs = sorted((bundled / ".orchestrate/runs").glob("*-plan*"))
+    hosts = json.loads((runs[-1] / "summary.json").read_text())["plan"]["hosts"]
+    assert set(hosts) == {"terminal-zero", "data-storage", "LINDA", "cortex-alpha", "pi-1", "pi-2"}
+    for name, h in hosts.items():
+        assert h["check"]["changed"] == [] and h["check"]["failed"] == [], (name, h)
+        assert h["check"]["ok"] > 30 and not h["check"]["unreachable"], (name, h)
+        # only the WireGuard check, a command, is what check mode cannot preview
+        assert {t["task"] for t in h["check"]["not_previewable"]} <= {"Check it with wg-quick"}
 
 
 def test_bundled_vpn_hosts_hold_only_their_own_wireguard_key(bundled: Path) -> None:

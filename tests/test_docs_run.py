@@ -126,6 +126,10 @@ E2E: dict[str, tuple[str, str]] = {
         "installs a crontab entry; the scheduled plan contacts the hosts",
         "tests/test_deploy_e2e.py::test_scheduled_apply",
     ),
+    "orchestrate test": (
+        "runs every shipped role's molecule scenario in podman containers",
+        "tests/test_library.py::test_every_shipped_role_passes_molecule",
+    ),
     "orchestrate testbed down": (
         "removes the testbed's containers",
         "tests/test_bundled_e2e.py::test_testbed_has_both_architectures",

@@ -21,6 +21,7 @@ import orjson
 
 from orchestrator.compiler.argspec import arg_name
 from orchestrator.compiler.freshness import input_name
+from orchestrator.compiler.roledeps import referenced_roles, with_dependencies
 from orchestrator.compiler.unsafe import unsafe_json, unsafe_yaml
 from orchestrator.compiler.yamlout import yaml_bytes
 from orchestrator.errors import FleetErrors, Loc, Problem
@@ -334,16 +335,15 @@ def role_dirs(root: str) -> list[str]:
 
 
 def existing_roles(ev: Evaluation) -> dict[str, str]:
-    """Roles named by modules without tasks, found on disk; copied into the build."""
+    """Roles named by modules without tasks, found on disk, and the roles they and generated
+    roles use (meta dependencies, `import_role`/`include_role`); copied into the build."""
     found: dict[str, str] = {}
     problems = []
+    dirs = role_dirs(ev.spec.root)
     for f in ev.modules.values():
         if f.role is None or f.tasks is not None or f.role in found:
             continue
-        dirs = role_dirs(ev.spec.root)
-        folder = next(
-            (os.path.join(d, f.role) for d in dirs if os.path.isdir(os.path.join(d, f.role))), None
-        )
+        folder = _find_role(dirs, f.role)
         if folder is None:
             problems.append(
                 Problem(
@@ -356,7 +356,18 @@ def existing_roles(ev: Evaluation) -> dict[str, str]:
         found[f.role] = folder
     if problems:
         raise FleetErrors(problems)
-    return dict(sorted(found.items()))
+    generated = _role_files(ev)
+    wanted = [
+        (dep, f.loc)
+        for f in generated.values()
+        for dep in referenced_roles([plain(f.tasks), plain(f.handlers)])
+        if dep not in generated
+    ]
+    return with_dependencies(found, wanted, lambda name: _find_role(dirs, name))
+
+
+def _find_role(dirs: list[str], name: str) -> str | None:
+    return next((os.path.join(d, name) for d in dirs if os.path.isdir(os.path.join(d, name))), None)
 
 
 def _read_tree(folder: str) -> dict[str, bytes]:

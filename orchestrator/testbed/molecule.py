@@ -4,8 +4,10 @@ podman containers made from the testbed's locally built image."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from orchestrator.errors import UsageError
 from orchestrator.paths import shipped_roles_dir
 from orchestrator.testbed.images import podman_env, ssh_image
+from orchestrator.testbed.manager import free_port, testbed_key
 
 
 @dataclass
@@ -58,16 +61,28 @@ def run_tests(
     ssh_image("x86_64", "bookworm", progress)
     os.makedirs(logs, exist_ok=True)
     env = {**podman_env(), "ANSIBLE_NOCOLOR": "1", "PY_COLORS": "0", "ANSIBLE_FORCE_COLOR": "0"}
+    work = tempfile.mkdtemp(prefix="orchestrate-molecule-")
+    key, pub = testbed_key(work)
+    ports = _ports(chosen)
 
     def one(role: str) -> RoleTest:
         progress(f"{role}: molecule test (check, converge, idempotence, verify) ...")
         start = time.monotonic()
         log = os.path.join(logs, f"{role}.log")
+        # the instance's sshd: the scenarios reach it over SSH, as the fleet's hosts are reached
+        scenario_env = {
+            # a working folder of this run's own: molecule names its default one after the
+            # role folder's name only, which two checkouts (or two runs) would share
+            "MOLECULE_EPHEMERAL_DIRECTORY": os.path.join(work, role),
+            "ORCHESTRATE_MOLECULE_PORT": str(ports[role]),
+            "ORCHESTRATE_MOLECULE_KEY": key,
+            "ORCHESTRATE_MOLECULE_PUBKEY": pub,
+        }
         with open(log, "w", encoding="utf-8") as fh:
             proc = subprocess.run(
                 [sys.executable, "-m", "molecule", "test"],
                 cwd=available[role],
-                env=env,
+                env={**env, **scenario_env},
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -79,5 +94,16 @@ def run_tests(
 
     # scenarios name their own instances and keep their own state: they can run side by side
     # (most of a scenario's time is apt downloads and waits, not CPU)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, chosen))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            return list(pool.map(one, chosen))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ports(roles: list[str]) -> dict[str, int]:
+    """A free port of 127.0.0.1 for each scenario's sshd (scenarios run side by side)."""
+    taken: set[int] = set()
+    for _role in roles:
+        taken.add(free_port(taken))
+    return dict(zip(roles, sorted(taken), strict=True))
