@@ -1,8 +1,7 @@
-"""The command line: flags to one library call each, the single error boundary and exit codes.
-
-Exit codes: 0 success; 1 invalid input or usage; 2 plan found changes (--detailed-exitcode);
-3 failed or unreachable hosts; 4 the fleet's lock is held. The documents `--json` prints are
-made in orchestrator.reporter.shapes, the end of every `--help` in orchestrator.reporter.helptext.
+"""The command line: flags to one library call each, the single error boundary, and the exit
+code each result or error carries (their table is orchestrator.exitcodes). The documents `--json`
+prints are made in orchestrator.reporter.shapes, the end of every `--help` in
+orchestrator.reporter.helptext.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from orchestrator import __version__
+from orchestrator import __version__, exitcodes
 from orchestrator.errors import FleetErrors, OrchestrateError, UsageError, one_line
 from orchestrator.reporter import shapes
 
@@ -385,7 +384,7 @@ def _secrets_keygen(args: argparse.Namespace) -> int:
     from orchestrator.secrets.commands import keygen
 
     keygen(_root(args), args.key_file, _err)
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_host_key(args: argparse.Namespace) -> int:
@@ -400,67 +399,64 @@ def _secrets_host_key(args: argparse.Namespace) -> int:
         force=args.force,
         say=_err,
     )
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_edit(args: argparse.Namespace) -> int:
     from orchestrator.secrets.commands import edit
 
     edit(_root(args), args.file, _err)
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_encrypt(args: argparse.Namespace) -> int:
     from orchestrator.secrets.commands import encrypt
 
     encrypt(_root(args), args.file, _err)
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_rekey(args: argparse.Namespace) -> int:
     from orchestrator.secrets.commands import rekey
 
     rekey(_root(args), _err)
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_check(args: argparse.Namespace) -> int:
-    from orchestrator.secrets.commands import check_report
+    from orchestrator.api import secrets_check
 
-    report = check_report(_root(args))
+    checked = secrets_check(_root(args))
+    report = checked.report
     if args.json:
         _print_json(shapes.secrets_check(report))
-        return 0 if report.ok else 1
-    for p in report.problems:
-        _err(p.render())
-    if report.problems:
+    elif report.problems:
+        for p in report.problems:
+            _err(p.render())
         _err(f"{len(report.problems)} problem(s) with the fleet's secrets")
-        return 1
-    _err(
-        f"secrets OK: {report.files} encrypted file(s), "
-        f"{report.admins} admin(s), {report.host_keys} host key(s)"
-    )
-    return 0
+    else:
+        _err(
+            f"secrets OK: {report.files} encrypted file(s), "
+            f"{report.admins} admin(s), {report.host_keys} host key(s)"
+        )
+    return checked.exit_code
 
 
 def _test(args: argparse.Namespace) -> int:
-    from orchestrator.testbed.molecule import run_tests
+    from orchestrator.api import role_tests
 
     try:
         root: str | None = _root(args)
     except UsageError:
-        root = None
-    logs = os.path.join(root, ".orchestrate", "test-logs") if root else "test-logs"
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
-    results = run_tests(root, args.roles, logs, _err, args.jobs)
-    failed = [r for r in results if not r.passed]
-    for r in failed:
+        root = None  # the shipped roles are tested without a fleet too
+    tests = role_tests(root, args.roles, args.jobs, _err)
+    for r in tests.failed:
         with open(r.log, encoding="utf-8", errors="replace") as fh:
             tail = fh.read()[-3000:]
         _err(f"--- {r.role} failed; the end of {os.path.relpath(r.log)}:\n{tail}")
-    _err(f"{len(results) - len(failed)} of {len(results)} role(s) passed")
-    return 3 if failed else 0
+    passed = len(tests.results) - len(tests.failed)
+    _err(f"{passed} of {len(tests.results)} role(s) passed")
+    return tests.exit_code
 
 
 def _root(args: argparse.Namespace) -> str:
@@ -481,13 +477,13 @@ def _print_json(doc: dict[str, Any]) -> None:
     sys.stdout.write(shapes.dumps(doc))
 
 
-def _refuse(args: argparse.Namespace, message: str) -> int:
-    """Nothing was done, exit 1: the message on stderr, or as the errors document."""
+def _refuse(args: argparse.Namespace, message: str, code: int) -> int:
+    """Nothing was done: the message on stderr, or as the errors document; ``code`` back."""
     if getattr(args, "json", False):
-        _print_json(shapes.error_message(message, 1))
+        _print_json(shapes.error_message(message, code))
     else:
         _err(message)
-    return 1
+    return code
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -498,14 +494,14 @@ def _compile(args: argparse.Namespace) -> int:
     took = time.perf_counter() - start
     if args.json:
         _print_json(shapes.compile_result(result, ev.warnings, took))
-        return 0
+        return exitcodes.OK
     for w in ev.warnings:
         _err("warning: " + w.render())
     _err(
         f"compiled {result.hosts} hosts, {result.roles} generated roles, {result.files} files "
         f"into {os.path.relpath(result.out_dir)} in {took:.2f}s"
     )
-    return 0
+    return exitcodes.OK
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -526,7 +522,7 @@ def _query(args: argparse.Namespace) -> int:
     if answer.note:
         _err(answer.note)
     _print_value(answer.value, args.format)
-    return 0
+    return exitcodes.OK
 
 
 def _print_value(value: Any, fmt: str) -> None:
@@ -554,7 +550,7 @@ def _inventory(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown host {args.host!r}")
     with open(path, encoding="utf-8") as fh:  # written by compile: pass it on as it is
         sys.stdout.write(fh.read())
-    return 0
+    return exitcodes.OK
 
 
 def _options(args: argparse.Namespace) -> int:
@@ -572,7 +568,7 @@ def _options(args: argparse.Namespace) -> int:
         rows = describe_options(ev, args.path)
     if args.json:
         _print_json(shapes.options(rows))
-        return 0
+        return exitcodes.OK
     for row in rows:
         sys.stdout.write(f"{row['path']}\n    type: {row['type']}\n")
         if "default" in row:
@@ -580,7 +576,7 @@ def _options(args: argparse.Namespace) -> int:
         if row.get("description"):
             sys.stdout.write(f"    description: {row['description']}\n")
         sys.stdout.write(f"    declared in: {row['declared']}\n")
-    return 0
+    return exitcodes.OK
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -592,9 +588,9 @@ def _explain(args: argparse.Namespace) -> int:
         _err(note)
     if args.json:
         _print_json(shapes.explanation(x))
-        return 0
+        return exitcodes.OK
     sys.stdout.write(render_explain(x))
-    return 0
+    return exitcodes.OK
 
 
 def _console(stderr: bool = False) -> Any:
@@ -634,7 +630,7 @@ def _interruptible() -> Any:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from orchestrator.executor.deploy import make_plan
+    from orchestrator.api import plan
     from orchestrator.reporter.run import LiveProgress, render_plan
 
     root = _root(args)
@@ -645,38 +641,28 @@ def _plan(args: argparse.Namespace) -> int:
     flag = _interruptible()
     err = _console(stderr=True)
     with LiveProgress(err, [], "plan (check mode)") as live:
-        plan = make_plan(
+        planned = plan(
             root,
             _deploy_options(args),
             args.offline,
             live,
             flag,
             lambda m: err.print(m, markup=False, soft_wrap=True),
+            save_to=args.out,
+            detailed=args.detailed_exitcode,
         )
-    if args.out:
-        from orchestrator.fsutil import write_user_file
-
-        saved = json.dumps(plan.to_json(), indent=1, sort_keys=True).encode()
-        write_user_file(args.out, saved, mode=0o600, folders=True)
     if args.json:
-        _print_json(shapes.plan(plan))
+        _print_json(shapes.plan(planned.plan))
     else:
-        render_plan(_console(), plan)
-    if flag.is_set():
-        return 130
-    failed = any(
-        hp.check and (hp.check["unreachable"] or hp.check["failed"]) for hp in plan.hosts.values()
-    )
-    if failed:
-        return 3
-    return 2 if args.detailed_exitcode and plan.has_changes else 0
+        render_plan(_console(), planned.plan)
+    return planned.exit_code
 
 
 def _completion(args: argparse.Namespace) -> int:
     from orchestrator.reporter.completion import completion_script
 
     sys.stdout.write(completion_script(_parser(), args.shell))
-    return 0
+    return exitcodes.OK
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -688,44 +674,41 @@ def _show(args: argparse.Namespace) -> int:
         _print_json(shapes.plan(plan))
     else:
         render_plan(_console(), plan)
-    return 0
+    return exitcodes.OK
+
+
+def _ask_to_apply(count: int) -> bool:
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "applying to every host needs --yes (or a saved plan) when "
+            "there is no terminal to ask on"
+        )
+    sys.stderr.write(f"apply to all {count} hosts? [y/N] ")  # stdout may be --json
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from orchestrator.executor.deploy import apply
+    from orchestrator.api import apply
     from orchestrator.reporter.run import LiveProgress, apply_table
 
     root = _root(args)
     flag = _interruptible()
     err = _console(stderr=True)
-
-    def confirm(hosts: list[str]) -> bool:
-        from orchestrator.api import fleet_data
-
-        everyone = len(hosts) == len(fleet_data(root)["hosts"])
-        if args.yes or not everyone:
-            return True
-        if not sys.stdin.isatty():
-            raise UsageError(
-                "applying to every host needs --yes (or a saved plan) when "
-                "there is no terminal to ask on"
-            )
-        sys.stderr.write(f"apply to all {len(hosts)} hosts? [y/N] ")  # stdout may be --json
-        sys.stderr.flush()
-        return sys.stdin.readline().strip().lower() in ("y", "yes")
-
     with LiveProgress(err, [], "apply") as live:
-        result = apply(
+        applied = apply(
             root,
             _deploy_options(args),
             args.plan_file,
-            confirm,
+            _ask_to_apply,
             live,
             flag,
             lambda m: err.print(m, markup=False, soft_wrap=True),
+            yes=args.yes,
         )
+    result = applied.result
     if result is None:
-        return _refuse(args, "nothing applied")
+        return _refuse(args, "nothing applied", applied.exit_code)
     if args.json:
         _print_json(shapes.apply_result(result))
     else:
@@ -733,14 +716,12 @@ def _apply(args: argparse.Namespace) -> int:
     rel = os.path.relpath(result.run_dir)
     if result.interrupted:
         _err(f"interrupted; the run record is in {rel}")
-        return 130
-    if result.failed_hosts:
+    elif result.failed_hosts:
         for t in result.tasks:
             if t.status in ("failed", "unreachable"):
                 _err(f"{t.host}: {t.status} at {t.task!r}: {t.message[:300]}")
         _err(f"failed or unreachable: {', '.join(result.failed_hosts)} (record: {rel})")
-        return 3
-    return 0
+    return applied.exit_code
 
 
 def _testbed_up(args: argparse.Namespace) -> int:
@@ -748,7 +729,7 @@ def _testbed_up(args: argparse.Namespace) -> int:
 
     for name, h in testbed_up(_root(args), args.hosts, args.from_image, _err, args.preload):
         _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")
-    return 0
+    return exitcodes.OK
 
 
 def _image_parsers(sub: Any) -> None:
@@ -818,7 +799,7 @@ def _image_list(args: argparse.Namespace) -> int:
     rows = image_rows(evaluate_fleet(root), args.out or images_dir(root))
     if args.json:
         _print_json(shapes.image_list(rows))
-        return 0
+        return exitcodes.OK
     if not rows:
         _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
     for r in rows:
@@ -826,7 +807,7 @@ def _image_list(args: argparse.Namespace) -> int:
         sys.stdout.write(
             f"{r['image']}\t{r['host']}\t{r['arch']}\t{r['format']}\t{r['file']}\t{state}\n"
         )
-    return 0
+    return exitcodes.OK
 
 
 def _image_build(args: argparse.Namespace) -> int:
@@ -843,7 +824,7 @@ def _image_build(args: argparse.Namespace) -> int:
         _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
     for b in built or []:
         sys.stdout.write(f"{b.sha256}  {os.path.relpath(b.path)}\n")
-    return 0
+    return exitcodes.OK
 
 
 def _image_boot(args: argparse.Namespace) -> int:
@@ -853,25 +834,22 @@ def _image_boot(args: argparse.Namespace) -> int:
         _root(args), args.name, args.limit, args.timeout, args.console_log, _err
     ):
         sys.stdout.write(f"{host}\tup {res.ready_seconds:.0f}s\tssh {res.ssh_seconds:.0f}s\n")
-    return 0
+    return exitcodes.OK
 
 
 def _testbed_status(args: argparse.Namespace) -> int:
-    from orchestrator.paths import state_dir
-    from orchestrator.testbed import status
+    from orchestrator.api import testbed_status
 
-    rows = status(state_dir(_root(args)))
-    code = 3 if any(not answering for _name, _h, _running, answering in rows) else 0
+    status = testbed_status(_root(args))
     if args.json:
-        _print_json(shapes.testbed_status(rows))
-        return code
-    if not rows:
+        _print_json(shapes.testbed_status(status.rows))
+    elif not status.rows:
         _err("no testbed is up for this fleet")
-        return 0
-    for name, h, running, answering in rows:
-        state = shapes.testbed_state(running, answering)
-        sys.stdout.write(f"{name}\t{h.container}\t{h.arch}\t{h.address}:{h.port}\t{state}\n")
-    return code
+    else:
+        for name, h, running, answering in status.rows:
+            state = shapes.testbed_state(running, answering)
+            sys.stdout.write(f"{name}\t{h.container}\t{h.arch}\t{h.address}:{h.port}\t{state}\n")
+    return status.exit_code
 
 
 def _testbed_down(args: argparse.Namespace) -> int:
@@ -880,7 +858,7 @@ def _testbed_down(args: argparse.Namespace) -> int:
 
     removed = down(state_dir(_root(args)))
     _err(f"removed {len(removed)} container(s)")
-    return 0
+    return exitcodes.OK
 
 
 def _run_spec(mode: str | None, words: list[str]) -> Any:
@@ -912,7 +890,7 @@ def _schedule_add(args: argparse.Namespace) -> int:
     spec = _run_spec(mode, words)
     s = add(_root(args), args.name, args.cron, spec, words, args.textfile_dir)
     _err(f"scheduled {s.name}: {s.cron} -> {s.mode} {' '.join(s.args)}".rstrip())
-    return 0
+    return exitcodes.OK
 
 
 def _schedule_list(args: argparse.Namespace) -> int:
@@ -921,7 +899,7 @@ def _schedule_list(args: argparse.Namespace) -> int:
     rows = list_schedules(_root(args))
     if args.json:
         _print_json(shapes.schedule_list(rows))
-        return 0
+        return exitcodes.OK
     for s in rows:
         last = s["last"]
         when = "never run" if not last else f"last exit {last['exit']} at {last['started']}"
@@ -929,7 +907,7 @@ def _schedule_list(args: argparse.Namespace) -> int:
         sys.stdout.write(
             f"{s['name']}\t{s['cron']}\t{s['mode']} {' '.join(s['args'])}\t{when}{flag}\n"
         )
-    return 0
+    return exitcodes.OK
 
 
 def _schedule_remove(args: argparse.Namespace) -> int:
@@ -937,21 +915,17 @@ def _schedule_remove(args: argparse.Namespace) -> int:
 
     remove(_root(args), args.name)
     _err(f"removed schedule {args.name}")
-    return 0
+    return exitcodes.OK
 
 
 def _schedule_run(args: argparse.Namespace) -> int:
-    from orchestrator.schedule import load_schedule, run_scheduled
+    from orchestrator.api import schedule_run
 
-    root = _root(args)
-    sched = load_schedule(root, args.name)
-    # a schedule recorded before its run was kept parsed: parse its words again
-    spec = None if sched.spec is not None else _run_spec(sched.mode, sched.args)
-    record = run_scheduled(root, args.name, spec)
+    # _run_spec parses the words of a schedule recorded before its run was kept parsed
+    ran = schedule_run(_root(args), args.name, _run_spec)
     # one line, as cron appends it to the schedule's log
-    sys.stdout.write(shapes.dumps(shapes.schedule_run(record), indent=None))
-    code: int = record["exit"]
-    return code
+    sys.stdout.write(shapes.dumps(shapes.schedule_run(ran.record), indent=None))
+    return ran.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -981,12 +955,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         if as_json:
-            _print_json(shapes.error_message("interrupted", 130))
+            _print_json(shapes.error_message("interrupted", exitcodes.INTERRUPTED))
         else:
             _err("interrupted")
-        return 130
+        return exitcodes.INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return exitcodes.OK  # a reader that stopped reading (`| head`) is not a failure
     except Exception as exc:  # the single boundary: no traceback reaches the user
         return _internal_error(exc, traceback.format_exc(), as_json)
 
@@ -1004,10 +978,10 @@ def _internal_error(exc: Exception, trace: str, as_json: bool = False) -> int:
     else:
         message = f"internal error in orchestrate {__version__}; the traceback is in {log}"
     if as_json:
-        _print_json(shapes.error_message(message, 70))
+        _print_json(shapes.error_message(message, exitcodes.INTERNAL))
     else:
         _err(message)
-    return 70
+    return exitcodes.INTERNAL
 
 
 def _debug_log_dir() -> str:
