@@ -53,7 +53,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version_text())
     p.add_argument("--fleet", metavar="DIR", help="the fleet folder (holds fleet.yaml)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # in this order in --help and in the completion scripts
+    for declare in (
+        _compile_parser,
+        _query_parser,
+        _inventory_parser,
+        _options_parser,
+        _explain_parser,
+        _plan_parser,
+        _show_parser,
+        _apply_parser,
+        _testbed_parsers,
+        _schedule_parsers,
+        _secrets_parsers,
+        _image_parsers,
+        _test_parser,
+        _completion_parser,
+    ):
+        declare(sub)
+    _fleet_flag_everywhere(p)
+    from orchestrator.reporter.helptext import finish_help
 
+    finish_help(p)
+    return p
+
+
+def _compile_parser(sub: Any) -> None:
     c = sub.add_parser(
         "compile",
         help="evaluate, validate and write the build",
@@ -70,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help=JSON_HELP)
     c.set_defaults(run=_compile)
 
+
+def _query_parser(sub: Any) -> None:
     q = sub.add_parser(
         "query",
         help="JMESPath over {hosts, images, groups, fleet}",
@@ -85,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--output", dest="old_output", metavar="FORMAT", help=argparse.SUPPRESS)
     q.set_defaults(run=_query)
 
+
+def _inventory_parser(sub: Any) -> None:
     i = sub.add_parser(
         "inventory",
         help="Ansible dynamic-inventory protocol",
@@ -97,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     _build_flag(i)
     i.set_defaults(run=_inventory)
 
+
+def _options_parser(sub: Any) -> None:
     o = sub.add_parser(
         "options",
         help="declared options: type, default, description, file",
@@ -112,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     o.set_defaults(run=_options)
 
+
+def _explain_parser(sub: Any) -> None:
     e = sub.add_parser(
         "explain",
         help="why an option has its value on a host",
@@ -122,12 +155,6 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("path", metavar="PATH")
     e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.set_defaults(run=_explain)
-    _deploy_parsers(sub)
-    _fleet_flag_everywhere(p)
-    from orchestrator.reporter.helptext import finish_help
-
-    finish_help(p)
-    return p
 
 
 def _build_flag(p: argparse.ArgumentParser) -> None:
@@ -174,7 +201,7 @@ def _selection(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _deploy_parsers(sub: Any) -> None:
+def _plan_parser(sub: Any) -> None:
     pl = sub.add_parser(
         "plan",
         help="what would change on each host, and why",
@@ -191,6 +218,8 @@ def _deploy_parsers(sub: Any) -> None:
     )
     pl.set_defaults(run=_plan)
 
+
+def _show_parser(sub: Any) -> None:
     sh = sub.add_parser(
         "show",
         help="render a plan saved by `plan -o`",
@@ -201,6 +230,8 @@ def _deploy_parsers(sub: Any) -> None:
     sh.add_argument("--json", action="store_true", help=JSON_HELP)
     sh.set_defaults(run=_show)
 
+
+def _apply_parser(sub: Any) -> None:
     ap = sub.add_parser(
         "apply",
         help="converge the hosts through ansible-runner",
@@ -228,6 +259,8 @@ def _deploy_parsers(sub: Any) -> None:
     )
     ap.set_defaults(run=_apply)
 
+
+def _testbed_parsers(sub: Any) -> None:
     tb = sub.add_parser(
         "testbed",
         help="local container hosts to try a fleet on",
@@ -236,6 +269,16 @@ def _deploy_parsers(sub: Any) -> None:
         "reach the hosts through them.",
     )
     tsub = tb.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
+    _testbed_up_parser(tsub)
+    ts = tsub.add_parser("status", help="list containers and whether sshd answers")
+    ts.add_argument("--json", action="store_true", help=JSON_HELP)
+    ts.set_defaults(run=_testbed_status)
+    tsub.add_parser("down", help="remove the containers and the record").set_defaults(
+        run=_testbed_down
+    )
+
+
+def _testbed_up_parser(tsub: Any) -> None:
     tu = tsub.add_parser("up", help="start containers (all hosts, or --hosts)")
     tu.add_argument("--hosts", metavar="SEL", help="only these hosts: " + SELECTION)
     tu.add_argument(
@@ -253,15 +296,9 @@ def _deploy_parsers(sub: Any) -> None:
         "only configures. For trying a fleet quickly; a plain testbed installs from scratch",
     )
     tu.set_defaults(run=_testbed_up)
-    ts = tsub.add_parser("status", help="list containers and whether sshd answers")
-    ts.add_argument("--json", action="store_true", help=JSON_HELP)
-    ts.set_defaults(run=_testbed_status)
-    tsub.add_parser("down", help="remove the containers and the record").set_defaults(
-        run=_testbed_down
-    )
-    _schedule_parsers(sub)
-    _secrets_parsers(sub)
-    _image_parsers(sub)
+
+
+def _test_parser(sub: Any) -> None:
     te = sub.add_parser(
         "test",
         help="run the roles' molecule scenarios in podman containers",
@@ -270,6 +307,14 @@ def _deploy_parsers(sub: Any) -> None:
         "fleet's own roles/ take part when a fleet is found. Logs go to "
         ".orchestrate/test-logs/ (or ./test-logs without a fleet). Exit 3 when a role fails.",
     )
+    te.add_argument("roles", nargs="*", metavar="ROLE")
+    te.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="scenarios run side by side (1)"
+    )
+    te.set_defaults(run=_test)
+
+
+def _completion_parser(sub: Any) -> None:
     co = sub.add_parser(
         "completion",
         help="print the shell completion script (bash or zsh)",
@@ -277,11 +322,6 @@ def _deploy_parsers(sub: Any) -> None:
     )
     co.add_argument("shell", choices=("bash", "zsh"))
     co.set_defaults(run=_completion)
-    te.add_argument("roles", nargs="*", metavar="ROLE")
-    te.add_argument(
-        "--jobs", type=int, default=1, metavar="N", help="scenarios run side by side (1)"
-    )
-    te.set_defaults(run=_test)
 
 
 def _schedule_parsers(sub: Any) -> None:
@@ -339,22 +379,7 @@ def _secrets_parsers(sub: Any) -> None:
     kg = ssub.add_parser("keygen", help="a new admin key, added to the admins")
     kg.add_argument("--key-file", metavar="PATH", help="where to append the private key")
     kg.set_defaults(run=_secrets_keygen)
-    hk = ssub.add_parser(
-        "host-key",
-        help="a host's age identity: new, imported, given, or read from the host",
-        description="Record a host's age key in secrets/recipients.yaml. By default a new "
-        "identity is made and kept in .orchestrate/host-keys/ (0600) until the host's next "
-        "successful apply installs it at /var/lib/orchestrate/host.agekey.",
-    )
-    hk.add_argument("host", metavar="HOST")
-    how = hk.add_mutually_exclusive_group()
-    how.add_argument("--import", dest="import_file", metavar="FILE", help="an age key file")
-    how.add_argument("--public", metavar="AGE1...", help="record this public key only")
-    how.add_argument(
-        "--from-host", action="store_true", help="read the key the host already has, over SSH"
-    )
-    hk.add_argument("--force", action="store_true", help="replace a recorded key")
-    hk.set_defaults(run=_secrets_host_key)
+    _secrets_host_key_parser(ssub)
     ed = ssub.add_parser(
         "edit",
         help="decrypt into $EDITOR through sops, re-encrypt, replace atomically",
@@ -378,6 +403,25 @@ def _secrets_parsers(sub: Any) -> None:
     )
     ck.add_argument("--json", action="store_true", help=JSON_HELP)
     ck.set_defaults(run=_secrets_check)
+
+
+def _secrets_host_key_parser(ssub: Any) -> None:
+    hk = ssub.add_parser(
+        "host-key",
+        help="a host's age identity: new, imported, given, or read from the host",
+        description="Record a host's age key in secrets/recipients.yaml. By default a new "
+        "identity is made and kept in .orchestrate/host-keys/ (0600) until the host's next "
+        "successful apply installs it at /var/lib/orchestrate/host.agekey.",
+    )
+    hk.add_argument("host", metavar="HOST")
+    how = hk.add_mutually_exclusive_group()
+    how.add_argument("--import", dest="import_file", metavar="FILE", help="an age key file")
+    how.add_argument("--public", metavar="AGE1...", help="record this public key only")
+    how.add_argument(
+        "--from-host", action="store_true", help="read the key the host already has, over SSH"
+    )
+    hk.add_argument("--force", action="store_true", help="replace a recorded key")
+    hk.set_defaults(run=_secrets_host_key)
 
 
 def _secrets_keygen(args: argparse.Namespace) -> int:
@@ -746,11 +790,11 @@ def _image_parsers(sub: Any) -> None:
         "-o", "--out", metavar="DIR", help="where images are built (.orchestrate/images)"
     )
     il.set_defaults(run=_image_list)
-    ib = isub.add_parser(
-        "build",
-        help="build image entries (one file per host) through the image-building role",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="""\
+    _image_build_parser(isub)
+    _image_boot_parser(isub)
+
+
+IMAGE_BUILD_HELP = """\
 Build disk images from hosts' configurations, as root, on this machine (or, for a host with
 deploy.build_on: remote, on the host itself over SSH as root; the file comes back here):
 
@@ -767,13 +811,24 @@ deploy.build_on: remote, on the host itself over SSH as root; the file comes bac
 Same inputs, same sha256: dates come from SOURCE_DATE_EPOCH (default 2025-01-01), identifiers
 from the fleet, image and host names. No secrets go in; the host's age key only with
 `include_host_key: true`. Each image is written under a temporary name and renamed when done,
-with NAME/manifest.json (file, sha256, inputs, where it was built).""",
+with NAME/manifest.json (file, sha256, inputs, where it was built)."""
+
+
+def _image_build_parser(isub: Any) -> None:
+    ib = isub.add_parser(
+        "build",
+        help="build image entries (one file per host) through the image-building role",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=IMAGE_BUILD_HELP,
     )
     ib.add_argument("names", nargs="*", metavar="NAME", help="image entries from fleet.yaml")
     ib.add_argument("--all", action="store_true", help="every image entry")
     ib.add_argument("-o", "--out", metavar="DIR", help="where to write them (.orchestrate/images)")
     ib.add_argument("--limit", metavar="SEL", help="only these hosts' files: " + SELECTION)
     ib.set_defaults(run=_image_build)
+
+
+def _image_boot_parser(isub: Any) -> None:
     ibo = isub.add_parser(
         "boot",
         help="boot built x86_64 images under qemu until they are up and sshd answers",
