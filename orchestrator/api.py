@@ -1,18 +1,28 @@
-"""The library's entry points, one per command; the CLI only maps flags onto these."""
+"""The library's entry points, one per command; the CLI only maps flags onto these. A command
+whose exit code says more than "it worked" returns a value that carries the code
+(``exit_code``, from the table in orchestrator/exitcodes.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import exitcodes
 from orchestrator.compiler.freshness import load_build_data
 from orchestrator.pipeline import build, default_out, evaluate_fleet, fleet_data, fresh_build
 from orchestrator.selection import select
 
 if TYPE_CHECKING:  # the heavy stages load only when a command needs them
     from orchestrator.evaluator.fleet import Evaluation
+    from orchestrator.executor.deploy import ApplyResult, Options, Plan
+    from orchestrator.executor.runner import Event
+    from orchestrator.schedule import RunSpec
+    from orchestrator.secrets.commands import CheckReport
+    from orchestrator.testbed.molecule import RoleTest
 
 
 def declarations(root: str) -> tuple[Evaluation, str | None]:
@@ -41,8 +51,171 @@ def explained(root: str, host: str, path: str) -> tuple[Any, str | None]:
     return explain(ev, host, path), note
 
 
-# ----------------------------------------------------------------------------- testbed, images
 Progress = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------- plan, apply
+@dataclass(frozen=True)
+class Planned:
+    """`orchestrate plan`: the plan, the flag Ctrl-C sets, and whether changes are to show in
+    the exit code (--detailed-exitcode)."""
+
+    plan: Plan
+    stop: threading.Event
+    detailed: bool
+
+    @property
+    def exit_code(self) -> int:
+        # read when the command ends: a Ctrl-C while the plan is shown still counts
+        failed = bool(self.plan.failed_hosts)
+        return exitcodes.for_plan(failed, self.plan.has_changes, self.detailed, self.stop.is_set())
+
+
+def plan(
+    root: str,
+    opts: Options,
+    offline: bool,
+    on_event: Callable[[Event], None],
+    stop: threading.Event,
+    progress: Progress,
+    save_to: str | None = None,
+    detailed: bool = False,
+) -> Planned:
+    """`orchestrate plan`: what would change on the selected hosts (check mode unless
+    ``offline``), saved for `apply PLAN` at ``save_to`` when given."""
+    from orchestrator.executor.deploy import make_plan
+    from orchestrator.fsutil import write_user_file
+
+    made = make_plan(root, opts, offline, on_event, stop, progress)
+    if save_to:
+        saved = json.dumps(made.to_json(), indent=1, sort_keys=True).encode()
+        write_user_file(save_to, saved, mode=0o600, folders=True)
+    return Planned(made, stop, detailed)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """`orchestrate apply`: the run, or None when the user declined (nothing was applied)."""
+
+    result: ApplyResult | None
+
+    @property
+    def exit_code(self) -> int:
+        return exitcodes.INVALID if self.result is None else self.result.exit_code
+
+
+def apply(
+    root: str,
+    opts: Options,
+    plan_file: str | None,
+    ask: Callable[[int], bool],
+    on_event: Callable[[Event], None],
+    stop: threading.Event,
+    progress: Progress,
+    yes: bool = False,
+) -> Applied:
+    """`orchestrate apply`: converge the selected hosts, or those of the saved plan
+    ``plan_file``. Applying to every host of the fleet without ``yes`` (or a saved plan) asks
+    first: ``ask`` gets the number of hosts and says whether to go on."""
+    from orchestrator.executor.deploy import apply as run_apply
+
+    def confirm(hosts: list[str]) -> bool:
+        everyone = len(hosts) == len(fleet_data(root)["hosts"])
+        if yes or not everyone:
+            return True
+        return ask(len(hosts))
+
+    return Applied(run_apply(root, opts, plan_file, confirm, on_event, stop, progress))
+
+
+# ----------------------------------------------------------------------------- schedule, secrets
+@dataclass(frozen=True)
+class ScheduledRun:
+    """`orchestrate schedule run`: the line it appended to the schedule's runs.jsonl, whose
+    ``exit`` is the run's code and the command's."""
+
+    record: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.record["exit"])
+
+
+def schedule_run(root: str, name: str, parse: Callable[[str, list[str]], RunSpec]) -> ScheduledRun:
+    """Run schedule ``name`` now, as cron does. ``parse`` turns a command line (mode and
+    words) into its run: a schedule recorded before its run was kept parsed needs it."""
+    from orchestrator.schedule import load_schedule, run_scheduled
+
+    sched = load_schedule(root, name)
+    spec = None if sched.spec is not None else parse(sched.mode, sched.args)
+    return ScheduledRun(run_scheduled(root, name, spec))
+
+
+@dataclass(frozen=True)
+class SecretsChecked:
+    """`orchestrate secrets check`: the report; any problem in it fails the check."""
+
+    report: CheckReport
+
+    @property
+    def exit_code(self) -> int:
+        return exitcodes.OK if self.report.ok else exitcodes.INVALID
+
+
+def secrets_check(root: str) -> SecretsChecked:
+    from orchestrator.secrets.commands import check_report
+
+    return SecretsChecked(check_report(root))
+
+
+# ----------------------------------------------------------------------------- role tests
+@dataclass(frozen=True)
+class RoleTests:
+    """`orchestrate test`: each role's scenario run, in the order they were run."""
+
+    results: list[RoleTest]
+
+    @property
+    def failed(self) -> list[RoleTest]:
+        return [r for r in self.results if not r.passed]
+
+    @property
+    def exit_code(self) -> int:
+        return exitcodes.for_run(bool(self.failed))
+
+
+def role_tests(root: str | None, roles: list[str], jobs: int, progress: Progress) -> RoleTests:
+    """Run the molecule scenarios of ``roles`` (every testable role when empty), ``jobs`` side
+    by side; the fleet ``root``'s own roles take part when there is one. Logs go below the
+    fleet's state folder, or to ./test-logs without a fleet."""
+    from orchestrator.errors import UsageError
+    from orchestrator.paths import state_dir
+    from orchestrator.testbed.molecule import run_tests
+
+    logs = os.path.join(state_dir(root), "test-logs") if root else "test-logs"
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    return RoleTests(run_tests(root, roles, logs, progress, jobs))
+
+
+# ----------------------------------------------------------------------------- testbed, images
+@dataclass(frozen=True)
+class TestbedStatus:
+    """`orchestrate testbed status`: (host, TestbedHost, running, answering) per recorded host;
+    a host whose sshd does not answer fails it."""
+
+    rows: list[tuple[str, Any, bool, bool]]
+
+    @property
+    def exit_code(self) -> int:
+        return exitcodes.for_run(any(not answering for *_, answering in self.rows))
+
+
+def testbed_status(root: str) -> TestbedStatus:
+    from orchestrator.paths import state_dir
+    from orchestrator.testbed import status
+
+    return TestbedStatus(status(state_dir(root)))
 
 
 def testbed_up(
@@ -192,6 +365,13 @@ def boot_images(
 
 
 __all__ = [
+    "Applied",
+    "Planned",
+    "RoleTests",
+    "ScheduledRun",
+    "SecretsChecked",
+    "TestbedStatus",
+    "apply",
     "boot_images",
     "build",
     "build_images",
@@ -201,6 +381,11 @@ __all__ = [
     "fleet_data",
     "fresh_build",
     "image_manifest",
+    "plan",
+    "role_tests",
+    "schedule_run",
+    "secrets_check",
     "select",
+    "testbed_status",
     "testbed_up",
 ]

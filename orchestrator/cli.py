@@ -1,8 +1,7 @@
-"""The command line: flags to one library call each, the single error boundary and exit codes.
-
-Exit codes: 0 success; 1 invalid input or usage; 2 plan found changes (--detailed-exitcode);
-3 failed or unreachable hosts; 4 the fleet's lock is held. The documents `--json` prints are
-made in orchestrator.reporter.shapes, the end of every `--help` in orchestrator.reporter.helptext.
+"""The command line: flags to one library call each, the single error boundary, and the exit
+code each result or error carries (their table is orchestrator.exitcodes). The documents `--json`
+prints are made in orchestrator.reporter.shapes, the end of every `--help` in
+orchestrator.reporter.helptext.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from orchestrator import __version__
+from orchestrator import __version__, exitcodes
 from orchestrator.errors import FleetErrors, OrchestrateError, UsageError, one_line
 from orchestrator.reporter import shapes
 
@@ -54,7 +53,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=_version_text())
     p.add_argument("--fleet", metavar="DIR", help="the fleet folder (holds fleet.yaml)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # in this order in --help and in the completion scripts
+    for declare in (
+        _compile_parser,
+        _query_parser,
+        _inventory_parser,
+        _options_parser,
+        _explain_parser,
+        _plan_parser,
+        _show_parser,
+        _apply_parser,
+        _testbed_parsers,
+        _schedule_parsers,
+        _secrets_parsers,
+        _image_parsers,
+        _test_parser,
+        _completion_parser,
+    ):
+        declare(sub)
+    _fleet_flag_everywhere(p)
+    from orchestrator.reporter.helptext import finish_help
 
+    finish_help(p)
+    return p
+
+
+def _compile_parser(sub: Any) -> None:
     c = sub.add_parser(
         "compile",
         help="evaluate, validate and write the build",
@@ -71,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help=JSON_HELP)
     c.set_defaults(run=_compile)
 
+
+def _query_parser(sub: Any) -> None:
     q = sub.add_parser(
         "query",
         help="JMESPath over {hosts, images, groups, fleet}",
@@ -86,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--output", dest="old_output", metavar="FORMAT", help=argparse.SUPPRESS)
     q.set_defaults(run=_query)
 
+
+def _inventory_parser(sub: Any) -> None:
     i = sub.add_parser(
         "inventory",
         help="Ansible dynamic-inventory protocol",
@@ -98,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     _build_flag(i)
     i.set_defaults(run=_inventory)
 
+
+def _options_parser(sub: Any) -> None:
     o = sub.add_parser(
         "options",
         help="declared options: type, default, description, file",
@@ -113,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     o.set_defaults(run=_options)
 
+
+def _explain_parser(sub: Any) -> None:
     e = sub.add_parser(
         "explain",
         help="why an option has its value on a host",
@@ -123,12 +155,6 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("path", metavar="PATH")
     e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.set_defaults(run=_explain)
-    _deploy_parsers(sub)
-    _fleet_flag_everywhere(p)
-    from orchestrator.reporter.helptext import finish_help
-
-    finish_help(p)
-    return p
 
 
 def _build_flag(p: argparse.ArgumentParser) -> None:
@@ -175,7 +201,7 @@ def _selection(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _deploy_parsers(sub: Any) -> None:
+def _plan_parser(sub: Any) -> None:
     pl = sub.add_parser(
         "plan",
         help="what would change on each host, and why",
@@ -192,6 +218,8 @@ def _deploy_parsers(sub: Any) -> None:
     )
     pl.set_defaults(run=_plan)
 
+
+def _show_parser(sub: Any) -> None:
     sh = sub.add_parser(
         "show",
         help="render a plan saved by `plan -o`",
@@ -202,6 +230,8 @@ def _deploy_parsers(sub: Any) -> None:
     sh.add_argument("--json", action="store_true", help=JSON_HELP)
     sh.set_defaults(run=_show)
 
+
+def _apply_parser(sub: Any) -> None:
     ap = sub.add_parser(
         "apply",
         help="converge the hosts through ansible-runner",
@@ -229,6 +259,8 @@ def _deploy_parsers(sub: Any) -> None:
     )
     ap.set_defaults(run=_apply)
 
+
+def _testbed_parsers(sub: Any) -> None:
     tb = sub.add_parser(
         "testbed",
         help="local container hosts to try a fleet on",
@@ -237,6 +269,16 @@ def _deploy_parsers(sub: Any) -> None:
         "reach the hosts through them.",
     )
     tsub = tb.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
+    _testbed_up_parser(tsub)
+    ts = tsub.add_parser("status", help="list containers and whether sshd answers")
+    ts.add_argument("--json", action="store_true", help=JSON_HELP)
+    ts.set_defaults(run=_testbed_status)
+    tsub.add_parser("down", help="remove the containers and the record").set_defaults(
+        run=_testbed_down
+    )
+
+
+def _testbed_up_parser(tsub: Any) -> None:
     tu = tsub.add_parser("up", help="start containers (all hosts, or --hosts)")
     tu.add_argument("--hosts", metavar="SEL", help="only these hosts: " + SELECTION)
     tu.add_argument(
@@ -254,15 +296,9 @@ def _deploy_parsers(sub: Any) -> None:
         "only configures. For trying a fleet quickly; a plain testbed installs from scratch",
     )
     tu.set_defaults(run=_testbed_up)
-    ts = tsub.add_parser("status", help="list containers and whether sshd answers")
-    ts.add_argument("--json", action="store_true", help=JSON_HELP)
-    ts.set_defaults(run=_testbed_status)
-    tsub.add_parser("down", help="remove the containers and the record").set_defaults(
-        run=_testbed_down
-    )
-    _schedule_parsers(sub)
-    _secrets_parsers(sub)
-    _image_parsers(sub)
+
+
+def _test_parser(sub: Any) -> None:
     te = sub.add_parser(
         "test",
         help="run the roles' molecule scenarios in podman containers",
@@ -271,6 +307,14 @@ def _deploy_parsers(sub: Any) -> None:
         "fleet's own roles/ take part when a fleet is found. Logs go to "
         ".orchestrate/test-logs/ (or ./test-logs without a fleet). Exit 3 when a role fails.",
     )
+    te.add_argument("roles", nargs="*", metavar="ROLE")
+    te.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="scenarios run side by side (1)"
+    )
+    te.set_defaults(run=_test)
+
+
+def _completion_parser(sub: Any) -> None:
     co = sub.add_parser(
         "completion",
         help="print the shell completion script (bash or zsh)",
@@ -278,11 +322,6 @@ def _deploy_parsers(sub: Any) -> None:
     )
     co.add_argument("shell", choices=("bash", "zsh"))
     co.set_defaults(run=_completion)
-    te.add_argument("roles", nargs="*", metavar="ROLE")
-    te.add_argument(
-        "--jobs", type=int, default=1, metavar="N", help="scenarios run side by side (1)"
-    )
-    te.set_defaults(run=_test)
 
 
 def _schedule_parsers(sub: Any) -> None:
@@ -340,22 +379,7 @@ def _secrets_parsers(sub: Any) -> None:
     kg = ssub.add_parser("keygen", help="a new admin key, added to the admins")
     kg.add_argument("--key-file", metavar="PATH", help="where to append the private key")
     kg.set_defaults(run=_secrets_keygen)
-    hk = ssub.add_parser(
-        "host-key",
-        help="a host's age identity: new, imported, given, or read from the host",
-        description="Record a host's age key in secrets/recipients.yaml. By default a new "
-        "identity is made and kept in .orchestrate/host-keys/ (0600) until the host's next "
-        "successful apply installs it at /var/lib/orchestrate/host.agekey.",
-    )
-    hk.add_argument("host", metavar="HOST")
-    how = hk.add_mutually_exclusive_group()
-    how.add_argument("--import", dest="import_file", metavar="FILE", help="an age key file")
-    how.add_argument("--public", metavar="AGE1...", help="record this public key only")
-    how.add_argument(
-        "--from-host", action="store_true", help="read the key the host already has, over SSH"
-    )
-    hk.add_argument("--force", action="store_true", help="replace a recorded key")
-    hk.set_defaults(run=_secrets_host_key)
+    _secrets_host_key_parser(ssub)
     ed = ssub.add_parser(
         "edit",
         help="decrypt into $EDITOR through sops, re-encrypt, replace atomically",
@@ -381,11 +405,30 @@ def _secrets_parsers(sub: Any) -> None:
     ck.set_defaults(run=_secrets_check)
 
 
+def _secrets_host_key_parser(ssub: Any) -> None:
+    hk = ssub.add_parser(
+        "host-key",
+        help="a host's age identity: new, imported, given, or read from the host",
+        description="Record a host's age key in secrets/recipients.yaml. By default a new "
+        "identity is made and kept in .orchestrate/host-keys/ (0600) until the host's next "
+        "successful apply installs it at /var/lib/orchestrate/host.agekey.",
+    )
+    hk.add_argument("host", metavar="HOST")
+    how = hk.add_mutually_exclusive_group()
+    how.add_argument("--import", dest="import_file", metavar="FILE", help="an age key file")
+    how.add_argument("--public", metavar="AGE1...", help="record this public key only")
+    how.add_argument(
+        "--from-host", action="store_true", help="read the key the host already has, over SSH"
+    )
+    hk.add_argument("--force", action="store_true", help="replace a recorded key")
+    hk.set_defaults(run=_secrets_host_key)
+
+
 def _secrets_keygen(args: argparse.Namespace) -> int:
     from orchestrator.secrets.commands import keygen
 
     keygen(_root(args), args.key_file, _err)
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_host_key(args: argparse.Namespace) -> int:
@@ -400,67 +443,64 @@ def _secrets_host_key(args: argparse.Namespace) -> int:
         force=args.force,
         say=_err,
     )
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_edit(args: argparse.Namespace) -> int:
     from orchestrator.secrets.commands import edit
 
     edit(_root(args), args.file, _err)
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_encrypt(args: argparse.Namespace) -> int:
     from orchestrator.secrets.commands import encrypt
 
     encrypt(_root(args), args.file, _err)
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_rekey(args: argparse.Namespace) -> int:
     from orchestrator.secrets.commands import rekey
 
     rekey(_root(args), _err)
-    return 0
+    return exitcodes.OK
 
 
 def _secrets_check(args: argparse.Namespace) -> int:
-    from orchestrator.secrets.commands import check_report
+    from orchestrator.api import secrets_check
 
-    report = check_report(_root(args))
+    checked = secrets_check(_root(args))
+    report = checked.report
     if args.json:
         _print_json(shapes.secrets_check(report))
-        return 0 if report.ok else 1
-    for p in report.problems:
-        _err(p.render())
-    if report.problems:
+    elif report.problems:
+        for p in report.problems:
+            _err(p.render())
         _err(f"{len(report.problems)} problem(s) with the fleet's secrets")
-        return 1
-    _err(
-        f"secrets OK: {report.files} encrypted file(s), "
-        f"{report.admins} admin(s), {report.host_keys} host key(s)"
-    )
-    return 0
+    else:
+        _err(
+            f"secrets OK: {report.files} encrypted file(s), "
+            f"{report.admins} admin(s), {report.host_keys} host key(s)"
+        )
+    return checked.exit_code
 
 
 def _test(args: argparse.Namespace) -> int:
-    from orchestrator.testbed.molecule import run_tests
+    from orchestrator.api import role_tests
 
     try:
         root: str | None = _root(args)
     except UsageError:
-        root = None
-    logs = os.path.join(root, ".orchestrate", "test-logs") if root else "test-logs"
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
-    results = run_tests(root, args.roles, logs, _err, args.jobs)
-    failed = [r for r in results if not r.passed]
-    for r in failed:
+        root = None  # the shipped roles are tested without a fleet too
+    tests = role_tests(root, args.roles, args.jobs, _err)
+    for r in tests.failed:
         with open(r.log, encoding="utf-8", errors="replace") as fh:
             tail = fh.read()[-3000:]
         _err(f"--- {r.role} failed; the end of {os.path.relpath(r.log)}:\n{tail}")
-    _err(f"{len(results) - len(failed)} of {len(results)} role(s) passed")
-    return 3 if failed else 0
+    passed = len(tests.results) - len(tests.failed)
+    _err(f"{passed} of {len(tests.results)} role(s) passed")
+    return tests.exit_code
 
 
 def _root(args: argparse.Namespace) -> str:
@@ -481,13 +521,13 @@ def _print_json(doc: dict[str, Any]) -> None:
     sys.stdout.write(shapes.dumps(doc))
 
 
-def _refuse(args: argparse.Namespace, message: str) -> int:
-    """Nothing was done, exit 1: the message on stderr, or as the errors document."""
+def _refuse(args: argparse.Namespace, message: str, code: int) -> int:
+    """Nothing was done: the message on stderr, or as the errors document; ``code`` back."""
     if getattr(args, "json", False):
-        _print_json(shapes.error_message(message, 1))
+        _print_json(shapes.error_message(message, code))
     else:
         _err(message)
-    return 1
+    return code
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -498,14 +538,14 @@ def _compile(args: argparse.Namespace) -> int:
     took = time.perf_counter() - start
     if args.json:
         _print_json(shapes.compile_result(result, ev.warnings, took))
-        return 0
+        return exitcodes.OK
     for w in ev.warnings:
         _err("warning: " + w.render())
     _err(
         f"compiled {result.hosts} hosts, {result.roles} generated roles, {result.files} files "
         f"into {os.path.relpath(result.out_dir)} in {took:.2f}s"
     )
-    return 0
+    return exitcodes.OK
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -526,7 +566,7 @@ def _query(args: argparse.Namespace) -> int:
     if answer.note:
         _err(answer.note)
     _print_value(answer.value, args.format)
-    return 0
+    return exitcodes.OK
 
 
 def _print_value(value: Any, fmt: str) -> None:
@@ -554,7 +594,7 @@ def _inventory(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown host {args.host!r}")
     with open(path, encoding="utf-8") as fh:  # written by compile: pass it on as it is
         sys.stdout.write(fh.read())
-    return 0
+    return exitcodes.OK
 
 
 def _options(args: argparse.Namespace) -> int:
@@ -572,7 +612,7 @@ def _options(args: argparse.Namespace) -> int:
         rows = describe_options(ev, args.path)
     if args.json:
         _print_json(shapes.options(rows))
-        return 0
+        return exitcodes.OK
     for row in rows:
         sys.stdout.write(f"{row['path']}\n    type: {row['type']}\n")
         if "default" in row:
@@ -580,7 +620,7 @@ def _options(args: argparse.Namespace) -> int:
         if row.get("description"):
             sys.stdout.write(f"    description: {row['description']}\n")
         sys.stdout.write(f"    declared in: {row['declared']}\n")
-    return 0
+    return exitcodes.OK
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -592,9 +632,9 @@ def _explain(args: argparse.Namespace) -> int:
         _err(note)
     if args.json:
         _print_json(shapes.explanation(x))
-        return 0
+        return exitcodes.OK
     sys.stdout.write(render_explain(x))
-    return 0
+    return exitcodes.OK
 
 
 def _console(stderr: bool = False) -> Any:
@@ -634,7 +674,7 @@ def _interruptible() -> Any:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from orchestrator.executor.deploy import make_plan
+    from orchestrator.api import plan
     from orchestrator.reporter.run import LiveProgress, render_plan
 
     root = _root(args)
@@ -645,38 +685,28 @@ def _plan(args: argparse.Namespace) -> int:
     flag = _interruptible()
     err = _console(stderr=True)
     with LiveProgress(err, [], "plan (check mode)") as live:
-        plan = make_plan(
+        planned = plan(
             root,
             _deploy_options(args),
             args.offline,
             live,
             flag,
             lambda m: err.print(m, markup=False, soft_wrap=True),
+            save_to=args.out,
+            detailed=args.detailed_exitcode,
         )
-    if args.out:
-        from orchestrator.fsutil import write_user_file
-
-        saved = json.dumps(plan.to_json(), indent=1, sort_keys=True).encode()
-        write_user_file(args.out, saved, mode=0o600, folders=True)
     if args.json:
-        _print_json(shapes.plan(plan))
+        _print_json(shapes.plan(planned.plan))
     else:
-        render_plan(_console(), plan)
-    if flag.is_set():
-        return 130
-    failed = any(
-        hp.check and (hp.check["unreachable"] or hp.check["failed"]) for hp in plan.hosts.values()
-    )
-    if failed:
-        return 3
-    return 2 if args.detailed_exitcode and plan.has_changes else 0
+        render_plan(_console(), planned.plan)
+    return planned.exit_code
 
 
 def _completion(args: argparse.Namespace) -> int:
     from orchestrator.reporter.completion import completion_script
 
     sys.stdout.write(completion_script(_parser(), args.shell))
-    return 0
+    return exitcodes.OK
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -688,44 +718,41 @@ def _show(args: argparse.Namespace) -> int:
         _print_json(shapes.plan(plan))
     else:
         render_plan(_console(), plan)
-    return 0
+    return exitcodes.OK
+
+
+def _ask_to_apply(count: int) -> bool:
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "applying to every host needs --yes (or a saved plan) when "
+            "there is no terminal to ask on"
+        )
+    sys.stderr.write(f"apply to all {count} hosts? [y/N] ")  # stdout may be --json
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from orchestrator.executor.deploy import apply
+    from orchestrator.api import apply
     from orchestrator.reporter.run import LiveProgress, apply_table
 
     root = _root(args)
     flag = _interruptible()
     err = _console(stderr=True)
-
-    def confirm(hosts: list[str]) -> bool:
-        from orchestrator.api import fleet_data
-
-        everyone = len(hosts) == len(fleet_data(root)["hosts"])
-        if args.yes or not everyone:
-            return True
-        if not sys.stdin.isatty():
-            raise UsageError(
-                "applying to every host needs --yes (or a saved plan) when "
-                "there is no terminal to ask on"
-            )
-        sys.stderr.write(f"apply to all {len(hosts)} hosts? [y/N] ")  # stdout may be --json
-        sys.stderr.flush()
-        return sys.stdin.readline().strip().lower() in ("y", "yes")
-
     with LiveProgress(err, [], "apply") as live:
-        result = apply(
+        applied = apply(
             root,
             _deploy_options(args),
             args.plan_file,
-            confirm,
+            _ask_to_apply,
             live,
             flag,
             lambda m: err.print(m, markup=False, soft_wrap=True),
+            yes=args.yes,
         )
+    result = applied.result
     if result is None:
-        return _refuse(args, "nothing applied")
+        return _refuse(args, "nothing applied", applied.exit_code)
     if args.json:
         _print_json(shapes.apply_result(result))
     else:
@@ -733,14 +760,12 @@ def _apply(args: argparse.Namespace) -> int:
     rel = os.path.relpath(result.run_dir)
     if result.interrupted:
         _err(f"interrupted; the run record is in {rel}")
-        return 130
-    if result.failed_hosts:
+    elif result.failed_hosts:
         for t in result.tasks:
             if t.status in ("failed", "unreachable"):
                 _err(f"{t.host}: {t.status} at {t.task!r}: {t.message[:300]}")
         _err(f"failed or unreachable: {', '.join(result.failed_hosts)} (record: {rel})")
-        return 3
-    return 0
+    return applied.exit_code
 
 
 def _testbed_up(args: argparse.Namespace) -> int:
@@ -748,7 +773,7 @@ def _testbed_up(args: argparse.Namespace) -> int:
 
     for name, h in testbed_up(_root(args), args.hosts, args.from_image, _err, args.preload):
         _err(f"{name}: {h.container} ({h.arch}) on {h.address}:{h.port}")
-    return 0
+    return exitcodes.OK
 
 
 def _image_parsers(sub: Any) -> None:
@@ -765,11 +790,11 @@ def _image_parsers(sub: Any) -> None:
         "-o", "--out", metavar="DIR", help="where images are built (.orchestrate/images)"
     )
     il.set_defaults(run=_image_list)
-    ib = isub.add_parser(
-        "build",
-        help="build image entries (one file per host) through the image-building role",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="""\
+    _image_build_parser(isub)
+    _image_boot_parser(isub)
+
+
+IMAGE_BUILD_HELP = """\
 Build disk images from hosts' configurations, as root, on this machine (or, for a host with
 deploy.build_on: remote, on the host itself over SSH as root; the file comes back here):
 
@@ -786,13 +811,24 @@ deploy.build_on: remote, on the host itself over SSH as root; the file comes bac
 Same inputs, same sha256: dates come from SOURCE_DATE_EPOCH (default 2025-01-01), identifiers
 from the fleet, image and host names. No secrets go in; the host's age key only with
 `include_host_key: true`. Each image is written under a temporary name and renamed when done,
-with NAME/manifest.json (file, sha256, inputs, where it was built).""",
+with NAME/manifest.json (file, sha256, inputs, where it was built)."""
+
+
+def _image_build_parser(isub: Any) -> None:
+    ib = isub.add_parser(
+        "build",
+        help="build image entries (one file per host) through the image-building role",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=IMAGE_BUILD_HELP,
     )
     ib.add_argument("names", nargs="*", metavar="NAME", help="image entries from fleet.yaml")
     ib.add_argument("--all", action="store_true", help="every image entry")
     ib.add_argument("-o", "--out", metavar="DIR", help="where to write them (.orchestrate/images)")
     ib.add_argument("--limit", metavar="SEL", help="only these hosts' files: " + SELECTION)
     ib.set_defaults(run=_image_build)
+
+
+def _image_boot_parser(isub: Any) -> None:
     ibo = isub.add_parser(
         "boot",
         help="boot built x86_64 images under qemu until they are up and sshd answers",
@@ -818,7 +854,7 @@ def _image_list(args: argparse.Namespace) -> int:
     rows = image_rows(evaluate_fleet(root), args.out or images_dir(root))
     if args.json:
         _print_json(shapes.image_list(rows))
-        return 0
+        return exitcodes.OK
     if not rows:
         _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
     for r in rows:
@@ -826,7 +862,7 @@ def _image_list(args: argparse.Namespace) -> int:
         sys.stdout.write(
             f"{r['image']}\t{r['host']}\t{r['arch']}\t{r['format']}\t{r['file']}\t{state}\n"
         )
-    return 0
+    return exitcodes.OK
 
 
 def _image_build(args: argparse.Namespace) -> int:
@@ -843,7 +879,7 @@ def _image_build(args: argparse.Namespace) -> int:
         _err("this fleet declares no images (add an `images:` entry to fleet.yaml)")
     for b in built or []:
         sys.stdout.write(f"{b.sha256}  {os.path.relpath(b.path)}\n")
-    return 0
+    return exitcodes.OK
 
 
 def _image_boot(args: argparse.Namespace) -> int:
@@ -853,25 +889,22 @@ def _image_boot(args: argparse.Namespace) -> int:
         _root(args), args.name, args.limit, args.timeout, args.console_log, _err
     ):
         sys.stdout.write(f"{host}\tup {res.ready_seconds:.0f}s\tssh {res.ssh_seconds:.0f}s\n")
-    return 0
+    return exitcodes.OK
 
 
 def _testbed_status(args: argparse.Namespace) -> int:
-    from orchestrator.paths import state_dir
-    from orchestrator.testbed import status
+    from orchestrator.api import testbed_status
 
-    rows = status(state_dir(_root(args)))
-    code = 3 if any(not answering for _name, _h, _running, answering in rows) else 0
+    status = testbed_status(_root(args))
     if args.json:
-        _print_json(shapes.testbed_status(rows))
-        return code
-    if not rows:
+        _print_json(shapes.testbed_status(status.rows))
+    elif not status.rows:
         _err("no testbed is up for this fleet")
-        return 0
-    for name, h, running, answering in rows:
-        state = shapes.testbed_state(running, answering)
-        sys.stdout.write(f"{name}\t{h.container}\t{h.arch}\t{h.address}:{h.port}\t{state}\n")
-    return code
+    else:
+        for name, h, running, answering in status.rows:
+            state = shapes.testbed_state(running, answering)
+            sys.stdout.write(f"{name}\t{h.container}\t{h.arch}\t{h.address}:{h.port}\t{state}\n")
+    return status.exit_code
 
 
 def _testbed_down(args: argparse.Namespace) -> int:
@@ -880,7 +913,7 @@ def _testbed_down(args: argparse.Namespace) -> int:
 
     removed = down(state_dir(_root(args)))
     _err(f"removed {len(removed)} container(s)")
-    return 0
+    return exitcodes.OK
 
 
 def _run_spec(mode: str | None, words: list[str]) -> Any:
@@ -912,7 +945,7 @@ def _schedule_add(args: argparse.Namespace) -> int:
     spec = _run_spec(mode, words)
     s = add(_root(args), args.name, args.cron, spec, words, args.textfile_dir)
     _err(f"scheduled {s.name}: {s.cron} -> {s.mode} {' '.join(s.args)}".rstrip())
-    return 0
+    return exitcodes.OK
 
 
 def _schedule_list(args: argparse.Namespace) -> int:
@@ -921,7 +954,7 @@ def _schedule_list(args: argparse.Namespace) -> int:
     rows = list_schedules(_root(args))
     if args.json:
         _print_json(shapes.schedule_list(rows))
-        return 0
+        return exitcodes.OK
     for s in rows:
         last = s["last"]
         when = "never run" if not last else f"last exit {last['exit']} at {last['started']}"
@@ -929,7 +962,7 @@ def _schedule_list(args: argparse.Namespace) -> int:
         sys.stdout.write(
             f"{s['name']}\t{s['cron']}\t{s['mode']} {' '.join(s['args'])}\t{when}{flag}\n"
         )
-    return 0
+    return exitcodes.OK
 
 
 def _schedule_remove(args: argparse.Namespace) -> int:
@@ -937,21 +970,17 @@ def _schedule_remove(args: argparse.Namespace) -> int:
 
     remove(_root(args), args.name)
     _err(f"removed schedule {args.name}")
-    return 0
+    return exitcodes.OK
 
 
 def _schedule_run(args: argparse.Namespace) -> int:
-    from orchestrator.schedule import load_schedule, run_scheduled
+    from orchestrator.api import schedule_run
 
-    root = _root(args)
-    sched = load_schedule(root, args.name)
-    # a schedule recorded before its run was kept parsed: parse its words again
-    spec = None if sched.spec is not None else _run_spec(sched.mode, sched.args)
-    record = run_scheduled(root, args.name, spec)
+    # _run_spec parses the words of a schedule recorded before its run was kept parsed
+    ran = schedule_run(_root(args), args.name, _run_spec)
     # one line, as cron appends it to the schedule's log
-    sys.stdout.write(shapes.dumps(shapes.schedule_run(record), indent=None))
-    code: int = record["exit"]
-    return code
+    sys.stdout.write(shapes.dumps(shapes.schedule_run(ran.record), indent=None))
+    return ran.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -981,12 +1010,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         if as_json:
-            _print_json(shapes.error_message("interrupted", 130))
+            _print_json(shapes.error_message("interrupted", exitcodes.INTERRUPTED))
         else:
             _err("interrupted")
-        return 130
+        return exitcodes.INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return exitcodes.OK  # a reader that stopped reading (`| head`) is not a failure
     except Exception as exc:  # the single boundary: no traceback reaches the user
         return _internal_error(exc, traceback.format_exc(), as_json)
 
@@ -1004,10 +1033,10 @@ def _internal_error(exc: Exception, trace: str, as_json: bool = False) -> int:
     else:
         message = f"internal error in orchestrate {__version__}; the traceback is in {log}"
     if as_json:
-        _print_json(shapes.error_message(message, 70))
+        _print_json(shapes.error_message(message, exitcodes.INTERNAL))
     else:
         _err(message)
-    return 70
+    return exitcodes.INTERNAL
 
 
 def _debug_log_dir() -> str:

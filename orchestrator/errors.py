@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from orchestrator import exitcodes
+
 EXCERPT = 40  # characters of a value shown in a message
 LINE = 600  # characters of one rendered problem, at most
 
@@ -140,7 +142,7 @@ class Problem:
 class OrchestrateError(Exception):
     """Base of every error the library raises on purpose."""
 
-    exit_code = 1
+    exit_code = exitcodes.INVALID
 
 
 class FleetErrors(OrchestrateError):

@@ -9,26 +9,53 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.errors import OrchestrateError, UsageError
+
+
+@contextlib.contextmanager
+def _renamed_over(tmp: str, path: str) -> Iterator[None]:
+    """``tmp`` becomes ``path`` when the block succeeds, in one rename (readers see the old
+    file or the new one); when the block fails, or is interrupted, it is removed."""
+    try:
+        yield
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to a temporary file beside ``path``, flush it, then rename it over."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
+    with _renamed_over(tmp, path):
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """:func:`atomic_write` for a file too large to hold in memory, or written by another
+    program (a disk image): the block writes it at the name this yields, ``.NAME.partial``
+    beside ``path``, and it is renamed over ``path`` when the block succeeds. The name is fixed
+    so that a program told it in advance writes there, and a leftover of a killed run is
+    overwritten by the next; flushing the file is the writer's part."""
+    tmp = partial_name(path)
+    with _renamed_over(tmp, path):
+        yield tmp
+
+
+def partial_name(path: str) -> str:
+    """Where :func:`atomic_output` has ``path`` written until it is complete, for a program
+    that must be told before the block begins."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
 
 
 def atomic_json(path: str, data: Any, mode: int = 0o600) -> None:

@@ -5,6 +5,7 @@ exits or imports the command line."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from conftest import REPO
@@ -161,3 +162,33 @@ def test_the_executor_reaches_hosts_through_one_seam() -> None:
             reach = forbidden | (set() if seam else {"orchestrator.testbed.manager"})
             bad += [f"{name} -> {t}" for t in sorted(targets & reach)]
     assert bad == []
+
+
+MAX_FUNCTION_LINES = 60  # the house style aims under 40: a function read at once
+
+
+def _long_functions(limit: int) -> list[str]:
+    """``path:line: name is N lines`` for every function of the package (Ansible's content in
+    orchestrator/roles/ aside) longer than ``limit``, counted from `def` to its last line."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(REPO)
+        if rel.parts[1] == "roles":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno:
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{rel}:{node.lineno}: {node.name} is {length} lines")
+    return found
+
+
+def test_no_function_is_longer_than_sixty_lines() -> None:
+    assert _long_functions(MAX_FUNCTION_LINES) == []
+
+
+def test_the_length_check_finds_and_names_a_long_function() -> None:
+    found = _long_functions(5)
+    assert found  # the walk reached the package
+    assert all(re.fullmatch(r"orchestrator/\S+\.py:\d+: \w+ is \d+ lines", f) for f in found)
+    assert not any(f.startswith("orchestrator/roles/") for f in found)

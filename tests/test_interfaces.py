@@ -279,6 +279,20 @@ def test_every_help_ends_with_examples_and_its_exit_codes() -> None:
     assert ("secrets", "check") in seen and ("completion",) in seen
 
 
+def test_the_docs_list_the_exit_codes_of_the_table() -> None:
+    """docs/conventions.md's table and README.md's line name exactly the codes of
+    orchestrator/exitcodes.py, which --help shows (above)."""
+    conventions = (REPO / "docs" / "conventions.md").read_text()
+    section = conventions.split("## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.M)}
+    assert rows == set(EXIT_CODES)
+    readme = (REPO / "README.md").read_text()
+    line = re.search(r"^Exit codes: (.*?)\.$", readme, re.M | re.S)
+    assert line, "README.md lists the exit codes in a line that starts 'Exit codes: '"
+    named = {int(code) for code in re.findall(r"(?:^|,\s)(\d+)\s", line.group(1))}
+    assert named == set(EXIT_CODES)
+
+
 def example_commands() -> Iterator[tuple[str, list[str]]]:
     """Every `orchestrate ...` command line in every help example, as words."""
     for _path, p in parsers():

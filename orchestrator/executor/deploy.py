@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from orchestrator import __version__
+from orchestrator import __version__, exitcodes
 from orchestrator.compiler.build import input_hashes
 from orchestrator.compiler.freshness import input_path, load_build_data, sha256_file
 from orchestrator.errors import OrchestrateError, UsageError, quoted
@@ -99,6 +99,15 @@ class Plan:
     def has_changes(self) -> bool:
         return any(h.changed for h in self.hosts.values())
 
+    @property
+    def failed_hosts(self) -> list[str]:
+        """The hosts whose check failed or that could not be reached, by name."""
+        return sorted(
+            h
+            for h, p in self.hosts.items()
+            if p.check and (p.check["failed"] or p.check["unreachable"])
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The saved plan and `plan --json`: marked ``"format": "orchestrate.plan/N"``, as
         every JSON document the tool prints is."""
@@ -166,6 +175,10 @@ class ApplyResult:
     @property
     def failed_hosts(self) -> list[str]:
         return sorted(h for h, s in self.stats.items() if not s.success)
+
+    @property
+    def exit_code(self) -> int:
+        return exitcodes.for_run(bool(self.failed_hosts), self.interrupted)
 
 
 Progress = Callable[[str], None]

@@ -12,11 +12,12 @@ import os
 import time
 from types import TracebackType
 
+from orchestrator import exitcodes
 from orchestrator.errors import OrchestrateError
 
 
 class LockHeld(OrchestrateError):
-    exit_code = 4
+    exit_code = exitcodes.LOCKED
 
 
 class FleetLock:

@@ -53,27 +53,8 @@ def boot(
             "booting an image needs qemu-system-x86_64 and UEFI firmware "
             "(Debian: apt-get install qemu-system-x86 ovmf)"
         )
-    fmt = "qcow2" if image.endswith(".qcow2") else "raw"
     with tempfile.TemporaryDirectory(prefix="orchestrate-boot-") as tmp:
-        overlay = os.path.join(tmp, "overlay.qcow2")
-        subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.abspath(image), "-F", fmt,
-             overlay],
-            check=True,
-        )  # fmt: skip
-        shutil.copyfile(OVMF_VARS, os.path.join(tmp, "vars.fd"))
-        serial = os.path.join(tmp, "serial.log")
-        port = _free_port()
-        cmd = [
-            "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2",
-            "-m", "1024", "-display", "none", "-monitor", "none",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={os.path.join(tmp, 'vars.fd')}",
-            "-drive", f"file={overlay},if=virtio,format=qcow2",
-            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{ssh_port}",
-            "-device", "virtio-net-pci,netdev=n0",
-            "-serial", f"file:{serial}",
-        ]  # fmt: skip
+        cmd, serial, port = _qemu_command(image, tmp, ssh_port)
         progress(f"{host}: booting {os.path.basename(image)} (UEFI, software emulation)")
         started = time.monotonic()
         vm = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -104,6 +85,32 @@ def boot(
             vm.wait()
     progress(f"{host}: sshd answered after {ssh:.0f}s")
     return BootResult(host, ready, ssh, "\n".join(console.splitlines()[-5:]))
+
+
+def _qemu_command(image: str, tmp: str, ssh_port: int) -> tuple[list[str], str, int]:
+    """qemu's command line for ``image`` on a throwaway overlay in ``tmp``, with its own copy of
+    the UEFI variables; and the serial console's file and the local port sshd is forwarded to."""
+    fmt = "qcow2" if image.endswith(".qcow2") else "raw"
+    overlay = os.path.join(tmp, "overlay.qcow2")
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.abspath(image), "-F", fmt,
+         overlay],
+        check=True,
+    )  # fmt: skip
+    shutil.copyfile(OVMF_VARS, os.path.join(tmp, "vars.fd"))
+    serial = os.path.join(tmp, "serial.log")
+    port = _free_port()
+    cmd = [
+        "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2",
+        "-m", "1024", "-display", "none", "-monitor", "none",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={os.path.join(tmp, 'vars.fd')}",
+        "-drive", f"file={overlay},if=virtio,format=qcow2",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{ssh_port}",
+        "-device", "virtio-net-pci,netdev=n0",
+        "-serial", f"file:{serial}",
+    ]  # fmt: skip
+    return cmd, serial, port
 
 
 def _read(path: str) -> bytes:

@@ -7,16 +7,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-EXIT_CODES: dict[int, str] = {
-    0: "success",
-    1: "invalid input or usage (a bad flag too); nothing ran, nothing was written",
-    2: "plan --detailed-exitcode: changes were found",
-    3: "the run finished with failed or unreachable hosts",
-    4: "another run holds the fleet's lock",
-    70: "internal error (one line names the debug log with the traceback)",
-    130: "interrupted (Ctrl-C, SIGTERM); records are kept",
-}
-ALWAYS = (0, 1, 70, 130)  # any command: success, bad input, a crash, Ctrl-C
+from orchestrator.exitcodes import (
+    CHANGES,
+    FAILED,
+    INTERNAL,
+    INTERRUPTED,
+    INVALID,
+    LOCKED,
+    MEANINGS,
+    OK,
+)
+
+EXIT_CODES = MEANINGS  # what a code means wherever a command does not say more
+ALWAYS = (OK, INVALID, INTERNAL, INTERRUPTED)  # any command: success, bad input, a crash, Ctrl-C
 
 Codes = Sequence[int | tuple[int, str]]
 
@@ -55,7 +58,7 @@ The fleet is --fleet DIR, else $ORCHESTRATE_FLEET, else the nearest folder above
 directory that holds fleet.yaml. Errors name file:line:col; nothing is written when any is found.
 Reporting commands take --json: one document on stdout, errors included (docs/conventions.md)."""
 
-LOCKED = (4, "another run holds the fleet's lock (nothing ran)")
+LOCK_HELD = (LOCKED, "another run holds the fleet's lock (nothing ran)")
 
 # command path -> (examples, exit codes besides 0, 1, 70 and 130)
 HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
@@ -104,9 +107,9 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
             "orchestrate plan --limit 'arch:x86_64:!LINDA' --json --detailed-exitcode",
         ),
         (
-            (2, "--detailed-exitcode: changes were found"),
-            (3, "check mode failed on a host, or a host was unreachable"),
-            LOCKED,
+            (CHANGES, "--detailed-exitcode: changes were found"),
+            (FAILED, "check mode failed on a host, or a host was unreachable"),
+            LOCK_HELD,
         ),
     ),
     ("show",): (("orchestrate plan -o tonight.plan && orchestrate show tonight.plan",), ()),
@@ -116,7 +119,11 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
             "orchestrate apply tonight.plan",
             "orchestrate apply --yes --serial 2 --max-fail-percent 0 --json",
         ),
-        ((1, "invalid input, a saved plan that no longer holds, or nothing applied"), 3, LOCKED),
+        (
+            (INVALID, "invalid input, a saved plan that no longer holds, or nothing applied"),
+            FAILED,
+            LOCK_HELD,
+        ),
     ),
     ("testbed",): (
         (
@@ -124,7 +131,7 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
             "orchestrate testbed status",
             "orchestrate testbed down",
         ),
-        ((3, "status: a container is stopped or its sshd does not answer"),),
+        ((FAILED, "status: a container is stopped or its sshd does not answer"),),
     ),
     ("testbed", "up"): (
         (
@@ -136,7 +143,7 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
     ),
     ("testbed", "status"): (
         ("orchestrate testbed status", "orchestrate testbed status --json"),
-        ((3, "a container is stopped or its sshd does not answer"),),
+        ((FAILED, "a container is stopped or its sshd does not answer"),),
     ),
     ("testbed", "down"): (("orchestrate testbed down",), ()),
     ("schedule",): (
@@ -146,9 +153,9 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
             "orchestrate schedule run drift",
         ),
         (
-            (2, "run: a scheduled plan --detailed-exitcode found changes"),
-            (3, "run: the scheduled run finished with failed or unreachable hosts"),
-            (4, "run: another run holds the fleet's lock; the run was skipped"),
+            (CHANGES, "run: a scheduled plan --detailed-exitcode found changes"),
+            (FAILED, "run: the scheduled run finished with failed or unreachable hosts"),
+            (LOCKED, "run: another run holds the fleet's lock; the run was skipped"),
         ),
     ),
     ("schedule", "add"): (
@@ -163,10 +170,10 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
     ("schedule", "run"): (
         ("orchestrate schedule run drift",),
         (
-            (1, "invalid input, or the scheduled run's input was invalid"),
-            (2, "a scheduled plan --detailed-exitcode found changes"),
-            (3, "the scheduled run finished with failed or unreachable hosts"),
-            (4, "another run holds the fleet's lock: the run was skipped"),
+            (INVALID, "invalid input, or the scheduled run's input was invalid"),
+            (CHANGES, "a scheduled plan --detailed-exitcode found changes"),
+            (FAILED, "the scheduled run finished with failed or unreachable hosts"),
+            (LOCKED, "another run holds the fleet's lock: the run was skipped"),
         ),
     ),
     ("secrets",): (
@@ -177,7 +184,7 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
             "orchestrate secrets rekey                  # after adding or removing a host or admin",
             "orchestrate secrets check                  # in CI: no plaintext, nothing missing",
         ),
-        ((1, "invalid input; check: a problem with the fleet's secrets"),),
+        ((INVALID, "invalid input; check: a problem with the fleet's secrets"),),
     ),
     ("secrets", "keygen"): (
         (
@@ -197,7 +204,7 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
     ),
     ("secrets", "edit"): (
         ("orchestrate secrets edit wireguard", "EDITOR=nano orchestrate secrets edit wireguard"),
-        ((130, "interrupted (Ctrl-C, SIGTERM, SIGHUP); the decrypted copy is removed"),),
+        ((INTERRUPTED, "interrupted (Ctrl-C, SIGTERM, SIGHUP); the decrypted copy is removed"),),
     ),
     ("secrets", "encrypt"): (
         (
@@ -209,7 +216,7 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
     ("secrets", "rekey"): (("orchestrate secrets rekey",), ()),
     ("secrets", "check"): (
         ("orchestrate secrets check", "orchestrate secrets check --json"),
-        ((1, "plaintext files, missing secrets or wrong recipients; or invalid input"),),
+        ((INVALID, "plaintext files, missing secrets or wrong recipients; or invalid input"),),
     ),
     ("image",): (
         (
@@ -217,7 +224,7 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
             "orchestrate image build data-storage-vm",
             "orchestrate image boot data-storage-vm",
         ),
-        ((4, "build: another build writes to the same folder"),),
+        ((LOCKED, "build: another build writes to the same folder"),),
     ),
     ("image", "list"): (("orchestrate image list", "orchestrate image list --json"), ()),
     ("image", "build"): (
@@ -226,18 +233,18 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
             "orchestrate image build pi-cards --limit pi-1",
             "orchestrate image build --all --out /srv/images",
         ),
-        ((4, "another build writes to the same folder"),),
+        ((LOCKED, "another build writes to the same folder"),),
     ),
     ("image", "boot"): (
         (
             "orchestrate image boot data-storage-vm",
             "orchestrate image boot data-storage-vm --timeout 900 --console-log console.txt",
         ),
-        ((1, "invalid input, or an image did not come up in time"),),
+        ((INVALID, "invalid input, or an image did not come up in time"),),
     ),
     ("test",): (
         ("orchestrate test", "orchestrate test nginx firewall --jobs 2"),
-        ((3, "a role's scenario failed (the end of its log is shown)"),),
+        ((FAILED, "a role's scenario failed (the end of its log is shown)"),),
     ),
     ("completion",): (
         (

@@ -14,6 +14,7 @@ from typing import Any
 
 from crontab import CronSlices, CronTab
 
+from orchestrator import exitcodes
 from orchestrator.errors import OrchestrateError, UsageError, display_path
 from orchestrator.executor.deploy import Options, apply, make_plan
 from orchestrator.executor.lock import LockHeld
@@ -174,7 +175,7 @@ def run_scheduled(root: str, name: str, spec: RunSpec | None = None) -> dict[str
     try:
         record.update(_execute(root, spec, opts))
     except LockHeld as exc:
-        record.update({"exit": 4, "skipped": str(exc)})
+        record.update({"exit": exitcodes.LOCKED, "skipped": str(exc)})
     except OrchestrateError as exc:
         record.update({"exit": exc.exit_code, "error": str(exc)})
     record["duration"] = round(time.time() - started, 3)
@@ -195,7 +196,8 @@ def _execute(root: str, spec: RunSpec, opts: Options) -> dict[str, Any]:
         unreachable = [h for h, p in plan.hosts.items() if p.check and p.check["unreachable"]]
         drift = [h for h, p in plan.hosts.items() if p.changed]
         return {
-            "exit": 3 if failed or unreachable else (2 if drift else 0),
+            # a schedule's plan is run for its drift: changes count as if asked for
+            "exit": exitcodes.for_plan(bool(plan.failed_hosts), plan.has_changes, detailed=True),
             "run": plan.run_id,
             "changed": drift,
             "failed": failed,
@@ -208,7 +210,7 @@ def _execute(root: str, spec: RunSpec, opts: Options) -> dict[str, Any]:
     failed = sorted(h for h, s in result.stats.items() if s.failed)
     unreachable = sorted(h for h, s in result.stats.items() if s.unreachable)
     return {
-        "exit": 3 if failed or unreachable else 0,
+        "exit": result.exit_code,
         "run": result.run_id,
         "changed": changed,
         "failed": failed,

@@ -357,53 +357,15 @@ def plan_secrets(
     each host uses. Problems (missing files or keys, plaintext, hosts without an age key) are
     collected in the plan; the compiler refuses to go on with any."""
     recipients = load_recipients(root)
-    problems: list[Problem] = []
+    seen = _Survey(root)
     uses: dict[str, list[SecretUse]] = {}
-    file_hosts: dict[str, set[str]] = {}
-    files: dict[str, SopsFile | None] = {}
     rpath = recipients_path(root)
     for host in sorted(host_configs):
         decls = host_decls.get(host, [])
         names = referenced_names(host_configs[host])
-        chosen: list[SecretUse] = []
-        for name in sorted(names):
-            access, where = _access(name, decls, problems, host)
-            if not SECRET_NAME.fullmatch(name):
-                problems.append(
-                    Problem(where, f"{name!r} is not a secret name (FILE/KEY[/KEY...])")
-                )
-                continue
-            file, keys = split_name(name)
-            file_hosts.setdefault(file, set()).add(host)
-            if file not in files:
-                path = os.path.join(secrets_dir(root), file)
-                files[file] = _read_collecting(path, problems) if os.path.lexists(path) else None
-            sf = files[file]
-            if sf is None:
-                problems.append(
-                    Problem(
-                        where,
-                        f"host {host} uses secret {name!r} but secrets/{file} does not exist",
-                        f"create it with `orchestrate secrets edit {file}`",
-                        (host,),
-                    )
-                )
-                continue
-            if not sf.encrypted:
-                continue  # reported once per file below
-            if not sf.has(keys):
-                problems.append(
-                    Problem(
-                        where or Loc(sf.path, 1, 1),
-                        f"host {host} uses secret {name!r} but secrets/{file} has no value at "
-                        f"{'.'.join(keys)}",
-                        hosts=(host,),
-                    )
-                )
-                continue
-            chosen.append(SecretUse(name, file, tuple(keys), **access))
+        chosen = [u for name in sorted(names) if (u := seen.use(host, name, decls)) is not None]
         if chosen and host not in recipients.hosts:
-            problems.append(
+            seen.problems.append(
                 Problem(
                     Loc(rpath, 1, 1) if os.path.exists(rpath) else None,
                     f"host {host} uses secrets but has no age key",
@@ -413,19 +375,76 @@ def plan_secrets(
             )
         if chosen:
             uses[host] = chosen
-    for rel in secret_files(root):
-        sf = files.get(rel) or _read_collecting(os.path.join(secrets_dir(root), rel), problems)
-        files.setdefault(rel, sf)
-        if not sf.encrypted and not sf.problems:
-            problems.append(
+    seen.plaintext()
+    delivered = set(uses) | (set(recipients.hosts) & set(host_configs))
+    return SecretsPlan(uses, seen.file_hosts, recipients, delivered, seen.problems, seen.files)
+
+
+@dataclass
+class _Survey:
+    """What plan_secrets learns host by host: each secrets file, read once, the hosts that use
+    it, and every problem found on the way."""
+
+    root: str
+    problems: list[Problem] = field(default_factory=list)
+    file_hosts: dict[str, set[str]] = field(default_factory=dict)
+    files: dict[str, SopsFile | None] = field(default_factory=dict)
+
+    def use(self, host: str, name: str, decls: list[Decl]) -> SecretUse | None:
+        """Secret ``name`` as ``host`` receives it, or None (and a problem) when it cannot."""
+        access, where = _access(name, decls, self.problems, host)
+        if not SECRET_NAME.fullmatch(name):
+            self.problems.append(
+                Problem(where, f"{name!r} is not a secret name (FILE/KEY[/KEY...])")
+            )
+            return None
+        file, keys = split_name(name)
+        self.file_hosts.setdefault(file, set()).add(host)
+        if file not in self.files:
+            path = os.path.join(secrets_dir(self.root), file)
+            self.files[file] = (
+                _read_collecting(path, self.problems) if os.path.lexists(path) else None
+            )
+        sf = self.files[file]
+        if sf is None:
+            self.problems.append(
                 Problem(
-                    Loc(sf.path, 1, 1),
-                    "not SOPS-encrypted: plaintext must never be committed or delivered",
-                    f"encrypt it with `orchestrate secrets encrypt secrets/{rel}`",
+                    where,
+                    f"host {host} uses secret {name!r} but secrets/{file} does not exist",
+                    f"create it with `orchestrate secrets edit {file}`",
+                    (host,),
                 )
             )
-    delivered = set(uses) | (set(recipients.hosts) & set(host_configs))
-    return SecretsPlan(uses, file_hosts, recipients, delivered, problems, files)
+            return None
+        if not sf.encrypted:
+            return None  # reported once per file, by plaintext()
+        if not sf.has(keys):
+            self.problems.append(
+                Problem(
+                    where or Loc(sf.path, 1, 1),
+                    f"host {host} uses secret {name!r} but secrets/{file} has no value at "
+                    f"{'.'.join(keys)}",
+                    hosts=(host,),
+                )
+            )
+            return None
+        return SecretUse(name, file, tuple(keys), **access)
+
+    def plaintext(self) -> None:
+        """Every file under secrets/ is encrypted, whether a host uses it or not."""
+        for rel in secret_files(self.root):
+            sf = self.files.get(rel) or _read_collecting(
+                os.path.join(secrets_dir(self.root), rel), self.problems
+            )
+            self.files.setdefault(rel, sf)
+            if not sf.encrypted and not sf.problems:
+                self.problems.append(
+                    Problem(
+                        Loc(sf.path, 1, 1),
+                        "not SOPS-encrypted: plaintext must never be committed or delivered",
+                        f"encrypt it with `orchestrate secrets encrypt secrets/{rel}`",
+                    )
+                )
 
 
 def _access(

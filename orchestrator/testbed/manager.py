@@ -129,21 +129,46 @@ def up(
         port = free_port(taken)
         taken.add(port)
         inner = (ssh_ports or {}).get(name, 22)
-        podman(
+        box = _Container(cname, name, arch, port, inner, pub, name in (builders or set()))
+        podman(*box.run_args(fleet, images[arch]))
+        record[name] = TestbedHost(cname, "127.0.0.1", port, "root", key, arch)
+        started.append(name)
+        save_record(state_dir, record)
+    progress(f"started {len(started)} container(s); waiting for sshd ...")
+    wait_ssh([record[n] for n in started])
+    bridge_addresses(record, deploy_addresses or {})
+    return record
+
+
+@dataclass(frozen=True)
+class _Container:
+    """One host's container as `podman run` starts it: sshd listens on ``ssh_port`` inside,
+    published on 127.0.0.1:``port``, and lets in the testbed's ``public_key``."""
+
+    name: str
+    host: str
+    arch: str
+    port: int
+    ssh_port: int
+    public_key: str
+    privileged: bool  # the host builds its own images (namespaces, a tap device, chroots)
+
+    def run_args(self, fleet: str, image: str) -> list[str]:
+        return [
             "run",
             "-d",
             "--name",
-            cname,
+            self.name,
             "--hostname",
-            name,
+            self.host,
             "--arch",
-            "arm64" if arch == "aarch64" else "amd64",
+            "arm64" if self.arch == "aarch64" else "amd64",
             "-p",
-            f"127.0.0.1:{port}:{inner}",
+            f"127.0.0.1:{self.port}:{self.ssh_port}",
             "-e",
-            f"AUTHORIZED_KEY={pub}",
+            f"AUTHORIZED_KEY={self.public_key}",
             "-e",
-            f"SSH_PORT={inner}",
+            f"SSH_PORT={self.ssh_port}",
             # the firewall role loads nftables rules inside the container's own network
             "--cap-add",
             "NET_ADMIN",
@@ -153,18 +178,11 @@ def up(
             "--init",
             "--cap-add",
             "SYS_PTRACE",
-            *(["--privileged"] if name in (builders or set()) else []),
+            *(["--privileged"] if self.privileged else []),
             "--label",
             f"orchestrate.fleet={fleet}",
-            images[arch],
-        )
-        record[name] = TestbedHost(cname, "127.0.0.1", port, "root", key, arch)
-        started.append(name)
-        save_record(state_dir, record)
-    progress(f"started {len(started)} container(s); waiting for sshd ...")
-    wait_ssh([record[n] for n in started])
-    bridge_addresses(record, deploy_addresses or {})
-    return record
+            image,
+        ]
 
 
 def bridge_addresses(record: dict[str, TestbedHost], deploy: dict[str, str]) -> None:
