@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 
 from orchestrator.errors import UsageError
+from orchestrator.naming import STATE_DIR
 
 FLEET_FILE = "fleet.yaml"
 LIBRARY_PREFIX = "orchestrate:"
 ROLES_PREFIX = "orchestrate-roles:"
-STATE_DIR = ".orchestrate"  # the fleet's own records and builds, inside the fleet folder
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 

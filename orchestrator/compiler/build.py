@@ -37,6 +37,7 @@ from orchestrator.compiler.freshness import (
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation
 from orchestrator.fsutil import atomic_write, file_kind, private_folder
+from orchestrator.naming import SECRETS_ROLE
 from orchestrator.paths import shipped_roles_dir, state_dir
 
 # Every build holds this file: only a folder that has it (or an earlier build's manifest) is
@@ -78,7 +79,7 @@ def input_files(ev: Evaluation) -> list[str]:
         for base, dirs, names in os.walk(secrets):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             files.update(os.path.join(base, n) for n in names if not n.startswith("."))
-        role = os.path.join(shipped_roles_dir(), "orchestrate_secrets")
+        role = os.path.join(shipped_roles_dir(), SECRETS_ROLE)
         for base, dirs, names in os.walk(role):
             dirs[:] = [d for d in dirs if d != "__pycache__"]
             files.update(os.path.join(base, n) for n in names)

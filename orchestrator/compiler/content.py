@@ -14,7 +14,6 @@ each host's variables in its own JSON file that Ansible reads only for the hosts
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import orjson
@@ -28,8 +27,8 @@ from orchestrator.evaluator.expressions import plain
 from orchestrator.evaluator.fleet import Evaluation, HostResult, role_name
 from orchestrator.fsutil import MAX_ROLE_FILE_BYTES, read_regular
 from orchestrator.loader.files import inside
-from orchestrator.loader.fleet import ARCHES, ModuleFile
-from orchestrator.naming import SECRETS_GROUP, SECRETS_ROLE
+from orchestrator.loader.fleet import ModuleFile
+from orchestrator.naming import ARCHES, SECRETS_GROUP, SECRETS_ROLE, SECRETS_VAR, group_name
 from orchestrator.paths import shipped_roles_dir
 from orchestrator.secrets.store import SecretsPlan, delivery_plan
 
@@ -39,11 +38,6 @@ def _json(data: Any) -> bytes:
     # writes, five times faster (orjson), which matters with 10,000 host_vars files
     out: bytes = orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
     return out
-
-
-def group_name(kind: str, name: str) -> str:
-    """An Ansible-safe group name: characters other than letters, digits and _ become _."""
-    return f"{kind}_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 def groups_of(ev: Evaluation, secrets: SecretsPlan | None = None) -> dict[str, list[str]]:
@@ -78,7 +72,7 @@ def host_vars(h: HostResult, secrets: SecretsPlan | None = None) -> dict[str, An
     deploy = h.info["deploy"]
     extra = {}
     if secrets is not None and h.name in secrets.delivered:
-        extra["orchestrate_secrets"] = secrets.host_var(h.name)
+        extra[SECRETS_VAR] = secrets.host_var(h.name)
     variables: dict[str, Any] = unsafe_json(
         {
             **extra,

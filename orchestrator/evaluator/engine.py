@@ -30,9 +30,10 @@ from orchestrator.evaluator.expressions import (
     truthy,
 )
 from orchestrator.evaluator.merge import Conflict, kind_of, merge
-from orchestrator.evaluator.shape import DEFAULT_PRIORITY, DYNAMIC, Def, Instance, Shape
+from orchestrator.evaluator.shape import DYNAMIC, Def, Instance, Shape
 from orchestrator.loader.fleet import FleetSpec, OptionDecl
 from orchestrator.loader.yamlfile import Prio, locate
+from orchestrator.naming import FORCE_PRIORITY, MKDEFAULT_PRIORITY
 from orchestrator.validator import Finding, findings, option_validator
 from orchestrator.validator.fast import compile_check
 
@@ -474,7 +475,8 @@ class Evaluator:
         self.problem(
             exc.places[0][1],
             f"conflicting definitions of {exc.where} at priority {prio}: {places}",
-            "make them equal, or give one !force (priority 50) or !default (1000)",
+            f"make them equal, or give one !force (priority {FORCE_PRIORITY}) or !default "
+            f"({MKDEFAULT_PRIORITY})",
         )
 
     def validated(
@@ -562,7 +564,6 @@ def _value_key(value: Any) -> str:
 
 __all__ = [
     "ABSENT",
-    "DEFAULT_PRIORITY",
     "ERROR",
     "ConfigView",
     "Evaluator",

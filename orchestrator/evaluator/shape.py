@@ -18,10 +18,8 @@ from orchestrator.errors import Loc, Problem, display_path, excerpt
 from orchestrator.evaluator.expressions import ExprSyntaxError, has_template, parse_template
 from orchestrator.loader.fleet import Block, ModuleCache, ModuleFile, ModuleRef, OptionDecl
 from orchestrator.loader.yamlfile import Map, Prio, Seq, loc_of
+from orchestrator.naming import PLAIN_PRIORITY
 from orchestrator.paths import LIBRARY_PREFIX, library_root
-
-PLAIN_PRIORITY = 100
-DEFAULT_PRIORITY = 1500
 
 
 @dataclass(eq=False)
@@ -461,4 +459,4 @@ def _nest(rest: tuple[str, ...], value: Any) -> Any:
     return value
 
 
-__all__ = ["DEFAULT_PRIORITY", "DYNAMIC", "Def", "Instance", "Seq", "Shape", "ShapeBuilder", "Trie"]
+__all__ = ["DYNAMIC", "Def", "Instance", "Seq", "Shape", "ShapeBuilder", "Trie"]

@@ -17,8 +17,6 @@ from orchestrator.naming import RESERVED_HOSTS, option_path_problem
 from orchestrator.paths import FLEET_FILE, LIBRARY_PREFIX, library_root
 from orchestrator.validator import check_option_schema, document_problems
 
-ARCHES = ("x86_64", "aarch64")
-
 
 @dataclass(frozen=True)
 class ModuleRef:

