@@ -27,6 +27,12 @@ def library_root() -> str:
     return os.path.join(_HERE, "library")
 
 
+def library_functions_dir() -> str:
+    """The shipped library's JMESPath functions (wg_peers, scrape_*): a lib/ folder like a
+    fleet's own, loaded for every fleet."""
+    return os.path.join(library_root(), "lib")
+
+
 def orchestrate_name(ref: object) -> str | None:
     """NAME of an ``orchestrate:NAME`` reference; None for anything else."""
     if isinstance(ref, str) and ref.startswith(PREFIX):

@@ -220,6 +220,25 @@ def test_fleet_lib_functions(fleet) -> None:
     assert _eval(fleet, **files)["a"]["text"] == "A"
 
 
+def test_the_library_functions_are_loaded_like_a_fleets_own() -> None:
+    from orchestrator.evaluator.expressions import load_lib_functions
+    from orchestrator.paths import library_functions_dir
+
+    found, problems = load_lib_functions((library_functions_dir(),), "fleet.yaml")
+    assert problems == []
+    assert {"wg_peers", "scrape_jobs", "scrape_targets"} <= set(found)
+
+
+def test_a_fleet_function_named_like_a_library_one_is_an_error(fleet) -> None:
+    lib = (
+        "from orchestrator.evaluator.expressions import jmespath_function\n\n"
+        "@jmespath_function('object', 'string')\ndef wg_peers(hosts, name):\n    return []\n"
+    )
+    files = {"lib/mine.py": lib, "fleet.yaml": FLEET + "lib: [lib]\n"}
+    with pytest.raises(FleetErrors, match=r"lib/mine\.py:1:1: library function 'wg_peers' "):
+        _eval(fleet, **files)
+
+
 def test_wg_peers_builtin(fleet) -> None:
     vpn = """
 options:
