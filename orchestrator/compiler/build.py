@@ -26,6 +26,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.compiler.content import render_outputs
+from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.compiler.freshness import (
     MANIFEST,
     input_name,
@@ -94,8 +95,19 @@ def input_hashes(ev: Evaluation) -> dict[str, str]:
 
 
 def compile_fleet(ev: Evaluation, out_dir: str) -> BuildResult:
-    """Render everything, then write it to ``out_dir`` atomically."""
-    outputs = render_outputs(ev)
+    """The compile stage as the pipeline calls it, the secrets feature working out what the
+    build delivers. Composing the two is the pipeline's job: once pipeline.build passes
+    :func:`~orchestrator.secrets.store.delivery_plan`'s value to :func:`write_build` itself,
+    this goes, and with it the compiler's only reference to the secrets feature."""
+    from orchestrator.secrets.store import delivery_plan
+
+    return write_build(ev, out_dir, delivery_plan(ev))
+
+
+def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -> BuildResult:
+    """Render everything, with the secrets ``secrets`` delivers (None: the fleet has none),
+    then write it to ``out_dir`` atomically."""
+    outputs = render_outputs(ev, secrets)
     outputs[BUILD_MARKER] = MARKER_TEXT
     manifest = {
         "tool": "orchestrate",

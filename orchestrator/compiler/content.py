@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from orchestrator.compiler.argspec import arg_name
+from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.compiler.freshness import input_name
 from orchestrator.compiler.unsafe import unsafe_json, unsafe_yaml
 from orchestrator.compiler.yamlout import yaml_bytes
@@ -30,7 +31,6 @@ from orchestrator.loader.files import inside
 from orchestrator.loader.fleet import ModuleFile
 from orchestrator.naming import ARCHES, SECRETS_GROUP, SECRETS_ROLE, SECRETS_VAR, group_name
 from orchestrator.paths import shipped_roles_dir
-from orchestrator.secrets.store import SecretsPlan, delivery_plan
 
 
 def _json(data: Any) -> bytes:
@@ -40,10 +40,10 @@ def _json(data: Any) -> bytes:
     return out
 
 
-def groups_of(ev: Evaluation, secrets: SecretsPlan | None = None) -> dict[str, list[str]]:
+def groups_of(ev: Evaluation, secrets: SecretsDelivery | None = None) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {f"arch_{a}": [] for a in ARCHES}
     if secrets is not None and secrets.delivered:
-        groups[SECRETS_GROUP] = sorted(secrets.delivered)
+        groups[SECRETS_GROUP] = secrets.delivered
     for name in sorted(ev.hosts):
         h = ev.hosts[name]
         keys = [f"arch_{h.info['arch']}", group_name("builder", h.info["builder"])]
@@ -67,12 +67,12 @@ def groups_of(ev: Evaluation, secrets: SecretsPlan | None = None) -> dict[str, l
 _GROUP_HINT = "arch_*, builder_*, role_* and tag_* name the groups orchestrate makes: rename it"
 
 
-def host_vars(h: HostResult, secrets: SecretsPlan | None = None) -> dict[str, Any]:
+def host_vars(h: HostResult, secrets: SecretsDelivery | None = None) -> dict[str, Any]:
     """A host's variables, every string marked unsafe: the fleet's values are data."""
     deploy = h.info["deploy"]
     extra = {}
-    if secrets is not None and h.name in secrets.delivered:
-        extra[SECRETS_VAR] = secrets.host_var(h.name)
+    if secrets is not None and h.name in secrets.host_vars:
+        extra[SECRETS_VAR] = secrets.host_vars[h.name]
     variables: dict[str, Any] = unsafe_json(
         {
             **extra,
@@ -89,8 +89,7 @@ def host_vars(h: HostResult, secrets: SecretsPlan | None = None) -> dict[str, An
     return variables
 
 
-def render_outputs(ev: Evaluation) -> dict[str, bytes]:
-    secrets = delivery_plan(ev)
+def render_outputs(ev: Evaluation, secrets: SecretsDelivery | None) -> dict[str, bytes]:
     groups = groups_of(ev, secrets)
     out: dict[str, bytes] = {
         "ansible.cfg": _ansible_cfg(len(ev.hosts)).encode(),
@@ -101,7 +100,7 @@ def render_outputs(ev: Evaluation) -> dict[str, bytes]:
     roles = _generated_roles(ev)
     if secrets is not None and secrets.delivered:
         roles[SECRETS_ROLE] = _read_tree(os.path.join(shipped_roles_dir(), SECRETS_ROLE))
-        for file, data in secrets.ciphertexts().items():
+        for file, data in secrets.ciphertexts.items():
             out[f"secrets/{file}"] = data
     for rname, folder in existing_roles(ev).items():
         roles[rname] = _read_tree(folder)

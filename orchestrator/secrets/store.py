@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.errors import FleetErrors, Loc, Problem, fail, quoted
 from orchestrator.fsutil import read_regular
 from orchestrator.loader.yamlfile import Map, Seq, load_text
@@ -307,6 +308,12 @@ class SecretsPlan:
                 out[file] = fh.read()
         return out
 
+    def delivery(self) -> SecretsDelivery:
+        """What the build needs of this plan."""
+        return SecretsDelivery(
+            {h: self.host_var(h) for h in sorted(self.delivered)}, self.ciphertexts()
+        )
+
 
 def referenced_names(config: Any) -> set[str]:
     """Secret names whose target path appears anywhere in a host's evaluated configuration."""
@@ -324,9 +331,9 @@ def referenced_names(config: Any) -> set[str]:
     return found
 
 
-def delivery_plan(ev: Any) -> SecretsPlan | None:
-    """For the compiler: None when the fleet has no secrets at all, else the plan (raises
-    FleetErrors when anything about it is wrong)."""
+def delivery_plan(ev: Any) -> SecretsDelivery | None:
+    """What the compile stage delivers: None when the fleet has no secrets at all (raises
+    FleetErrors when anything about them is wrong)."""
     import orjson
 
     root = ev.spec.root
@@ -338,7 +345,7 @@ def delivery_plan(ev: Any) -> SecretsPlan | None:
     plan = plan_for(ev)
     if plan.problems:
         raise FleetErrors(plan.problems)
-    return plan
+    return plan.delivery()
 
 
 def plan_for(ev: Any) -> SecretsPlan:
