@@ -161,3 +161,20 @@ def test_the_executor_reaches_hosts_through_one_seam() -> None:
             reach = forbidden | (set() if seam else {"orchestrator.testbed.manager"})
             bad += [f"{name} -> {t}" for t in sorted(targets & reach)]
     assert bad == []
+
+
+def _calls(names: set[str]) -> list[tuple[str, str]]:
+    """(module, `path:line: call`) for every call of one of ``names`` (as written, e.g.
+    ``yaml.dump``) in the package's own code."""
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in names:
+                where = f"{path.relative_to(REPO)}:{node.lineno}"
+                found.append((name, f"{where}: {ast.unparse(node.func)}()"))
+    return found
+
+
+def test_yaml_is_written_by_one_dumper() -> None:
+    dumps = {"yaml.dump", "yaml.safe_dump", "yaml.dump_all", "yaml.safe_dump_all", "yaml.emit"}
+    assert [c for m, c in _calls(dumps) if m != "orchestrator.yamlout"] == []

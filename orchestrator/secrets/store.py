@@ -15,14 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.errors import FleetErrors, Loc, Problem, fail, quoted
 from orchestrator.fsutil import read_regular
 from orchestrator.loader.yamlfile import Map, Seq, load_text
 from orchestrator.naming import SECRET_NAME
 from orchestrator.paths import state_dir
+from orchestrator.yamlout import quoted_scalar
 
 SECRETS_DIR = "secrets"
 RECIPIENTS = "recipients.yaml"
@@ -117,11 +116,6 @@ def _where(node: Any, path: str) -> Loc:
     return loc if isinstance(loc, Loc) else Loc(path, 1, 1)
 
 
-def _quoted(text: str) -> str:
-    """``text`` as a YAML double-quoted scalar, which every YAML reader takes as that string."""
-    return yaml.safe_dump(text, default_style='"', width=2**31 - 1).rstrip("\n")
-
-
 def render_recipients(r: Recipients) -> str:
     """recipients.yaml: every name and key quoted, so that a host called `on`, `null` or `007`
     reads back as itself, with this loader or any other."""
@@ -130,9 +124,9 @@ def render_recipients(r: Recipients) -> str:
         "# Each file is encrypted to the admins and to the hosts that use a secret in it.",
         "admins:" + ("" if r.admins else " []"),
     ]
-    lines += [f"  - {_quoted(a)}" for a in r.admins]
+    lines += [f"  - {quoted_scalar(a)}" for a in r.admins]
     lines.append("hosts:" + ("" if r.hosts else " {}"))
-    lines += [f"  {_quoted(h)}: {_quoted(k)}" for h, k in sorted(r.hosts.items())]
+    lines += [f"  {quoted_scalar(h)}: {quoted_scalar(k)}" for h, k in sorted(r.hosts.items())]
     return "\n".join(lines) + "\n"
 
 
