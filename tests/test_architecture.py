@@ -178,3 +178,14 @@ def _calls(names: set[str]) -> list[tuple[str, str]]:
 def test_yaml_is_written_by_one_dumper() -> None:
     dumps = {"yaml.dump", "yaml.safe_dump", "yaml.dump_all", "yaml.safe_dump_all", "yaml.emit"}
     assert [c for m, c in _calls(dumps) if m != "orchestrator.yamlout"] == []
+
+
+def test_files_are_replaced_by_one_atomic_writer() -> None:
+    """fsutil's atomic_write and atomic_move; images/ keeps its own for now, and the roles'
+    module_utils (not the tool's code: they run on the hosts) are not looked at."""
+    bad = [
+        c
+        for m, c in _calls({"os.replace"})
+        if m != "orchestrator.fsutil" and not m.startswith("orchestrator.images.")
+    ]
+    assert bad == []

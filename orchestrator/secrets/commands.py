@@ -12,7 +12,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from orchestrator.errors import FleetErrors, Problem, UsageError
-from orchestrator.fsutil import atomic_write, read_regular, user_file_target, write_user_file
+from orchestrator.fsutil import (
+    atomic_move,
+    atomic_write,
+    read_regular,
+    user_file_target,
+    write_user_file,
+)
 from orchestrator.secrets import sops
 from orchestrator.secrets.sops import SecretsError
 from orchestrator.secrets.store import (
@@ -252,18 +258,6 @@ def _remove(folder: str) -> None:
     raise SecretsError(f"could not remove {folder}, which may hold plaintext: remove it yourself")
 
 
-def _install(work: str, path: str) -> None:
-    """The finished ciphertext in place of ``path``, atomically: a rename when the private folder
-    is on the same file system, else a copy written beside ``path`` and renamed."""
-    with open(work, "rb") as fh:
-        if os.fstat(fh.fileno()).st_dev != os.stat(os.path.dirname(path)).st_dev:
-            atomic_write(path, fh.read(), mode=0o644)
-            return
-        os.fsync(fh.fileno())
-    os.chmod(work, 0o644)
-    os.replace(work, path)
-
-
 def _edited(path: str, code: int, stderr: bytes) -> bool:
     """What sops's exit status says: True when it wrote a changed file, False when unchanged."""
     rel = os.path.relpath(path)
@@ -314,7 +308,7 @@ def edit(root: str, name: str, say: Say) -> None:
             if not read_sops_file(work).encrypted:
                 raise SecretsError(f"{rel}: sops did not write an encrypted file")
             guard.check()  # a signal after sops finished: stop here, before replacing
-            _install(work, path)
+            atomic_move(work, path, mode=0o644)
             saved = True
     except KeyboardInterrupt:
         done = "saved before that" if saved else "nothing saved"

