@@ -207,13 +207,12 @@ def encrypt(root: str, name: str, say: Say) -> None:
         raise UsageError(f"{os.path.relpath(path)} is already encrypted")
     plan = _fleet_plan(root)
     recipients = _file_recipients(plan, path)
-    proc = sops.run(
+    ciphertext = sops.run(
         ["encrypt", "--age", ",".join(recipients), "--input-type", "yaml",
-         "--output-type", "yaml", path]
+         "--output-type", "yaml", path],
+        path,
     )  # fmt: skip
-    if proc.returncode != 0:
-        raise SecretsError(sops.explain_failure(path, proc.stderr))
-    atomic_write(path, proc.stdout, mode=0o644)
+    atomic_write(path, ciphertext, mode=0o644)
     say(f"{os.path.relpath(path)}: encrypted to {len(recipients)} recipient(s)")
 
 
@@ -349,10 +348,7 @@ def rekey(root: str, say: Say) -> RekeyResult:
             args += ["--add-age", ",".join(added)]
         if removed:
             args += ["--rm-age", ",".join(removed)]
-        proc = sops.run([*args, path])
-        if proc.returncode != 0:
-            raise SecretsError(sops.explain_failure(path, proc.stderr))
-        atomic_write(path, proc.stdout, mode=0o644)
+        atomic_write(path, sops.run([*args, path], path), mode=0o644)
         result.changed.append(rel)
         say(f"{rel}: +{len(added)} -{len(removed)} recipient(s), data key rotated")
     say(f"{len(result.changed)} file(s) re-encrypted, {len(result.unchanged)} already right")
