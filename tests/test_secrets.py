@@ -575,6 +575,18 @@ def test_recipients_errors_point_at_the_bad_key_or_value(tmp_path: Path) -> None
     assert ":1:1:" not in msg
 
 
+def test_recipients_yaml_is_read_as_fleet_files_are(tmp_path: Path) -> None:
+    """Through the located loader: its syntax errors, duplicate keys and unreadable bytes carry
+    recipients.yaml:line:col, as a module's would."""
+    msg = _recipients_problems(tmp_path, "admins: []\nhosts: {a: [\n")
+    assert re.search(r"recipients\.yaml:\d+:\d+: invalid YAML", msg), msg
+    msg = _recipients_problems(tmp_path, "admins: []\nhosts: {}\nadmins: []\n")
+    assert "recipients.yaml:3:1: duplicate key 'admins'" in msg
+    (tmp_path / "secrets" / "recipients.yaml").write_bytes(b"admins: [\xff]\n")
+    with pytest.raises(FleetErrors, match=r"recipients\.yaml:1:1: not UTF-8 text"):
+        store.load_recipients(str(tmp_path))
+
+
 def test_recipients_errors_show_only_an_escaped_excerpt_of_a_value(tmp_path: Path) -> None:
     pasted = "AGE-SECRET-KEY-1" + "Q" * 40 + "\\e[31m" + "Z" * 500  # \e: ESC in YAML
     msg = _recipients_problems(tmp_path, f'admins: ["{pasted}"]\nhosts: {{}}\n')

@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.errors import FleetErrors, Loc, Problem, fail, quoted
 from orchestrator.fsutil import read_regular
-from orchestrator.loader.yamlfile import Map, Seq, load_text
+from orchestrator.loader.yamlfile import Map, Seq, load_file, load_text
 from orchestrator.naming import SECRET_NAME
 from orchestrator.paths import state_dir
 from orchestrator.yamlout import quoted_scalar
@@ -62,8 +62,7 @@ def load_recipients(root: str) -> Recipients:
     path = recipients_path(root)
     if not os.path.lexists(path):
         return Recipients()
-    text = _read_text(path)
-    doc = load_text(text, path)
+    doc = load_file(path, MAX_FILE_BYTES)
     if doc is None:
         return Recipients()
     if not isinstance(doc, Map):
@@ -215,13 +214,6 @@ def _read_bytes(path: str) -> bytes:
         return read_regular(path, MAX_FILE_BYTES)[0]
     except OSError as e:
         raise fail(Loc(path, 1, 1), f"cannot read file: {e.strerror or e}") from None
-
-
-def _read_text(path: str) -> str:
-    try:
-        return _read_bytes(path).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise fail(Loc(path, 1, 1), f"not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _all_encrypted(node: Any) -> bool:
