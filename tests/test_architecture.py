@@ -189,3 +189,24 @@ def test_files_are_replaced_by_one_atomic_writer() -> None:
         if m != "orchestrator.fsutil" and not m.startswith("orchestrator.images.")
     ]
     assert bad == []
+
+
+# Waiting for a command that may fail goes through orchestrator.proc; these do something else
+# with its outcome, or are still to move (images/ and the testbed's podman helpers)
+RUNS_OF_THEIR_OWN = {
+    "orchestrator.paths": "checkout_commit: no commit is an answer (None), not an error",
+    "orchestrator.testbed.molecule": "a role's test: its exit status is the result, its log a file",
+    "orchestrator.testbed.images": "podman(): the testbed's own helper, to move onto proc",
+    "orchestrator.testbed.manager": "podman calls, to move onto proc",
+}
+
+
+def test_commands_are_run_and_waited_for_by_one_helper() -> None:
+    bad = [
+        c
+        for m, c in _calls({"subprocess.run", "subprocess.check_output", "subprocess.call"})
+        if m != "orchestrator.proc"
+        and m not in RUNS_OF_THEIR_OWN
+        and not m.startswith("orchestrator.images.")
+    ]
+    assert bad == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -147,25 +146,17 @@ def host_key(
 
 def read_public_from_host(root: str, host: str) -> str:
     """The public line of the key already installed on a host, read over SSH by Ansible."""
-    import json
-
     from orchestrator.executor.connection import connection_overrides
+    from orchestrator.executor.runner import run_command
     from orchestrator.pipeline import fresh_build
 
     build = fresh_build(root)
     extra = connection_overrides(root, [host]).get(host, {})
-    cmd = [
-        "ansible", host, "-i", os.path.join(build, "inventory", "hosts.json"),
-        "-m", "ansible.builtin.command", "-a", f"sed -n 's/^# public key: //p' {HOST_KEY}",
-        "-o",
-    ]  # fmt: skip
-    if extra:
-        cmd += ["-e", json.dumps(extra)]
-    env = {**os.environ, "ANSIBLE_CONFIG": os.path.join(build, "ansible.cfg")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    words = [w for w in proc.stdout.split() if AGE_RE.fullmatch(w)]
-    if proc.returncode != 0 or not words:
-        detail = (proc.stdout + proc.stderr).strip().splitlines()
+    with tempfile.TemporaryDirectory(prefix="orchestrate-host-key-") as run_dir:
+        done = run_command(build, run_dir, host, f"sed -n 's/^# public key: //p' {HOST_KEY}", extra)
+    words = [w for w in done.stdout.split() if AGE_RE.fullmatch(w)]
+    if done.status != "ok" or not words:
+        detail = (done.message or done.stdout).strip().splitlines()
         raise SecretsError(
             f"could not read {HOST_KEY} from {host}: {detail[-1] if detail else 'no output'}"
         )
