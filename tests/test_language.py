@@ -279,6 +279,27 @@ def test_explain_names_every_definition(fleet, cli: Callable[..., Run]) -> None:
     assert bad.code == 1 and "did you mean num" in bad.err
 
 
+def test_explain_reads_the_evaluation_and_changes_nothing_of_it(fleet) -> None:
+    from orchestrator.reporter.explain import explain
+
+    base = {"fleet.yaml": FLEET, "decl.yaml": DECL, "builder.yaml": "", "b.yaml": ""}
+    base["a.yaml"] = (
+        "config:\n  - set: {num: !default 3}\n  - when: config.flag\n    set: {num: 4}\n"
+    )
+    ev = evaluate(load_fleet(str(fleet(base))), keep_going=True)
+    he = ev.host_eval("a")
+
+    def state() -> tuple[Any, ...]:
+        flags = {k: v for k, v in vars(ev.evaluator).items() if isinstance(v, bool | int | str)}
+        counts = (len(ev.evaluator.problems), len(ev.evaluator.warnings))
+        return flags, counts, {k: id(v) for k, v in he.values.items()}
+
+    before = state()
+    x = explain(ev, "a", "num")
+    assert x.value == 3 and [r.status for r in x.rows] == ["winner", "inactive", "overridden"]
+    assert state() == before
+
+
 def test_options_command(fleet, cli: Callable[..., Run]) -> None:
     root = fleet(
         {"fleet.yaml": FLEET, "decl.yaml": DECL, "b.yaml": "", "builder.yaml": "", "a.yaml": ""}
