@@ -210,3 +210,51 @@ def test_commands_are_run_and_waited_for_by_one_helper() -> None:
         and not m.startswith("orchestrator.images.")
     ]
     assert bad == []
+
+
+def test_the_evaluator_knows_nothing_of_the_shipped_modules() -> None:
+    """Their functions live beside them (library/lib/) and are loaded like a fleet's own."""
+    words = ("wg_peers", "scrape_", "prometheus", "wireguard")
+    bad = [
+        f"{path.relative_to(REPO)}: {w}"
+        for name, path in _modules().items()
+        if name.startswith("orchestrator.evaluator.")
+        for w in words
+        if w in path.read_text()
+    ]
+    assert bad == []
+
+
+def test_the_compiler_is_given_what_secrets_need() -> None:
+    """It renders a SecretsDelivery value; only compile_fleet, which composes the two stages
+    until the pipeline does, asks the secrets feature for it."""
+    modules = _modules()
+    bad = []
+    for name, path in modules.items():
+        if not name.startswith("orchestrator.compiler."):
+            continue
+        tree = ast.parse(path.read_text())
+        allowed: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "compile_fleet":
+                allowed |= {id(n) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("orchestrator.secrets")
+                and not (name == "orchestrator.compiler.build" and id(node) in allowed)
+            ):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.module}")
+    assert bad == []
+
+
+def test_the_state_folder_is_named_in_one_place() -> None:
+    """naming.STATE_DIR (cli.py's test-logs folder and images/plan.py still spell it out)."""
+    bad = []
+    for name, path in _modules().items():
+        if name in ("orchestrator.naming", "orchestrator.cli", "orchestrator.images.plan"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value == ".orchestrate":
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert bad == []
