@@ -12,7 +12,7 @@ FLEET_FILE = "fleet.yaml"
 # `orchestrate:NAME` names what ships with the tool: a library module
 # (`orchestrate:services/prometheus.yaml`) or a shared type (`orchestrate:port`); manifests name
 # the shipped roles' files `orchestrate-roles:PATH`
-PREFIX = "orchestrate:"
+ORCHESTRATE_PREFIX = "orchestrate:"
 ROLES_PREFIX = "orchestrate-roles:"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -35,15 +35,15 @@ def library_functions_dir() -> str:
 
 def orchestrate_name(ref: object) -> str | None:
     """NAME of an ``orchestrate:NAME`` reference; None for anything else."""
-    if isinstance(ref, str) and ref.startswith(PREFIX):
-        return ref[len(PREFIX) :]
+    if isinstance(ref, str) and ref.startswith(ORCHESTRATE_PREFIX):
+        return ref[len(ORCHESTRATE_PREFIX) :]
     return None
 
 
 def orchestrate_ref(name: str) -> str:
     """``orchestrate:NAME``: how a file or type is named by users (the inverse of
     :func:`orchestrate_name`)."""
-    return PREFIX + name
+    return ORCHESTRATE_PREFIX + name
 
 
 def library_path(ref: str) -> str | None:
@@ -53,13 +53,13 @@ def library_path(ref: str) -> str | None:
 
 
 def _shipped() -> tuple[tuple[str, str], ...]:
-    return ((PREFIX, library_root()), (ROLES_PREFIX, shipped_roles_dir()))
+    return ((ORCHESTRATE_PREFIX, library_root()), (ROLES_PREFIX, shipped_roles_dir()))
 
 
 def shipped_name(path: str, roles: bool = True) -> str | None:
     """``orchestrate:PATH`` for a file of the library (``orchestrate-roles:PATH`` for one of the
     shipped roles, unless ``roles`` is false); None for a file that does not ship with the tool."""
-    for prefix, folder in _shipped()[: 2 if roles else 1]:
+    for prefix, folder in _shipped() if roles else _shipped()[:1]:
         if path.startswith(folder + os.sep):
             return prefix + os.path.relpath(path, folder)
     return None

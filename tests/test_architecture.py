@@ -248,6 +248,25 @@ def test_the_compiler_is_given_what_secrets_need() -> None:
     assert bad == []
 
 
+def test_orchestrate_references_are_resolved_in_one_place() -> None:
+    """`orchestrate:NAME` (modules, shared types) and `orchestrate-roles:` names: paths.py."""
+    bad = []
+    for name, path in _modules().items():
+        if name == "orchestrator.paths":
+            continue
+        tree = ast.parse(path.read_text())
+        # an f-string's text (cron.py's entry marker `orchestrate:ROOT:NAME`) is not a reference
+        texts = {id(c) for f in ast.walk(tree) if isinstance(f, ast.JoinedStr) for c in f.values}
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and node.value in ("orchestrate:", "orchestrate-roles:")
+                and id(node) not in texts
+            ):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert bad == []
+
+
 def test_the_state_folder_is_named_in_one_place() -> None:
     """naming.STATE_DIR (cli.py's test-logs folder and images/plan.py still spell it out)."""
     bad = []
