@@ -12,7 +12,7 @@ FLEET_FILE = "fleet.yaml"
 # `orchestrate:NAME` names what ships with the tool: a library module
 # (`orchestrate:services/prometheus.yaml`) or a shared type (`orchestrate:port`); manifests name
 # the shipped roles' files `orchestrate-roles:PATH`
-ORCHESTRATE_PREFIX = "orchestrate:"
+SHIPPED_PREFIX = "orchestrate:"
 ROLES_PREFIX = "orchestrate-roles:"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -35,15 +35,15 @@ def library_functions_dir() -> str:
 
 def orchestrate_name(ref: object) -> str | None:
     """NAME of an ``orchestrate:NAME`` reference; None for anything else."""
-    if isinstance(ref, str) and ref.startswith(ORCHESTRATE_PREFIX):
-        return ref[len(ORCHESTRATE_PREFIX) :]
+    if isinstance(ref, str) and ref.startswith(SHIPPED_PREFIX):
+        return ref[len(SHIPPED_PREFIX) :]
     return None
 
 
 def orchestrate_ref(name: str) -> str:
     """``orchestrate:NAME``: how a file or type is named by users (the inverse of
     :func:`orchestrate_name`)."""
-    return ORCHESTRATE_PREFIX + name
+    return SHIPPED_PREFIX + name
 
 
 def library_path(ref: str) -> str | None:
@@ -53,7 +53,7 @@ def library_path(ref: str) -> str | None:
 
 
 def _shipped() -> tuple[tuple[str, str], ...]:
-    return ((ORCHESTRATE_PREFIX, library_root()), (ROLES_PREFIX, shipped_roles_dir()))
+    return ((SHIPPED_PREFIX, library_root()), (ROLES_PREFIX, shipped_roles_dir()))
 
 
 def shipped_name(path: str, roles: bool = True) -> str | None:
