@@ -573,9 +573,9 @@ def _print_value(value: Any, fmt: str) -> None:
     if fmt == "json":
         sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
     elif fmt == "yaml":
-        import yaml
+        from orchestrator.yamlout import listing
 
-        sys.stdout.write(yaml.safe_dump(value, sort_keys=True, default_flow_style=False))
+        sys.stdout.write(listing(value))
     else:
         items = value if isinstance(value, list) else [value]
         for item in items:

@@ -58,6 +58,20 @@ def partial_name(path: str) -> str:
     return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial")
 
 
+def atomic_move(src: str, path: str, mode: int = 0o600) -> None:
+    """Put ``src``, a finished file another program wrote (sops writes its own output), in
+    place of ``path`` atomically: flushed and renamed over it when both are on one file system,
+    else copied beside ``path`` and renamed from there (``src`` then stays where it is)."""
+    with open(src, "rb") as fh:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.fstat(fh.fileno()).st_dev != os.stat(folder).st_dev:
+            atomic_write(path, fh.read(), mode)
+            return
+        os.fsync(fh.fileno())
+    os.chmod(src, mode)
+    os.replace(src, path)
+
+
 def atomic_json(path: str, data: Any, mode: int = 0o600) -> None:
     """``data`` as indented, key-sorted JSON at ``path``, atomically; its folder is made (0700)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 
 from orchestrator.errors import UsageError
+from orchestrator.naming import STATE_DIR
 
 FLEET_FILE = "fleet.yaml"
-LIBRARY_PREFIX = "orchestrate:"
+# `orchestrate:NAME` names what ships with the tool: a library module
+# (`orchestrate:services/prometheus.yaml`) or a shared type (`orchestrate:port`); manifests name
+# the shipped roles' files `orchestrate-roles:PATH`
+SHIPPED_PREFIX = "orchestrate:"
 ROLES_PREFIX = "orchestrate-roles:"
-STATE_DIR = ".orchestrate"  # the fleet's own records and builds, inside the fleet folder
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -22,6 +25,52 @@ def state_dir(root: str) -> str:
 def library_root() -> str:
     """Where modules named ``orchestrate:PATH`` live (the module library shipped with the tool)."""
     return os.path.join(_HERE, "library")
+
+
+def library_functions_dir() -> str:
+    """The shipped library's JMESPath functions (wg_peers, scrape_*): a lib/ folder like a
+    fleet's own, loaded for every fleet."""
+    return os.path.join(library_root(), "lib")
+
+
+def orchestrate_name(ref: object) -> str | None:
+    """NAME of an ``orchestrate:NAME`` reference; None for anything else."""
+    if isinstance(ref, str) and ref.startswith(SHIPPED_PREFIX):
+        return ref[len(SHIPPED_PREFIX) :]
+    return None
+
+
+def orchestrate_ref(name: str) -> str:
+    """``orchestrate:NAME``: how a file or type is named by users (the inverse of
+    :func:`orchestrate_name`)."""
+    return SHIPPED_PREFIX + name
+
+
+def library_path(ref: str) -> str | None:
+    """The file of a library module reference ``orchestrate:PATH``; None for any other path."""
+    name = orchestrate_name(ref)
+    return None if name is None else os.path.join(library_root(), name)
+
+
+def _shipped() -> tuple[tuple[str, str], ...]:
+    return ((SHIPPED_PREFIX, library_root()), (ROLES_PREFIX, shipped_roles_dir()))
+
+
+def shipped_name(path: str, roles: bool = True) -> str | None:
+    """``orchestrate:PATH`` for a file of the library (``orchestrate-roles:PATH`` for one of the
+    shipped roles, unless ``roles`` is false); None for a file that does not ship with the tool."""
+    for prefix, folder in _shipped() if roles else _shipped()[:1]:
+        if path.startswith(folder + os.sep):
+            return prefix + os.path.relpath(path, folder)
+    return None
+
+
+def shipped_path(name: str) -> str | None:
+    """The file behind a name :func:`shipped_name` gives; None for any other name."""
+    for prefix, folder in _shipped():
+        if name.startswith(prefix):
+            return os.path.join(folder, name[len(prefix) :])
+    return None
 
 
 def shipped_roles_dir() -> str:

@@ -32,13 +32,15 @@ def build(root: str, out: str | None = None) -> tuple[Evaluation, BuildResult]:
     """`orchestrate compile`."""
     # Evaluation allocates millions of small objects and frees few: the cyclic collector's
     # repeated passes over them would cost a fifth of a large fleet's compile.
-    from orchestrator.compiler.build import compile_fleet
+    from orchestrator.compiler.build import write_build
+    from orchestrator.secrets.store import delivery_plan
 
     enabled = gc.isenabled()
     gc.disable()
     try:
         ev = evaluate_fleet(root)
-        return ev, compile_fleet(ev, out or default_out(root))
+        # the secrets feature works out what the build delivers; the compiler renders that value
+        return ev, write_build(ev, out or default_out(root), delivery_plan(ev))
     finally:
         if enabled:
             gc.enable()

@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from orchestrator.errors import UsageError, quoted
+from orchestrator.naming import ARCHES, group_text
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -75,7 +76,9 @@ def _matches(data: dict[str, Any], body: str) -> set[str]:
     if body.startswith("arch:"):
         arch = f"arch_{body[5:]}"
         if arch not in groups:
-            raise UsageError(f"--limit: unknown architecture {quoted(body[5:])} (x86_64, aarch64)")
+            raise UsageError(
+                f"--limit: unknown architecture {quoted(body[5:])} ({', '.join(ARCHES)})"
+            )
         return set(groups[arch])
     if body.startswith("@"):
         named = _group(groups, body[1:])
@@ -98,7 +101,7 @@ def _matches(data: dict[str, Any], body: str) -> set[str]:
 def _group(groups: dict[str, list[str]], name: str) -> str | None:
     """A group by its name as orchestrate writes it (`tag_rack-1` is `tag_rack_1`), or a tag
     by its plain name."""
-    written = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    written = group_text(name)
     for candidate in (written, f"tag_{written}"):
         if candidate in groups:
             return candidate

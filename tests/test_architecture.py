@@ -192,3 +192,111 @@ def test_the_length_check_finds_and_names_a_long_function() -> None:
     assert found  # the walk reached the package
     assert all(re.fullmatch(r"orchestrator/\S+\.py:\d+: \w+ is \d+ lines", f) for f in found)
     assert not any(f.startswith("orchestrator/roles/") for f in found)
+
+
+def _calls(names: set[str]) -> list[tuple[str, str]]:
+    """(module, `path:line: call`) for every call of one of ``names`` (as written, e.g.
+    ``yaml.dump``) in the package's own code."""
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in names:
+                where = f"{path.relative_to(REPO)}:{node.lineno}"
+                found.append((name, f"{where}: {ast.unparse(node.func)}()"))
+    return found
+
+
+def test_yaml_is_written_by_one_dumper() -> None:
+    dumps = {"yaml.dump", "yaml.safe_dump", "yaml.dump_all", "yaml.safe_dump_all", "yaml.emit"}
+    assert [c for m, c in _calls(dumps) if m != "orchestrator.yamlout"] == []
+
+
+def test_files_are_replaced_by_one_atomic_writer() -> None:
+    """fsutil's atomic_write and atomic_move; images/ keeps its own for now, and the roles'
+    module_utils (not the tool's code: they run on the hosts) are not looked at."""
+    bad = [
+        c
+        for m, c in _calls({"os.replace"})
+        if m != "orchestrator.fsutil" and not m.startswith("orchestrator.images.")
+    ]
+    assert bad == []
+
+
+# Waiting for a command that may fail goes through orchestrator.proc; these do something else
+# with its outcome, or are still to move (images/ and the testbed's podman helpers)
+RUNS_OF_THEIR_OWN = {
+    "orchestrator.paths": "checkout_commit: no commit is an answer (None), not an error",
+    "orchestrator.testbed.molecule": "a role's test: its exit status is the result, its log a file",
+    "orchestrator.testbed.images": "podman(): the testbed's own helper, to move onto proc",
+    "orchestrator.testbed.manager": "podman calls, to move onto proc",
+}
+
+
+def test_commands_are_run_and_waited_for_by_one_helper() -> None:
+    bad = [
+        c
+        for m, c in _calls({"subprocess.run", "subprocess.check_output", "subprocess.call"})
+        if m != "orchestrator.proc"
+        and m not in RUNS_OF_THEIR_OWN
+        and not m.startswith("orchestrator.images.")
+    ]
+    assert bad == []
+
+
+def test_the_evaluator_knows_nothing_of_the_shipped_modules() -> None:
+    """Their functions live beside them (library/lib/) and are loaded like a fleet's own."""
+    words = ("wg_peers", "scrape_", "prometheus", "wireguard")
+    bad = [
+        f"{path.relative_to(REPO)}: {w}"
+        for name, path in _modules().items()
+        if name.startswith("orchestrator.evaluator.")
+        for w in words
+        if w in path.read_text()
+    ]
+    assert bad == []
+
+
+def test_the_compiler_is_given_what_secrets_need() -> None:
+    """It renders a SecretsDelivery value the pipeline gets from the secrets feature; nothing in
+    the compiler asks that feature for it."""
+    bad = []
+    for name, path in _modules().items():
+        if not name.startswith("orchestrator.compiler."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "orchestrator.secrets"
+            ):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.module}")
+    assert bad == []
+
+
+def test_orchestrate_references_are_resolved_in_one_place() -> None:
+    """`orchestrate:NAME` (modules, shared types) and `orchestrate-roles:` names: paths.py."""
+    bad = []
+    for name, path in _modules().items():
+        if name == "orchestrator.paths":
+            continue
+        tree = ast.parse(path.read_text())
+        # an f-string's text (cron.py's entry marker `orchestrate:ROOT:NAME`) is not a reference
+        texts = {id(c) for f in ast.walk(tree) if isinstance(f, ast.JoinedStr) for c in f.values}
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and node.value in ("orchestrate:", "orchestrate-roles:")
+                and id(node) not in texts
+            ):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert bad == []
+
+
+def test_the_state_folder_is_named_in_one_place() -> None:
+    """naming.STATE_DIR (cli.py's test-logs folder and images/plan.py still spell it out)."""
+    bad = []
+    for name, path in _modules().items():
+        if name in ("orchestrator.naming", "orchestrator.cli", "orchestrator.images.plan"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value == ".orchestrate":
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert bad == []

@@ -220,6 +220,25 @@ def test_fleet_lib_functions(fleet) -> None:
     assert _eval(fleet, **files)["a"]["text"] == "A"
 
 
+def test_the_library_functions_are_loaded_like_a_fleets_own() -> None:
+    from orchestrator.evaluator.expressions import load_lib_functions
+    from orchestrator.paths import library_functions_dir
+
+    found, problems = load_lib_functions((library_functions_dir(),), "fleet.yaml")
+    assert problems == []
+    assert {"wg_peers", "scrape_jobs", "scrape_targets"} <= set(found)
+
+
+def test_a_fleet_function_named_like_a_library_one_is_an_error(fleet) -> None:
+    lib = (
+        "from orchestrator.evaluator.expressions import jmespath_function\n\n"
+        "@jmespath_function('object', 'string')\ndef wg_peers(hosts, name):\n    return []\n"
+    )
+    files = {"lib/mine.py": lib, "fleet.yaml": FLEET + "lib: [lib]\n"}
+    with pytest.raises(FleetErrors, match=r"lib/mine\.py:1:1: library function 'wg_peers' "):
+        _eval(fleet, **files)
+
+
 def test_wg_peers_builtin(fleet) -> None:
     vpn = """
 options:
@@ -258,6 +277,27 @@ def test_explain_names_every_definition(fleet, cli: Callable[..., Run]) -> None:
     assert "best (lowest) priority among active definitions is 50" in r.out
     bad = cli("--fleet", str(root), "explain", "a", "nmu")
     assert bad.code == 1 and "did you mean num" in bad.err
+
+
+def test_explain_reads_the_evaluation_and_changes_nothing_of_it(fleet) -> None:
+    from orchestrator.reporter.explain import explain
+
+    base = {"fleet.yaml": FLEET, "decl.yaml": DECL, "builder.yaml": "", "b.yaml": ""}
+    base["a.yaml"] = (
+        "config:\n  - set: {num: !default 3}\n  - when: config.flag\n    set: {num: 4}\n"
+    )
+    ev = evaluate(load_fleet(str(fleet(base))), keep_going=True)
+    he = ev.host_eval("a")
+
+    def state() -> tuple[Any, ...]:
+        flags = {k: v for k, v in vars(ev.evaluator).items() if isinstance(v, bool | int | str)}
+        counts = (len(ev.evaluator.problems), len(ev.evaluator.warnings))
+        return flags, counts, {k: id(v) for k, v in he.values.items()}
+
+    before = state()
+    x = explain(ev, "a", "num")
+    assert x.value == 3 and [r.status for r in x.rows] == ["winner", "inactive", "overridden"]
+    assert state() == before
 
 
 def test_options_command(fleet, cli: Callable[..., Run]) -> None:

@@ -288,6 +288,33 @@ def test_host_key_bad_inputs(sfleet: Path, tmp_path: Path, cli: Callable[..., Ru
     assert r.code == 1 and "no age identity" in r.err
 
 
+@pytest.mark.ansible
+def test_host_key_from_host_reads_the_key_line_through_ansible_runner(
+    tmp_path: Path, keyfile: Path, cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--from-host` without a container: this machine is the host (a local connection, as
+    the testbed's SSH settings would be given), its key file a file of the test's own."""
+    from pyrage import x25519
+
+    from orchestrator.executor import connection
+    from orchestrator.secrets import commands
+
+    root = write_tree(tmp_path / "fleet", {"fleet.yaml": FLEET, "app.yaml": "", "off.yaml": ""})
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    monkeypatch.setattr(connection, "connection_overrides", lambda _r, hosts: {hosts[0]: local})
+    installed = tmp_path / "host.agekey"
+    monkeypatch.setattr(commands, "HOST_KEY", str(installed))
+    public = str(x25519.Identity.generate().to_public())
+    installed.write_text(f"# age identity of host alpha\n# public key: {public}\nAGE-SECRET\n")
+    r = cli("--fleet", str(root), "secrets", "host-key", "alpha", "--from-host")
+    assert r.code == 0, r.err
+    assert store.load_recipients(str(root)).hosts == {"alpha": public}
+    installed.unlink()
+    r = cli("--fleet", str(root), "secrets", "host-key", "alpha", "--from-host", "--force")
+    assert r.code == 1
+    assert f"could not read {installed} from alpha: sed: can't read {installed}" in r.err
+
+
 def test_bad_recipients_file_is_a_precise_error(sfleet: Path, cli: Callable[..., Run]) -> None:
     (sfleet / "secrets/recipients.yaml").write_text("admins: [not-a-key]\nhosts: {}\n")
     before = snapshot(sfleet)
@@ -573,6 +600,18 @@ def test_recipients_errors_point_at_the_bad_key_or_value(tmp_path: Path) -> None
     assert "recipients.yaml:7:3: 42 is not an age public key" in msg
     assert "recipients.yaml:8:1: unknown key 'extra'" in msg
     assert ":1:1:" not in msg
+
+
+def test_recipients_yaml_is_read_as_fleet_files_are(tmp_path: Path) -> None:
+    """Through the located loader: its syntax errors, duplicate keys and unreadable bytes carry
+    recipients.yaml:line:col, as a module's would."""
+    msg = _recipients_problems(tmp_path, "admins: []\nhosts: {a: [\n")
+    assert re.search(r"recipients\.yaml:\d+:\d+: invalid YAML", msg), msg
+    msg = _recipients_problems(tmp_path, "admins: []\nhosts: {}\nadmins: []\n")
+    assert "recipients.yaml:3:1: duplicate key 'admins'" in msg
+    (tmp_path / "secrets" / "recipients.yaml").write_bytes(b"admins: [\xff]\n")
+    with pytest.raises(FleetErrors, match=r"recipients\.yaml:1:1: not UTF-8 text"):
+        store.load_recipients(str(tmp_path))
 
 
 def test_recipients_errors_show_only_an_escaped_excerpt_of_a_value(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from conftest import Run, orchestrate, write_tree
 from orchestrator import cli as cli_module
 from orchestrator.compiler import build
 from orchestrator.errors import UsageError
-from orchestrator.fsutil import private_folder, write_user_file
+from orchestrator.fsutil import atomic_move, private_folder, write_user_file
 
 
 def _fleet_files(name: str = "t", host: str = "a") -> dict[str, str]:
@@ -311,6 +311,29 @@ def test_a_build_on_another_file_system_gets_its_working_folder_beside_it(
         _wait_tool_dir_empty(parent / build.TOOL_DIR)
     finally:
         shutil.rmtree(parent)
+
+
+def test_a_file_another_program_wrote_is_moved_in_whole(tmp_path: Path) -> None:
+    """atomic_move (sops writes its own output): renamed on one file system, copied beside the
+    target and renamed across two; either way the target has the new bytes and mode."""
+    target = tmp_path / "db.yaml"
+    target.write_text("old\n")
+    places = [tmp_path / "work"]
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev:
+        places.append(Path(tempfile.mkdtemp(dir=shm)))
+    try:
+        for i, folder in enumerate(places):
+            folder.mkdir(exist_ok=True)
+            src = folder / "db.yaml"
+            src.write_text(f"new {i}\n")
+            atomic_move(str(src), str(target), 0o644)
+            assert target.read_text() == f"new {i}\n"
+            assert stat.S_IMODE(target.stat().st_mode) == 0o644
+            assert sorted(os.listdir(tmp_path)) == ["db.yaml", "work"]  # nothing left beside it
+    finally:
+        for folder in places[1:]:
+            shutil.rmtree(folder)
 
 
 # --- c. the swap

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from orchestrator.loader.fleet import OptionDecl
-from orchestrator.validator.types import TYPE_PREFIX, shared_type
+from orchestrator.validator.types import shared_type, type_name
 
 _TYPES = {
     "integer": "int",
@@ -26,9 +26,9 @@ def arg_name(role: str, decl: OptionDecl) -> str:
 def _resolved(schema: Any) -> dict[str, Any]:
     if not isinstance(schema, dict):
         return {}
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith(TYPE_PREFIX):
-        base = shared_type(ref[len(TYPE_PREFIX) :]) or {}
+    name = type_name(schema.get("$ref"))
+    if name is not None:
+        base = shared_type(name) or {}
         return {**base, **{k: v for k, v in schema.items() if k != "$ref"}}
     return schema
 

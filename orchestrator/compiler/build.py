@@ -26,6 +26,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.compiler.content import render_outputs
+from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.compiler.freshness import (
     MANIFEST,
     input_name,
@@ -37,6 +38,7 @@ from orchestrator.compiler.freshness import (
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation
 from orchestrator.fsutil import atomic_write, file_kind, private_folder
+from orchestrator.naming import SECRETS_ROLE
 from orchestrator.paths import shipped_roles_dir, state_dir
 
 # Every build holds this file: only a folder that has it (or an earlier build's manifest) is
@@ -78,7 +80,7 @@ def input_files(ev: Evaluation) -> list[str]:
         for base, dirs, names in os.walk(secrets):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             files.update(os.path.join(base, n) for n in names if not n.startswith("."))
-        role = os.path.join(shipped_roles_dir(), "orchestrate_secrets")
+        role = os.path.join(shipped_roles_dir(), SECRETS_ROLE)
         for base, dirs, names in os.walk(role):
             dirs[:] = [d for d in dirs if d != "__pycache__"]
             files.update(os.path.join(base, n) for n in names)
@@ -92,9 +94,10 @@ def input_hashes(ev: Evaluation) -> dict[str, str]:
     return {input_name(p, ev.spec.root): sha256_file(p) for p in input_files(ev)}
 
 
-def compile_fleet(ev: Evaluation, out_dir: str) -> BuildResult:
-    """Render everything, then write it to ``out_dir`` atomically."""
-    outputs = render_outputs(ev)
+def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -> BuildResult:
+    """Render everything, with the secrets ``secrets`` delivers (None: the fleet has none),
+    then write it to ``out_dir`` atomically."""
+    outputs = render_outputs(ev, secrets)
     outputs[BUILD_MARKER] = MARKER_TEXT
     manifest = {
         "tool": "orchestrate",

@@ -14,12 +14,12 @@ each host's variables in its own JSON file that Ansible reads only for the hosts
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import orjson
 
 from orchestrator.compiler.argspec import arg_name
+from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.compiler.freshness import input_name
 from orchestrator.compiler.roledeps import referenced_roles, with_dependencies
 from orchestrator.compiler.unsafe import unsafe_json, unsafe_yaml
@@ -29,10 +29,9 @@ from orchestrator.evaluator.expressions import plain
 from orchestrator.evaluator.fleet import Evaluation, HostResult, role_name
 from orchestrator.fsutil import MAX_ROLE_FILE_BYTES, read_regular
 from orchestrator.loader.files import inside
-from orchestrator.loader.fleet import ARCHES, ModuleFile
-from orchestrator.naming import SECRETS_GROUP, SECRETS_ROLE
+from orchestrator.loader.fleet import ModuleFile
+from orchestrator.naming import ARCHES, SECRETS_GROUP, SECRETS_ROLE, SECRETS_VAR, group_name
 from orchestrator.paths import shipped_roles_dir
-from orchestrator.secrets.store import SecretsPlan, delivery_plan
 
 
 def _json(data: Any) -> bytes:
@@ -42,15 +41,10 @@ def _json(data: Any) -> bytes:
     return out
 
 
-def group_name(kind: str, name: str) -> str:
-    """An Ansible-safe group name: characters other than letters, digits and _ become _."""
-    return f"{kind}_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
-def groups_of(ev: Evaluation, secrets: SecretsPlan | None = None) -> dict[str, list[str]]:
+def groups_of(ev: Evaluation, secrets: SecretsDelivery | None = None) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {f"arch_{a}": [] for a in ARCHES}
     if secrets is not None and secrets.delivered:
-        groups[SECRETS_GROUP] = sorted(secrets.delivered)
+        groups[SECRETS_GROUP] = secrets.delivered
     for name in sorted(ev.hosts):
         h = ev.hosts[name]
         keys = [f"arch_{h.info['arch']}", group_name("builder", h.info["builder"])]
@@ -74,12 +68,12 @@ def groups_of(ev: Evaluation, secrets: SecretsPlan | None = None) -> dict[str, l
 _GROUP_HINT = "arch_*, builder_*, role_* and tag_* name the groups orchestrate makes: rename it"
 
 
-def host_vars(h: HostResult, secrets: SecretsPlan | None = None) -> dict[str, Any]:
+def host_vars(h: HostResult, secrets: SecretsDelivery | None = None) -> dict[str, Any]:
     """A host's variables, every string marked unsafe: the fleet's values are data."""
     deploy = h.info["deploy"]
     extra = {}
-    if secrets is not None and h.name in secrets.delivered:
-        extra["orchestrate_secrets"] = secrets.host_var(h.name)
+    if secrets is not None and h.name in secrets.host_vars:
+        extra[SECRETS_VAR] = secrets.host_vars[h.name]
     variables: dict[str, Any] = unsafe_json(
         {
             **extra,
@@ -96,8 +90,7 @@ def host_vars(h: HostResult, secrets: SecretsPlan | None = None) -> dict[str, An
     return variables
 
 
-def render_outputs(ev: Evaluation) -> dict[str, bytes]:
-    secrets = delivery_plan(ev)
+def render_outputs(ev: Evaluation, secrets: SecretsDelivery | None) -> dict[str, bytes]:
     groups = groups_of(ev, secrets)
     out: dict[str, bytes] = {
         "ansible.cfg": _ansible_cfg(len(ev.hosts)).encode(),
@@ -108,7 +101,7 @@ def render_outputs(ev: Evaluation) -> dict[str, bytes]:
     roles = _generated_roles(ev)
     if secrets is not None and secrets.delivered:
         roles[SECRETS_ROLE] = _read_tree(os.path.join(shipped_roles_dir(), SECRETS_ROLE))
-        for file, data in secrets.ciphertexts().items():
+        for file, data in secrets.ciphertexts.items():
             out[f"secrets/{file}"] = data
     for rname, folder in existing_roles(ev).items():
         roles[rname] = _read_tree(folder)

@@ -14,13 +14,7 @@ import orjson
 
 from orchestrator import __version__
 from orchestrator.digest import file_digest
-from orchestrator.paths import (
-    LIBRARY_PREFIX,
-    ROLES_PREFIX,
-    library_root,
-    shipped_roles_dir,
-    state_dir,
-)
+from orchestrator.paths import shipped_name, shipped_path, state_dir
 
 MANIFEST = "manifest.json"
 QUERY_DATA = "fleet.json"
@@ -28,23 +22,12 @@ QUERY_DATA = "fleet.json"
 
 def input_name(path: str, root: str) -> str:
     """How an input is named in the manifest: relative to the fleet, or ``orchestrate:...``."""
-    for prefix, folder in prefixes():
-        folder = os.path.normpath(folder)
-        if path.startswith(folder + os.sep):
-            return prefix + os.path.relpath(path, folder)
-    return os.path.relpath(path, root)
+    return shipped_name(path) or os.path.relpath(path, root)
 
 
 def input_path(name: str, root: str) -> str:
     """The file behind a manifest input name (the inverse of input_name)."""
-    for prefix, folder in prefixes():
-        if name.startswith(prefix):
-            return os.path.join(folder, name[len(prefix) :])
-    return os.path.join(root, name)
-
-
-def prefixes() -> tuple[tuple[str, str], ...]:
-    return ((LIBRARY_PREFIX, library_root()), (ROLES_PREFIX, shipped_roles_dir()))
+    return shipped_path(name) or os.path.join(root, name)
 
 
 def sha256_file(path: str) -> str:

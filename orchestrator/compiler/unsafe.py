@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
+from orchestrator.yamlout import TaggedMap
 
 UNSAFE_KEY = "__ansible_unsafe"
 
@@ -40,16 +40,14 @@ def plain_json(value: Any) -> Any:
     return value
 
 
-class UnsafeMap(dict[str, Any]):
+class UnsafeMap(TaggedMap):
     """A mapping written to YAML under Ansible's ``!unsafe`` tag: Ansible marks every string
     inside it unsafe. (A tag on each string would not do: Ansible re-reads a tagged scalar as
     if it were plain, so ``!unsafe '80'`` would come back as the number 80.)"""
+
+    tag = "!unsafe"
 
 
 def unsafe_yaml(value: dict[str, Any]) -> UnsafeMap:
     """``value`` (a mapping), to be written as ``!unsafe``, strings inside it kept as strings."""
     return UnsafeMap(value)
-
-
-def represent_unsafe(dumper: yaml.SafeDumper, data: UnsafeMap) -> yaml.Node:
-    return dumper.represent_mapping("!unsafe", dict(data))

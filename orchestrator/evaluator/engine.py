@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jmespath import exceptions as jexc
@@ -30,9 +30,10 @@ from orchestrator.evaluator.expressions import (
     truthy,
 )
 from orchestrator.evaluator.merge import Conflict, kind_of, merge
-from orchestrator.evaluator.shape import DEFAULT_PRIORITY, DYNAMIC, Def, Instance, Shape
+from orchestrator.evaluator.shape import DYNAMIC, Def, Instance, Shape
 from orchestrator.loader.fleet import FleetSpec, OptionDecl
 from orchestrator.loader.yamlfile import Prio, locate
+from orchestrator.naming import FORCE_PRIORITY, MKDEFAULT_PRIORITY
 from orchestrator.validator import Finding, findings, option_validator
 from orchestrator.validator.fast import compile_check
 
@@ -57,13 +58,13 @@ class Frame:
     loc: Loc | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
     """Where a value came from, for `explain`."""
 
     value: Any
-    kept: list[Def] = field(default_factory=list)
-    active: list[Def] = field(default_factory=list)
+    kept: tuple[Def, ...] = ()
+    active: tuple[Def, ...] = ()
     from_default: bool = False
 
 
@@ -149,7 +150,6 @@ class HostEval:
         self.info = info
         self.shape = shape
         self.values: dict[tuple[str, ...], Any] = {}
-        self.outcomes: dict[tuple[str, ...], Outcome] = {}
         self.conds: dict[tuple[Any, int], bool] = {}
         self.contexts: dict[tuple[str, str], dict[str, Any]] = {}
         self.params: dict[tuple[str, str], dict[str, Any]] = {}
@@ -172,13 +172,20 @@ class HostEval:
             raise ExprFailure(f"no module in the fleet declares option {name}", hint)
         return None
 
-    def explained(self, decl: OptionDecl) -> tuple[Any, Outcome | None]:
-        """The value of ``decl`` and how it was chosen: the host's values are computed again
-        with every option's definitions recorded (what `explain` shows)."""
-        self.ev.explaining = True
-        self.values.clear()
+    def explained(self, decl: OptionDecl) -> Outcome | None:
+        """The value of ``decl`` and how it was chosen (what `explain` shows), worked out again
+        from its definitions by the rules :meth:`_compute` follows, from the conditions and
+        values the evaluation already holds: explaining changes nothing of it. None for an
+        option whose schema was refused."""
+        if decl.broken:
+            return None
         value = self.option(decl)
-        return value, self.outcomes.get(decl.path)
+        defs = self.shape.defs.get(decl.path) or []
+        active = tuple(d for d in defs if d.block is None or self._cond(d))
+        best = min((d.priority for d in active), default=None)
+        kept = tuple(d for d in active if d.priority == best)
+        from_default = not kept and "default" in decl.schema
+        return Outcome(value, kept, active, from_default)
 
     def option(self, decl: OptionDecl) -> Any:
         path = decl.path
@@ -212,36 +219,23 @@ class HostEval:
         if decl.broken:
             return ERROR  # its schema was refused and reported
         defs = self.shape.defs.get(decl.path)
-        if not defs and not self.ev.explaining:  # the common case: only the option's default
+        if not defs:  # the common case: only the option's default
             return self.ev.checked_default(decl) if "default" in decl.schema else ABSENT
-        defs = defs or []
         active = [d for d in defs if d.block is None or self._cond(d)]
-        outcome = Outcome(ABSENT, active=active)
-        if self.ev.explaining:
-            self.outcomes[decl.path] = outcome
         if active:
             best = min(d.priority for d in active)
             kept = [d for d in active if d.priority == best]
         else:
             kept = []
         if not kept:
-            if "default" not in decl.schema:
-                return ABSENT
-            outcome.from_default = True
-            value = self.ev.checked_default(decl)
-            outcome.value = value
-            return value
-        outcome.kept = kept
+            return self.ev.checked_default(decl) if "default" in decl.schema else ABSENT
         if decl.schema.get("deprecated"):
             why = decl.schema.get("description", "")
             for d in kept:
                 self.ev.warnings.append(Problem(d.loc, f"option {decl.name} is deprecated. {why}"))
         if all(d.plain is not DYNAMIC for d in kept):
-            value = self.ev.static_value(decl, kept)
-        else:
-            value = self._dynamic_value(decl, kept)
-        outcome.value = value
-        return value
+            return self.ev.static_value(decl, kept)
+        return self._dynamic_value(decl, kept)
 
     def _dynamic_value(self, decl: OptionDecl, kept: list[Def]) -> Any:
         items: list[tuple[Any, Loc | None]] = []
@@ -383,7 +377,6 @@ class Evaluator:
         self._checked_params: set[tuple[str, str, str]] = set()
         self._validators: dict[int, Any] = {}
         self._fast: dict[int, Any] = {}
-        self.explaining = False  # record every option's definitions, for `explain`
         self.too_deep: list[tuple[str, str, Loc | None]] | None = None
         self._valid: dict[tuple[int, str], list[Finding]] = {}
         self._static: dict[tuple[int, ...], Any] = {}
@@ -474,7 +467,8 @@ class Evaluator:
         self.problem(
             exc.places[0][1],
             f"conflicting definitions of {exc.where} at priority {prio}: {places}",
-            "make them equal, or give one !force (priority 50) or !default (1000)",
+            f"make them equal, or give one !force (priority {FORCE_PRIORITY}) or !default "
+            f"({MKDEFAULT_PRIORITY})",
         )
 
     def validated(
@@ -562,7 +556,6 @@ def _value_key(value: Any) -> str:
 
 __all__ = [
     "ABSENT",
-    "DEFAULT_PRIORITY",
     "ERROR",
     "ConfigView",
     "Evaluator",

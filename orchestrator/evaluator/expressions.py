@@ -205,92 +205,44 @@ def truthy(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------- library functions
+# Functions that read `hosts` (the shipped library's in orchestrator/library/lib/, and a
+# fleet's own) receive its entries with each `config` still lazy; these read them with the
+# messages a wrong argument deserves.
 
 
-def wg_peers(hosts: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """WireGuard peers of ``name``: each other host whose ``vpn.enable`` is true (seed's lib)."""
-    peers = []
-    for other in sorted(hosts):
-        if other == name:
-            continue
-        h = _host_entry(hosts, other, "wg_peers")
-        vpn = _get_path(h.get("config"), ("vpn",), "wg_peers")
-        if not vpn or not vpn.get("enable"):
-            continue
-        peers.append(
-            {
-                "name": other,
-                "public_key": vpn.get("public_key"),
-                "endpoint": f"{_deploy_host(h, other, 'wg_peers')}:{vpn.get('listen_port')}",
-                "allowed_ips": [f"{vpn.get('address')}/32"],
-            }
-        )
-    return peers
-
-
-_EXPORTERS = ("services", "prometheus", "exporters")
-
-
-def scrape_targets(hosts: dict[str, Any], kind: str) -> list[str]:
-    """``address:port`` of every host that enables exporter ``kind``, by host name; an exporter
-    listening on 0.0.0.0 is scraped at its host's deploy address."""
-    targets = []
-    for name in sorted(hosts):
-        h = _host_entry(hosts, name, "scrape_targets")
-        found = _get_path(h.get("config"), (*_EXPORTERS, kind), "scrape_targets")
-        if found and found.get("enable"):
-            address = found.get("listen_address")
-            if address in (None, "0.0.0.0"):
-                address = _deploy_host(h, name, "scrape_targets")
-            targets.append(f"{address}:{found.get('port')}")
-    return targets
-
-
-def scrape_jobs(hosts: dict[str, Any]) -> list[dict[str, Any]]:
-    """One scrape job per exporter kind that some host enables, named after the kind."""
-    kinds: set[str] = set()
-    for name in hosts:
-        group = _get_path(
-            _host_entry(hosts, name, "scrape_jobs").get("config"), _EXPORTERS, "scrape_jobs"
-        )
-        if group and not hasattr(group, "keys"):
-            raise ExprFailure(f"scrape_jobs(): {'.'.join(_EXPORTERS)} is {_kind(group)}")
-        if group:
-            kinds.update(group.keys())
-    jobs = [{"job_name": k, "targets": scrape_targets(hosts, k)} for k in sorted(kinds)]
-    return [j for j in jobs if j["targets"]]
-
-
-def _host_entry(hosts: dict[str, Any], name: str, fn: str) -> Any:
-    """One entry of `hosts` as the built-ins expect it: a mapping with config and deploy."""
+def host_entry(hosts: dict[str, Any], name: str, fn: str) -> Any:
+    """One entry of `hosts` as a function expects it: a mapping with config and deploy."""
     h = hosts[name]
     if not hasattr(h, "get"):
         raise ExprFailure(
-            f"{fn}(): host {excerpt(name)} is {_kind(h)}, not a host",
+            f"{fn}(): host {excerpt(name)} is {kind_name(h)}, not a host",
             "pass `hosts` itself",
         )
     return h
 
 
-def _deploy_host(h: Any, name: str, fn: str) -> Any:
+def deploy_host(h: Any, name: str, fn: str) -> Any:
+    """The deploy address of a `hosts` entry."""
     deploy = h.get("deploy")
     if not hasattr(deploy, "get"):
         raise ExprFailure(f"{fn}(): host {excerpt(name)} has no deploy address", "pass `hosts`")
     return deploy.get("host")
 
 
-def _get_path(value: Any, path: tuple[str, ...], fn: str) -> Any:
+def config_at(value: Any, path: tuple[str, ...], fn: str) -> Any:
+    """The value at ``path`` below a host's config (None where a group is unset)."""
     for i, key in enumerate(path):
         if value is None:
             return None
         if not hasattr(value, "get"):
             where = ".".join(path[:i]) or "config"
-            raise ExprFailure(f"{fn}(): {where} is {_kind(value)}, not a group of options")
+            raise ExprFailure(f"{fn}(): {where} is {kind_name(value)}, not a group of options")
         value = value.get(key)
     return value
 
 
-def _kind(value: Any) -> str:
+def kind_name(value: Any) -> str:
+    """What a value is, in words for a message: "a number", "an array", "null"."""
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
              list: "an array"}  # fmt: skip
     return names.get(type(value), "null" if value is None else f"a {type(value).__name__}")
@@ -334,16 +286,14 @@ def checked_json(value: Any) -> Any:
                 stack.extend((v, depth + 1) for v in node)
         else:
             raise ExprFailure(
-                f"the value holds {_kind(node)}, which is not JSON data",
+                f"the value holds {kind_name(node)}, which is not JSON data",
                 "library functions return dicts, lists, strings, numbers, booleans or null",
             )
     return value
 
 
+# the language's own; the shipped library's functions are loaded like a fleet's (lib/*.py)
 BUILTINS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
-    "wg_peers": (wg_peers, ("object", "string")),
-    "scrape_jobs": (scrape_jobs, ("object",)),
-    "scrape_targets": (scrape_targets, ("object", "string")),
     "secret": (secret_path, ("string",)),
 }
 

@@ -23,6 +23,7 @@ from orchestrator.evaluator.engine import (
 from orchestrator.evaluator.expressions import load_lib_functions, make_functions, plain, truthy
 from orchestrator.evaluator.shape import Instance, ShapeBuilder
 from orchestrator.loader.fleet import FleetSpec, ModuleCache, ModuleFile, OptionDecl
+from orchestrator.paths import library_functions_dir
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,10 @@ def _evaluate(spec: FleetSpec, keep_going: bool) -> Evaluation:
         b = spec.builders.get(host.builder)
         refs_of[name] = spec.defaults + (b.modules if b else ()) + host.modules
     broken = frozenset(n for n, refs in refs_of.items() if builder.reaches_broken(refs))
-    extra, lib_problems = load_lib_functions(spec.lib_dirs, spec.file)
+    # the library's functions first: a fleet function of the same name is then the one
+    # reported as defined twice, in the fleet's file
+    lib_dirs = (library_functions_dir(), *spec.lib_dirs)
+    extra, lib_problems = load_lib_functions(lib_dirs, spec.file)
     first = [*cache.problems, *builder.problems, *lib_problems]
     if broken and not keep_going:
         raise FleetErrors(first, (_unchecked(broken),))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.errors import Loc
-from orchestrator.validator.types import TYPE_PREFIX, shared_type
+from orchestrator.validator.types import shared_type, type_name
 
 
 class Conflict(Exception):
@@ -22,9 +22,9 @@ def kind_of(schema: Any) -> str:
     """``array``, ``object`` or ``scalar``: how definitions of an option with this schema merge."""
     if not isinstance(schema, dict):
         return "scalar"
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith(TYPE_PREFIX):
-        return kind_of(shared_type(ref[len(TYPE_PREFIX) :]))
+    name = type_name(schema.get("$ref"))
+    if name is not None:
+        return kind_of(shared_type(name))
     kind = schema.get("type")
     if kind in ("array", "object"):
         return str(kind)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +16,10 @@ from typing import Any
 from orchestrator.errors import Loc, Problem, display_path, excerpt
 from orchestrator.evaluator.expressions import ExprSyntaxError, has_template, parse_template
 from orchestrator.loader.fleet import Block, ModuleCache, ModuleFile, ModuleRef, OptionDecl
+from orchestrator.loader.library import read_library
 from orchestrator.loader.yamlfile import Map, Prio, Seq, loc_of
-from orchestrator.paths import LIBRARY_PREFIX, library_root
-
-PLAIN_PRIORITY = 100
-DEFAULT_PRIORITY = 1500
+from orchestrator.naming import PLAIN_PRIORITY
+from orchestrator.paths import shipped_name
 
 
 @dataclass(eq=False)
@@ -235,17 +233,7 @@ class ShapeBuilder:
 @functools.cache
 def _library() -> tuple[ModuleFile, ...]:
     """The shipped library's modules, read once, only when a hint needs them."""
-    root = library_root()
-    cache = ModuleCache((root,))
-    found = []
-    for base, _dirs, names in sorted(os.walk(root)):
-        for n in sorted(names):
-            if n.endswith(".yaml"):
-                path = os.path.join(base, n)
-                f = cache.get(ModuleRef(path, None, Loc(path, 1, 1)))
-                if f is not None:
-                    found.append(f)
-    return tuple(found)
+    return tuple(read_library()[0].values())
 
 
 def _related(declared: tuple[str, ...], written: tuple[str, ...]) -> bool:
@@ -254,10 +242,7 @@ def _related(declared: tuple[str, ...], written: tuple[str, ...]) -> bool:
 
 
 def _module_name(path: str) -> str:
-    root = library_root()
-    if path.startswith(root + os.sep):
-        return LIBRARY_PREFIX + os.path.relpath(path, root)
-    return display_path(path)
+    return shipped_name(path, roles=False) or display_path(path)
 
 
 def _build_trie(files: list[ModuleFile]) -> Trie:
@@ -461,4 +446,4 @@ def _nest(rest: tuple[str, ...], value: Any) -> Any:
     return value
 
 
-__all__ = ["DEFAULT_PRIORITY", "DYNAMIC", "Def", "Instance", "Seq", "Shape", "ShapeBuilder", "Trie"]
+__all__ = ["DYNAMIC", "Def", "Instance", "Seq", "Shape", "ShapeBuilder", "Trie"]

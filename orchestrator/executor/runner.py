@@ -1,6 +1,6 @@
-"""The ansible-runner adapter: write a complete private data dir, run the site playbook through
-ansible-runner's Python API, and turn its events and stats into typed results. Nothing here
-parses Ansible's stdout."""
+"""The ansible-runner adapter: write a complete private data dir, run the site playbook (or one
+command on one host) through ansible-runner's Python API, and turn its events and stats into
+typed results. Nothing here parses Ansible's stdout."""
 
 from __future__ import annotations
 
@@ -158,6 +158,56 @@ def run(
         cancelled.is_set(),
         os.path.join(req.run_dir, "artifacts", "artifacts"),
     )
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """One host's answer to a command run through Ansible (`secrets host-key --from-host`)."""
+
+    status: str  # ok | failed | unreachable | missing (the host never answered at all)
+    stdout: str = ""
+    message: str = ""
+
+
+def run_command(
+    build_dir: str, run_dir: str, host: str, command: str, overrides: dict[str, Any]
+) -> CommandResult:
+    """Run ``command`` (ansible.builtin.command, no shell) on ``host`` of the build through
+    ansible-runner, with ``overrides`` as the host's connection settings, and read its result
+    from the events."""
+    found: list[CommandResult] = []
+
+    def handle(event: dict[str, Any]) -> bool:
+        kind = str(event.get("event", ""))
+        if kind in _COMMAND_STATUS and (event.get("event_data") or {}).get("host") == host:
+            res = event["event_data"].get("res") or {}
+            stdout = str(res.get("stdout") or "")
+            message = str(res.get("stderr") or res.get("msg") or "")[:2000]  # a command's own
+            found.append(CommandResult(_COMMAND_STATUS[kind], stdout, message))
+        return True
+
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    ansible_runner.run(
+        private_data_dir=run_dir,
+        host_pattern=host,
+        module="ansible.builtin.command",
+        module_args=command,
+        inventory=os.path.join(build_dir, "inventory", "hosts.json"),
+        envvars={"ANSIBLE_CONFIG": os.path.join(build_dir, "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+        extravars=unsafe_json(overrides),
+        quiet=True,
+        ident="artifacts",
+        event_handler=handle,
+        suppress_env_files=True,
+    )
+    return found[-1] if found else CommandResult("missing")
+
+
+_COMMAND_STATUS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+}
 
 
 def _stats(raw: dict[str, dict[str, int]], hosts: list[str]) -> dict[str, HostStats]:

@@ -14,10 +14,8 @@ from orchestrator.errors import FleetErrors, Loc, Problem, display_path, excerpt
 from orchestrator.loader.files import inside
 from orchestrator.loader.yamlfile import Map, Prio, Seq, load_file, loc_of
 from orchestrator.naming import RESERVED_HOSTS, option_path_problem
-from orchestrator.paths import FLEET_FILE, LIBRARY_PREFIX, library_root
+from orchestrator.paths import FLEET_FILE, library_path, library_root
 from orchestrator.validator import check_option_schema, document_problems
-
-ARCHES = ("x86_64", "aarch64")
 
 
 @dataclass(frozen=True)
@@ -96,10 +94,7 @@ def resolve_ref(raw: Any, base_dir: str, loc: Loc) -> ModuleRef:
         path, args = raw["use"], raw.get("with")
     else:
         path, args = raw, None
-    if path.startswith(LIBRARY_PREFIX):
-        full = os.path.join(library_root(), path[len(LIBRARY_PREFIX) :])
-    else:
-        full = os.path.join(base_dir, path)
+    full = library_path(path) or os.path.join(base_dir, path)
     return ModuleRef(os.path.normpath(full), args, loc, path)
 
 

@@ -17,13 +17,13 @@ import yaml
 
 from orchestrator.digest import remember_digest
 from orchestrator.errors import FleetErrors, Loc, Problem, excerpt, fail, quoted
-from orchestrator.fsutil import UnreadableFile, read_regular
+from orchestrator.fsutil import MAX_FILE_BYTES, UnreadableFile, read_regular
+from orchestrator.naming import PRIORITY_TAGS
 
 MAX_DEPTH = 64
 MAX_NODES = 2_000_000
 # numbers must survive JSON and Ansible: 64-bit integers, finite floats
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
-PRIORITY_TAGS = {"!default": 1000, "!force": 50}
 
 try:
     _Loader: type = yaml.CSafeLoader
@@ -101,11 +101,12 @@ def locate(root: Any, path: list[Any] | tuple[Any, ...], fallback: Loc | None = 
     return best
 
 
-def load_file(path: str) -> Any:
+def load_file(path: str, limit: int = MAX_FILE_BYTES) -> Any:
     """Read and parse one YAML file, or raise :class:`FleetErrors` pointing at the problem.
-    Only regular files of bounded size are read (a FIFO or /dev/zero is refused at once)."""
+    Only regular files of at most ``limit`` bytes are read (a FIFO or /dev/zero is refused at
+    once)."""
     try:
-        data, stat = read_regular(path)
+        data, stat = read_regular(path, limit)
         text = data.decode("utf-8")
     except FileNotFoundError:
         raise fail(Loc(path, 1, 1), "file not found") from None

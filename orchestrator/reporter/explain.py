@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +12,8 @@ from orchestrator.errors import Loc, UsageError
 from orchestrator.evaluator.engine import ABSENT, ERROR
 from orchestrator.evaluator.expressions import plain
 from orchestrator.evaluator.fleet import Evaluation
-from orchestrator.evaluator.shape import DEFAULT_PRIORITY
+from orchestrator.naming import DEFAULT_PRIORITY, PRIORITY_NAMES
 from orchestrator.reporter.options import type_name
-
-PRIORITY_NAMES = {50: "!force", 100: "plain", 1000: "!default", DEFAULT_PRIORITY: "option default"}
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,11 @@ def explain(ev: Evaluation, host: str, path: str) -> Explanation:
         raise UsageError(
             f"host {host} has no option {path}" + (f"; did you mean {close[0]}?" if close else "")
         )
-    value, outcome = he.explained(decl)
+    outcome = he.explained(decl)
+    value = outcome.value if outcome else ERROR
     defs = he.shape.defs.get(key, [])
-    active = outcome.active if outcome else []
-    kept = outcome.kept if outcome else []
+    active = outcome.active if outcome else ()
+    kept = outcome.kept if outcome else ()
     rows = [
         DefinitionRow(
             str(d.loc),
@@ -89,7 +89,7 @@ def explain(ev: Evaluation, host: str, path: str) -> Explanation:
     )
 
 
-def _reason(rows: list[DefinitionRow], kept: list[Any], schema: dict[str, Any]) -> str:
+def _reason(rows: list[DefinitionRow], kept: Sequence[Any], schema: dict[str, Any]) -> str:
     winners = [r for r in rows if r.status == "winner"]
     inactive = sum(1 for r in rows if r.status == "inactive")
     if not winners:

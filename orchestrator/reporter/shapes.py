@@ -126,7 +126,7 @@ def compile_result(result: Any, warnings: Sequence[Problem], seconds: float) -> 
 # --------------------------------------------------------------------------------- explain
 def explanation(x: Any) -> dict[str, Any]:
     """`explain --json`; ``x`` is an orchestrator.reporter.explain.Explanation."""
-    from orchestrator.reporter.explain import PRIORITY_NAMES
+    from orchestrator.naming import PRIORITY_NAMES
 
     return document(
         "explain",

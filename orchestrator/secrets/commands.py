@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from orchestrator.errors import FleetErrors, Problem, UsageError
-from orchestrator.fsutil import atomic_write, read_regular, user_file_target, write_user_file
+from orchestrator.fsutil import (
+    atomic_move,
+    atomic_write,
+    read_regular,
+    user_file_target,
+    write_user_file,
+)
 from orchestrator.secrets import sops
 from orchestrator.secrets.sops import SecretsError
 from orchestrator.secrets.store import (
@@ -141,25 +146,17 @@ def host_key(
 
 def read_public_from_host(root: str, host: str) -> str:
     """The public line of the key already installed on a host, read over SSH by Ansible."""
-    import json
-
     from orchestrator.executor.connection import connection_overrides
+    from orchestrator.executor.runner import run_command
     from orchestrator.pipeline import fresh_build
 
     build = fresh_build(root)
     extra = connection_overrides(root, [host]).get(host, {})
-    cmd = [
-        "ansible", host, "-i", os.path.join(build, "inventory", "hosts.json"),
-        "-m", "ansible.builtin.command", "-a", f"sed -n 's/^# public key: //p' {HOST_KEY}",
-        "-o",
-    ]  # fmt: skip
-    if extra:
-        cmd += ["-e", json.dumps(extra)]
-    env = {**os.environ, "ANSIBLE_CONFIG": os.path.join(build, "ansible.cfg")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    words = [w for w in proc.stdout.split() if AGE_RE.fullmatch(w)]
-    if proc.returncode != 0 or not words:
-        detail = (proc.stdout + proc.stderr).strip().splitlines()
+    with tempfile.TemporaryDirectory(prefix="orchestrate-host-key-") as run_dir:
+        done = run_command(build, run_dir, host, f"sed -n 's/^# public key: //p' {HOST_KEY}", extra)
+    words = [w for w in done.stdout.split() if AGE_RE.fullmatch(w)]
+    if done.status != "ok" or not words:
+        detail = (done.message or done.stdout).strip().splitlines()
         raise SecretsError(
             f"could not read {HOST_KEY} from {host}: {detail[-1] if detail else 'no output'}"
         )
@@ -201,13 +198,12 @@ def encrypt(root: str, name: str, say: Say) -> None:
         raise UsageError(f"{os.path.relpath(path)} is already encrypted")
     plan = _fleet_plan(root)
     recipients = _file_recipients(plan, path)
-    proc = sops.run(
+    ciphertext = sops.run(
         ["encrypt", "--age", ",".join(recipients), "--input-type", "yaml",
-         "--output-type", "yaml", path]
+         "--output-type", "yaml", path],
+        path,
     )  # fmt: skip
-    if proc.returncode != 0:
-        raise SecretsError(sops.explain_failure(path, proc.stderr))
-    atomic_write(path, proc.stdout, mode=0o644)
+    atomic_write(path, ciphertext, mode=0o644)
     say(f"{os.path.relpath(path)}: encrypted to {len(recipients)} recipient(s)")
 
 
@@ -250,18 +246,6 @@ def _remove(folder: str) -> None:
         if not os.path.lexists(folder):
             return
     raise SecretsError(f"could not remove {folder}, which may hold plaintext: remove it yourself")
-
-
-def _install(work: str, path: str) -> None:
-    """The finished ciphertext in place of ``path``, atomically: a rename when the private folder
-    is on the same file system, else a copy written beside ``path`` and renamed."""
-    with open(work, "rb") as fh:
-        if os.fstat(fh.fileno()).st_dev != os.stat(os.path.dirname(path)).st_dev:
-            atomic_write(path, fh.read(), mode=0o644)
-            return
-        os.fsync(fh.fileno())
-    os.chmod(work, 0o644)
-    os.replace(work, path)
 
 
 def _edited(path: str, code: int, stderr: bytes) -> bool:
@@ -314,7 +298,7 @@ def edit(root: str, name: str, say: Say) -> None:
             if not read_sops_file(work).encrypted:
                 raise SecretsError(f"{rel}: sops did not write an encrypted file")
             guard.check()  # a signal after sops finished: stop here, before replacing
-            _install(work, path)
+            atomic_move(work, path, mode=0o644)
             saved = True
     except KeyboardInterrupt:
         done = "saved before that" if saved else "nothing saved"
@@ -355,10 +339,7 @@ def rekey(root: str, say: Say) -> RekeyResult:
             args += ["--add-age", ",".join(added)]
         if removed:
             args += ["--rm-age", ",".join(removed)]
-        proc = sops.run([*args, path])
-        if proc.returncode != 0:
-            raise SecretsError(sops.explain_failure(path, proc.stderr))
-        atomic_write(path, proc.stdout, mode=0o644)
+        atomic_write(path, sops.run([*args, path], path), mode=0o644)
         result.changed.append(rel)
         say(f"{rel}: +{len(added)} -{len(removed)} recipient(s), data key rotated")
     say(f"{len(result.changed)} file(s) re-encrypted, {len(result.unchanged)} already right")

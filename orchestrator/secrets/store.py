@@ -15,13 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.errors import FleetErrors, Loc, Problem, fail, quoted
 from orchestrator.fsutil import read_regular
-from orchestrator.loader.yamlfile import Map, Seq, load_text
+from orchestrator.loader.yamlfile import Map, Seq, load_file, load_text
 from orchestrator.naming import SECRET_NAME
 from orchestrator.paths import state_dir
+from orchestrator.yamlout import quoted_scalar
 
 SECRETS_DIR = "secrets"
 RECIPIENTS = "recipients.yaml"
@@ -62,8 +62,7 @@ def load_recipients(root: str) -> Recipients:
     path = recipients_path(root)
     if not os.path.lexists(path):
         return Recipients()
-    text = _read_text(path)
-    doc = load_text(text, path)
+    doc = load_file(path, MAX_FILE_BYTES)
     if doc is None:
         return Recipients()
     if not isinstance(doc, Map):
@@ -116,11 +115,6 @@ def _where(node: Any, path: str) -> Loc:
     return loc if isinstance(loc, Loc) else Loc(path, 1, 1)
 
 
-def _quoted(text: str) -> str:
-    """``text`` as a YAML double-quoted scalar, which every YAML reader takes as that string."""
-    return yaml.safe_dump(text, default_style='"', width=2**31 - 1).rstrip("\n")
-
-
 def render_recipients(r: Recipients) -> str:
     """recipients.yaml: every name and key quoted, so that a host called `on`, `null` or `007`
     reads back as itself, with this loader or any other."""
@@ -129,9 +123,9 @@ def render_recipients(r: Recipients) -> str:
         "# Each file is encrypted to the admins and to the hosts that use a secret in it.",
         "admins:" + ("" if r.admins else " []"),
     ]
-    lines += [f"  - {_quoted(a)}" for a in r.admins]
+    lines += [f"  - {quoted_scalar(a)}" for a in r.admins]
     lines.append("hosts:" + ("" if r.hosts else " {}"))
-    lines += [f"  {_quoted(h)}: {_quoted(k)}" for h, k in sorted(r.hosts.items())]
+    lines += [f"  {quoted_scalar(h)}: {quoted_scalar(k)}" for h, k in sorted(r.hosts.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -222,13 +216,6 @@ def _read_bytes(path: str) -> bytes:
         raise fail(Loc(path, 1, 1), f"cannot read file: {e.strerror or e}") from None
 
 
-def _read_text(path: str) -> str:
-    try:
-        return _read_bytes(path).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise fail(Loc(path, 1, 1), f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
 def _all_encrypted(node: Any) -> bool:
     if isinstance(node, dict):
         return all(_all_encrypted(v) for v in node.values())
@@ -307,6 +294,12 @@ class SecretsPlan:
                 out[file] = fh.read()
         return out
 
+    def delivery(self) -> SecretsDelivery:
+        """What the build needs of this plan."""
+        return SecretsDelivery(
+            {h: self.host_var(h) for h in sorted(self.delivered)}, self.ciphertexts()
+        )
+
 
 def referenced_names(config: Any) -> set[str]:
     """Secret names whose target path appears anywhere in a host's evaluated configuration."""
@@ -324,9 +317,9 @@ def referenced_names(config: Any) -> set[str]:
     return found
 
 
-def delivery_plan(ev: Any) -> SecretsPlan | None:
-    """For the compiler: None when the fleet has no secrets at all, else the plan (raises
-    FleetErrors when anything about it is wrong)."""
+def delivery_plan(ev: Any) -> SecretsDelivery | None:
+    """What the compile stage delivers: None when the fleet has no secrets at all (raises
+    FleetErrors when anything about them is wrong)."""
     import orjson
 
     root = ev.spec.root
@@ -338,7 +331,7 @@ def delivery_plan(ev: Any) -> SecretsPlan | None:
     plan = plan_for(ev)
     if plan.problems:
         raise FleetErrors(plan.problems)
-    return plan
+    return plan.delivery()
 
 
 def plan_for(ev: Any) -> SecretsPlan:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+from orchestrator.naming import DEBIAN_ARCH
 from orchestrator.testbed.images import podman
 from orchestrator.testbed.manager import (
     Progress,
@@ -82,7 +83,7 @@ def up_from_image(
         inner = ssh_ports.get(host, 22)
         podman(
             "run", "-d", "--name", cname, "--hostname", host,
-            "--arch", "arm64" if arch == "aarch64" else "amd64",
+            "--arch", DEBIAN_ARCH[arch],
             "-p", f"127.0.0.1:{port}:{inner}",
             "--systemd=always", "--cap-add", "NET_ADMIN",
             # the image's own host name and hosts file, not podman's

@@ -11,10 +11,10 @@ import tempfile
 from collections.abc import Callable
 
 from orchestrator.errors import OrchestrateError
+from orchestrator.naming import DEBIAN_ARCH
 from orchestrator.testbed.packages import Preload
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 Progress = Callable[[str], None]
 
 
@@ -70,7 +70,7 @@ def image_exists(name: str) -> bool:
 
 def ssh_image(arch: str, suite: str, progress: Progress) -> str:
     """The SSH host image for an architecture, built on first use."""
-    deb = DEB_ARCH[arch]
+    deb = DEBIAN_ARCH[arch]
     alias = f"localhost/orchestrate-ssh:{suite}-{deb}"
     name = f"{alias}-{recipe_digest()}"  # a changed recipe builds a new image
     if image_exists(name):
@@ -125,7 +125,7 @@ def preloaded_image(arch: str, suite: str, preload: Preload | None, progress: Pr
     with tempfile.TemporaryDirectory(prefix="orchestrate-preload-") as context:
         with open(os.path.join(context, "Containerfile"), "w", encoding="utf-8") as fh:
             fh.write(recipe)
-        podman("build", "--arch", DEB_ARCH[arch], "-t", name, context, timeout=3600)
+        podman("build", "--arch", DEBIAN_ARCH[arch], "-t", name, context, timeout=3600)
     return name
 
 
@@ -149,7 +149,7 @@ def recipe_digest() -> str:
 
 
 def base_image(arch: str, suite: str, progress: Progress) -> str:
-    deb = DEB_ARCH[arch]
+    deb = DEBIAN_ARCH[arch]
     name = f"localhost/orchestrate-base:{suite}-{deb}"
     if image_exists(name):
         return name

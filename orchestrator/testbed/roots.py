@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
+from orchestrator import proc
 from orchestrator.testbed.images import TestbedError
 
 
@@ -15,10 +15,10 @@ def image_root_dir(state_dir: str, host: str) -> str:
 
 
 def run_tool(*cmd: str) -> str:
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise TestbedError(f"{' '.join(cmd[:2])}: {res.stderr.strip() or res.stdout.strip()}")
-    return res.stdout
+    def failed(done: proc.Text) -> TestbedError:
+        return TestbedError(f"{' '.join(cmd[:2])}: {done.stderr.strip() or done.stdout.strip()}")
+
+    return proc.run(cmd, failed).stdout
 
 
 def release(work: str) -> None:

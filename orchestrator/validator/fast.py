@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.validator.patterns import PatternError, PatternTimeout, search
-from orchestrator.validator.types import TYPE_PREFIX, shared_type
+from orchestrator.validator.types import shared_type, type_name
 
 Check = Callable[[Any], bool]
 _IGNORED = {"description", "default", "examples", "deprecated", "title", "$comment"}
@@ -39,9 +39,10 @@ def compile_check(schema: Any, root: dict[str, Any] | None = None) -> Check | No
             return None
         return compile_check(target, root)
     if isinstance(ref, str):
-        if not ref.startswith(TYPE_PREFIX):
+        name = type_name(ref)
+        if name is None:
             return None
-        base = shared_type(ref[len(TYPE_PREFIX) :])
+        base = shared_type(name)
         if base is None:
             return None
         schema = {**base, **{k: v for k, v in schema.items() if k != "$ref"}}

@@ -20,7 +20,7 @@ from referencing.jsonschema import DRAFT202012
 from orchestrator.errors import Loc, Problem, excerpt, one_line, quoted
 from orchestrator.loader.yamlfile import locate
 from orchestrator.validator.patterns import PatternError, PatternTimeout, compile_pattern, search
-from orchestrator.validator.types import TYPE_PREFIX, load_schema, shared_type
+from orchestrator.validator.types import load_schema, shared_type, type_name, type_ref
 
 
 @cache
@@ -29,7 +29,7 @@ def _registry() -> Registry[Any]:
     pairs = []
     for name, schema in types["$defs"].items():
         contents = {"$schema": types["$schema"], **schema}
-        pairs.append((TYPE_PREFIX + name, Resource.from_contents(contents, DRAFT202012)))
+        pairs.append((type_ref(name), Resource.from_contents(contents, DRAFT202012)))
     return Registry().with_resources(pairs)
 
 
@@ -155,7 +155,7 @@ def _type_names(schema: Any, loc: Loc, what: str) -> list[Problem]:
             if not isinstance(name, str) or name in JSON_TYPES:
                 continue
             if shared_type(name) is not None:
-                hint = f'use $ref: "{TYPE_PREFIX}{name}"'
+                hint = f'use $ref: "{type_ref(name)}"'
             else:
                 hint = TYPE_HINTS.get(name, f"JSON Schema types: {', '.join(JSON_TYPES)}")
             out.append(Problem(loc, f"invalid {what} schema: unknown type {excerpt(name)}", hint))
@@ -186,8 +186,9 @@ _REF_HINT = 'refer to a shared type as "orchestrate:NAME" or to "#/$defs/NAME" o
 
 
 def _ref_problem(root: Any, ref: str) -> str | None:
-    if ref.startswith(TYPE_PREFIX):
-        if shared_type(ref[len(TYPE_PREFIX) :]) is None:
+    name = type_name(ref)
+    if name is not None:
+        if shared_type(name) is None:
             known = ", ".join(sorted(load_schema("types")["$defs"]))
             return f"unknown shared type {excerpt(ref)} (known types: {known})"
         return None
@@ -276,7 +277,7 @@ def _type_hint(path: tuple[Any, ...], value: Any) -> str | None:
     if not path or path[-1] != "type" or not isinstance(value, str) or value in JSON_TYPES:
         return None
     if shared_type(value) is not None:
-        return f'use $ref: "{TYPE_PREFIX}{value}"'
+        return f'use $ref: "{type_ref(value)}"'
     close = difflib.get_close_matches(value, JSON_TYPES, n=1)
     return TYPE_HINTS.get(value) or (f"did you mean {close[0]!r}?" if close else None)
 

@@ -8,7 +8,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-TYPE_PREFIX = "orchestrate:"
+from orchestrator.paths import orchestrate_name, orchestrate_ref
 
 
 def schema_path(name: str) -> str:
@@ -27,3 +27,13 @@ def shared_type(name: str) -> dict[str, Any] | None:
     """The schema of a shared type, for docs and merge decisions."""
     found: dict[str, Any] | None = load_schema("types")["$defs"].get(name)
     return found
+
+
+def type_name(ref: object) -> str | None:
+    """NAME of a `$ref` to a shared type, ``orchestrate:NAME``; None for any other `$ref`."""
+    return orchestrate_name(ref)
+
+
+def type_ref(name: str) -> str:
+    """The `$ref` of a shared type: ``orchestrate:NAME``."""
+    return orchestrate_ref(name)
