@@ -13,16 +13,24 @@ Bytes = subprocess.CompletedProcess[bytes]
 
 def run(
     cmd: Sequence[str],
-    fail: Callable[[Text], Exception],
+    fail: Callable[[Text], Exception] | None,
     *,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    input: str | None = None,
 ) -> Text:
-    """Run ``cmd`` with text output; ``fail(result)`` is raised when it exits non-zero."""
+    """Run ``cmd`` with text output; ``fail(result)`` is raised when it exits non-zero. With
+    ``fail`` None the exit status is the caller's answer (a probe: is it there, does it run)."""
     done = subprocess.run(
-        list(cmd), capture_output=True, text=True, env=env, timeout=timeout, check=False
+        list(cmd),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        input=input,
+        check=False,
     )
-    if done.returncode != 0:
+    if fail is not None and done.returncode != 0:
         raise fail(done)
     return done
 

@@ -34,6 +34,14 @@ shutil.copytree(
 E2E_MARKERS = {"containers", "images", "cron", "install"}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/golden/ from what the compiler writes now (review the diff after)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if E2E_MARKERS & {m.name for m in item.iter_markers()}:

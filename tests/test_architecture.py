@@ -227,8 +227,7 @@ def test_files_are_replaced_by_one_atomic_writer() -> None:
 RUNS_OF_THEIR_OWN = {
     "orchestrator.paths": "checkout_commit: no commit is an answer (None), not an error",
     "orchestrator.testbed.molecule": "a role's test: its exit status is the result, its log a file",
-    "orchestrator.testbed.images": "podman(): the testbed's own helper, to move onto proc",
-    "orchestrator.testbed.manager": "podman calls, to move onto proc",
+    "orchestrator.testbed.images": "a pipeline: tar's output straight into podman import",
 }
 
 
@@ -291,12 +290,32 @@ def test_orchestrate_references_are_resolved_in_one_place() -> None:
 
 
 def test_the_state_folder_is_named_in_one_place() -> None:
-    """naming.STATE_DIR (cli.py's test-logs folder and images/plan.py still spell it out)."""
+    """naming.STATE_DIR."""
     bad = []
     for name, path in _modules().items():
-        if name in ("orchestrator.naming", "orchestrator.cli", "orchestrator.images.plan"):
+        if name == "orchestrator.naming":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value == ".orchestrate":
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert bad == []
+
+
+def test_ansible_runs_go_through_the_executors_runner() -> None:
+    """Deploys, image builds and `secrets host-key --from-host` alike: one adapter reads
+    ansible-runner's events."""
+    bad = []
+    for name, path in _modules().items():
+        if name == "orchestrator.executor.runner":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n.split(".")[0] == "ansible_runner" for n in names):
                 bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert bad == []

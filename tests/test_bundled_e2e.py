@@ -39,6 +39,13 @@ def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     orchestrate(root, "testbed", "down")
 
 
+@pytest.fixture(scope="module")
+def converged(bundled: Path) -> subprocess.CompletedProcess[str]:
+    """The first apply of the bundled fleet onto its fresh testbed, made once for the tests
+    that read what it did (whichever of them runs first)."""
+    return orchestrate(bundled, "apply", "--yes")
+
+
 def test_testbed_has_both_architectures(bundled: Path) -> None:
     r = orchestrate(bundled, "testbed", "status")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -76,13 +83,14 @@ def test_testbed_has_both_architectures(bundled: Path) -> None:
     assert has.returncode == 0, has.stderr
 
 
-def test_bundled_fleet_converges_then_changes_nothing(bundled: Path) -> None:
+def test_bundled_fleet_converges_then_changes_nothing(
+    bundled: Path, converged: subprocess.CompletedProcess[str]
+) -> None:
     """The first apply converges every host; a plan then finds nothing to change. The plan runs
     every role in check mode, reads included, on every host (the boards under emulation too);
     that a second real apply changes nothing is each role's molecule idempotence step, which
     runs the same role on the same image, so it is not paid for twice here."""
-    first = orchestrate(bundled, "apply", "--yes")
-    assert first.returncode == 0, first.stdout + first.stderr
+    assert converged.returncode == 0, converged.stdout + converged.stderr
     plan = orchestrate(bundled, "plan", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stdout + plan.stderr
     runs = sorted((bundled / ".orchestrate/runs").glob("*-plan*"))
@@ -95,7 +103,10 @@ def test_bundled_fleet_converges_then_changes_nothing(bundled: Path) -> None:
         assert {t["task"] for t in h["check"]["not_previewable"]} <= {"Check it with wg-quick"}
 
 
-def test_bundled_vpn_hosts_hold_only_their_own_wireguard_key(bundled: Path) -> None:
+def test_bundled_vpn_hosts_hold_only_their_own_wireguard_key(
+    bundled: Path, converged: subprocess.CompletedProcess[str]
+) -> None:
+    assert converged.returncode == 0, converged.stderr
     status = orchestrate(bundled, "testbed", "status")
     containers = {ln.split("\t")[0]: ln.split("\t")[1] for ln in status.stdout.splitlines()}
     env = {
@@ -169,9 +180,12 @@ def _expected_targets(root: Path) -> dict[str, set[str]]:
     return out
 
 
-def test_prometheus_discovers_exactly_the_exporter_hosts(bundled: Path) -> None:
-    """Runs after the converge test: the prometheus host's rendered config and its targets API
+def test_prometheus_discovers_exactly_the_exporter_hosts(
+    bundled: Path, converged: subprocess.CompletedProcess[str]
+) -> None:
+    """On the converged fleet: the prometheus host's rendered config and its targets API
     list exactly the hosts that enable exporters, and the running exporters answer it."""
+    assert converged.returncode == 0, converged.stderr
     expected = _expected_targets(bundled)
     assert {k: len(v) for k, v in expected.items()} == {"node": 5, "dnsmasq": 1, "nvidia_gpu": 1}
     containers = _containers(bundled)

@@ -126,6 +126,10 @@ E2E: dict[str, tuple[str, str]] = {
         "installs a crontab entry; the scheduled plan contacts the hosts",
         "tests/test_deploy_e2e.py::test_scheduled_apply",
     ),
+    "python3 -m pytest tests/test_golden.py --update-golden": (
+        "rewrites tests/golden/ in the checkout; the test compares against it on every run",
+        "tests/test_golden.py::test_the_bundled_fleet_compiles_to_its_golden_files",
+    ),
     "orchestrate test": (
         "runs every shipped role's molecule scenario in podman containers",
         "tests/test_library.py::test_every_shipped_role_passes_molecule",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import yaml
 from conftest import BUNDLED, Run
@@ -73,3 +74,27 @@ def test_group_names_are_ansible_safe(fleet, cli: Callable[..., Run]) -> None:
     groups = json.loads(cli("--fleet", str(root), "query", "keys(groups)").out)
     assert "tag_rack_1" in groups and "builder_arm_boards" in groups
     assert not any("-" in g for g in groups)
+
+
+def test_stamps_of_builds_that_are_gone_are_removed(
+    cli: Callable[..., Run], fleet: Callable[[dict[str, str]], Path], tmp_path: Path
+) -> None:
+    """One freshness stamp per build folder; a compile removes those whose build is gone."""
+    import shutil
+
+    root = fleet(
+        {
+            "fleet.yaml": "name: s\nbuilders:\n  x86_64: {arch: x86_64}\n"
+            "hosts:\n  a: {builder: x86_64, modules: [a.yaml]}\n",
+            "a.yaml": "config: {}\n",
+        }
+    )
+    stamps = root / ".orchestrate/stamps"
+    for name in ("one", "two"):
+        assert cli("--fleet", str(root), "compile", "-o", str(tmp_path / name)).code == 0
+    assert len(list(stamps.glob("*.json"))) == 2
+    shutil.rmtree(tmp_path / "one")
+    (stamps / "junk.json").write_text("not a stamp")
+    assert cli("--fleet", str(root), "compile", "-o", str(tmp_path / "two")).code == 0
+    left = list(stamps.glob("*.json"))
+    assert len(left) == 1 and str(tmp_path / "two") in left[0].read_text()

@@ -30,6 +30,7 @@ from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.compiler.freshness import (
     MANIFEST,
     input_name,
+    prune_stamps,
     sha256_file,
     stamp_bytes,
     stamp_path,
@@ -120,6 +121,7 @@ def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -
     try:
         os.makedirs(os.path.dirname(where), exist_ok=True)
         atomic_write(where, stamp, 0o644)
+        prune_stamps(where)
     except OSError:
         pass  # a read-only fleet folder: freshness is then checked by content, more slowly
     roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}

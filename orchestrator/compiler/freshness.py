@@ -8,6 +8,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 from typing import Any
 
 import orjson
@@ -56,6 +57,33 @@ def stamp_path(out_dir: str, root: str) -> str:
     the machine, and not beside an --out folder, which is the user's."""
     key = hashlib.sha256(os.fsencode(os.path.realpath(out_dir))).hexdigest()[:32]
     return os.path.join(state_dir(root), "stamps", f"{key}.json")
+
+
+_OUT = re.compile(rb'"out": ("(?:[^"\\]|\\.)*")')
+
+
+def prune_stamps(keep: str) -> None:
+    """Remove the stamps of builds that are gone (an --out folder deleted or moved): one is
+    written per build folder (``keep`` is the one just written), and nothing else would ever
+    remove them. Best effort."""
+    folder = os.path.dirname(keep)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(folder, name)
+        if path == keep or not name.endswith(".json"):
+            continue
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(8192)  # "out" is the stamp's second key: no need to parse it all
+            found = _OUT.search(head)
+            out = json.loads(found.group(1)) if found else None
+            if not isinstance(out, str) or not os.path.isfile(os.path.join(out, MANIFEST)):
+                os.unlink(path)
+        except (OSError, ValueError):
+            continue
 
 
 def _stat_key(path: str) -> list[int] | None:

@@ -112,6 +112,8 @@ def _evaluate(spec: FleetSpec, keep_going: bool) -> Evaluation:
     for name, host in spec.hosts.items():
         b = spec.builders.get(host.builder)
         refs_of[name] = spec.defaults + (b.modules if b else ()) + host.modules
+    # each host's modules expanded once (hosts share the expansions of the modules they share)
+    instances = {name: builder.expand(refs) for name, refs in refs_of.items()}
     broken = frozenset(n for n, refs in refs_of.items() if builder.reaches_broken(refs))
     # the library's functions first: a fleet function of the same name is then the one
     # reported as defined twice, in the fleet's file
@@ -120,7 +122,7 @@ def _evaluate(spec: FleetSpec, keep_going: bool) -> Evaluation:
     first = [*cache.problems, *builder.problems, *lib_problems]
     if broken and not keep_going:
         raise FleetErrors(first, (_unchecked(broken),))
-    shapes = {name: builder.shape(refs) for name, refs in refs_of.items()}
+    shapes = {name: builder.shape(found) for name, found in instances.items()}
     problems = [*cache.problems, *builder.problems, *lib_problems]
     for shape in {id(s.trie): s for s in shapes.values()}.values():
         problems.extend(shape.trie.problems)

@@ -101,8 +101,8 @@ class ShapeBuilder:
 
     # ------------------------------------------------------------- expansion and import cycles
     def reaches_broken(self, refs: tuple[ModuleRef, ...]) -> bool:
-        """Whether expanding ``refs`` met a module that failed to load, or an import cycle."""
-        self.expand(refs)
+        """Whether expanding ``refs`` (done already, by :meth:`expand`) met a module that
+        failed to load, or an import cycle."""
         return any((r.path, args_key(r.args)) in self._broken for r in refs)
 
     def expand(self, refs: tuple[ModuleRef, ...]) -> list[Instance]:
@@ -193,8 +193,9 @@ class ShapeBuilder:
         return self._tries[key]
 
     # ------------------------------------------------------------- definitions
-    def shape(self, refs: tuple[ModuleRef, ...]) -> Shape:
-        instances = self.expand(refs)
+    def shape(self, instances: list[Instance]) -> Shape:
+        """The definitions of a host's module instances (:meth:`expand`'s answer), flattened
+        against the options they declare."""
         trie = self.trie(instances)
         renamed: dict[tuple[str, ...], tuple[tuple[str, ...], Loc]] = {}
         for inst in instances:

@@ -161,6 +161,51 @@ def run(
 
 
 @dataclass(frozen=True)
+class PlaybookRequest:
+    """A playbook of a project folder rather than of a compiled build: the image builder's
+    stages, on this machine or on a build host, with the inventory and variables given."""
+
+    run_dir: str
+    project_dir: str
+    playbook: str
+    inventory: dict[str, Any]
+    envvars: dict[str, str]
+    extravars: dict[str, Any]
+
+
+def run_playbook(
+    req: PlaybookRequest, on_event: Callable[[Event], None], cancelled: threading.Event
+) -> RunResult:
+    """Run ``req``'s playbook through ansible-runner; results are read from its events, as for
+    :func:`run`."""
+    os.makedirs(req.run_dir, mode=0o700, exist_ok=True)
+    tasks: list[TaskResult] = []
+    collector = _Collector(False, tasks, on_event)
+    r = ansible_runner.run(
+        private_data_dir=req.run_dir,
+        project_dir=req.project_dir,
+        playbook=req.playbook,
+        inventory=req.inventory,
+        envvars=req.envvars,
+        extravars=unsafe_json(req.extravars),
+        quiet=True,
+        ident="artifacts",
+        event_handler=collector.handle,
+        cancel_callback=cancelled.is_set,
+        suppress_env_files=True,
+    )
+    hosts = list((req.inventory.get("all") or {}).get("hosts") or {})
+    return RunResult(
+        str(r.status),
+        int(r.rc or 0),
+        _stats(r.stats or {}, hosts),
+        tasks,
+        cancelled.is_set(),
+        os.path.join(req.run_dir, "artifacts", "artifacts"),
+    )
+
+
+@dataclass(frozen=True)
 class CommandResult:
     """One host's answer to a command run through Ansible (`secrets host-key --from-host`)."""
 
@@ -286,7 +331,20 @@ class _Collector:
 
 
 def _msg(res: dict[str, Any]) -> str:
-    return str(res.get("msg") or res.get("stderr") or "")[:2000]
+    """What a result says; for a loop, what its failed items say (its own message is only
+    that one or more items failed)."""
+    items = [
+        r
+        for r in res.get("results") or []
+        if isinstance(r, dict) and (r.get("failed") or r.get("unreachable"))
+    ]
+    if items:
+        return "; ".join(dict.fromkeys(_said(r) for r in items))[:2000]
+    return _said(res)[:2000]
+
+
+def _said(res: dict[str, Any]) -> str:
+    return str(res.get("msg") or res.get("stderr") or res.get("module_stderr") or "")
 
 
 def _unpreviewable_command(action: str, data: dict[str, Any], res: dict[str, Any]) -> bool:

@@ -10,6 +10,8 @@ from typing import Any
 
 from orchestrator.errors import FleetErrors, Problem, UsageError
 from orchestrator.evaluator.fleet import Evaluation
+from orchestrator.naming import DEBIAN_ARCH
+from orchestrator.paths import state_dir
 
 # format -> the architectures it is made for (the seed: libvirt VMs on x86_64, SD cards for
 # aarch64 boards) and the file extension
@@ -20,7 +22,6 @@ FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 DEFAULT_SIZE = {"qcow2": "2G", "raw": "2G", "sd": "2G"}
 BOOT_MIB = {"qcow2": 128, "raw": 128, "sd": 256}
-DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 # What every image carries before the host's roles run: an init, name resolution for the
 # addresses DHCP gives (systemd-resolved), sshd, python3 for Ansible, and the format's kernel and
 # boot loader (UEFI systemd-boot) or board firmware.
@@ -90,7 +91,7 @@ class HostImage:
 
 
 def images_dir(root: str) -> str:
-    return os.path.join(root, ".orchestrate", "images")
+    return os.path.join(state_dir(root), "images")
 
 
 def plan_images(ev: Evaluation, names: list[str] | None = None) -> list[HostImage]:

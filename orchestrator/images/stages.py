@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.compiler.unsafe import unsafe_json
 from orchestrator.errors import OrchestrateError
 from orchestrator.exitcodes import INTERRUPTED
 from orchestrator.images.job import Job
@@ -59,33 +58,34 @@ def clean_up(job: Job, progress: Progress) -> None:
 
 def run_builder(job: Job, stage: str, progress: Progress, cancelled: threading.Event) -> None:
     """One stage of playbooks/image.yml (the image_builder role) on the build host."""
-    import ansible_runner
-
+    from orchestrator.executor import runner
     from orchestrator.paths import shipped_playbooks_dir
 
-    img = job.img
-    run_dir = os.path.join(job.work, f"runner-{stage}")
-    os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    failures: list[str] = []
     hosts, envvars = _builder_host(job)
-    r = ansible_runner.run(
-        private_data_dir=run_dir,
+    req = runner.PlaybookRequest(
+        run_dir=os.path.join(job.work, f"runner-{stage}"),
         project_dir=shipped_playbooks_dir(),
         playbook="image.yml",
         inventory={"all": {"hosts": hosts}},
         envvars=envvars,
-        extravars=unsafe_json({**job.variables, "image_builder_stage": stage}),
-        quiet=True,
-        ident="artifacts",
-        event_handler=_events(stage, progress, failures),
-        cancel_callback=cancelled.is_set,
-        suppress_env_files=True,
+        extravars={**job.variables, "image_builder_stage": stage},
     )
+
+    def on_event(ev: runner.Event) -> None:
+        if ev.kind == "task_start" and not ev.task.startswith(("Gathering", "Check the stage")):
+            progress(f"  {stage}: {ev.task}")
+
+    r = runner.run_playbook(req, on_event, cancelled)
     if cancelled.is_set():
-        raise BuildInterrupted(f"{img.file}: interrupted; nothing of it was kept")
+        raise BuildInterrupted(f"{job.img.file}: interrupted; nothing of it was kept")
     if r.rc != 0 or r.status != "successful":
+        failures = [
+            f"{t.task}: {t.message[-1200:]}"
+            for t in r.tasks
+            if t.status in ("failed", "unreachable")
+        ]
         detail = "\n  ".join(failures) or f"ansible-runner ended {r.status} (rc {r.rc})"
-        raise BuildFailed(f"{img.file}: the image builder's {stage} stage failed:\n  {detail}")
+        raise BuildFailed(f"{job.img.file}: the image builder's {stage} stage failed:\n  {detail}")
 
 
 def _builder_host(job: Job) -> tuple[dict[str, Any], dict[str, str]]:
@@ -109,38 +109,6 @@ def _builder_host(job: Job) -> tuple[dict[str, Any], dict[str, str]]:
         # the compiled build's SSH settings: pipelining, connection reuse, public keys only
         envvars["ANSIBLE_CONFIG"] = os.path.join(job.build_dir, "ansible.cfg")
     return hosts, envvars
-
-
-def _events(
-    label: str, progress: Progress, failures: list[str]
-) -> Callable[[dict[str, Any]], bool]:
-    def handle(event: dict[str, Any]) -> bool:
-        kind = event.get("event", "")
-        data = event.get("event_data", {})
-        if kind == "playbook_on_task_start":
-            task = str(data.get("task", ""))
-            if task and not task.startswith(("Gathering", "Check the stage")):
-                progress(f"  {label}: {task}")
-        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get(
-            "ignore_errors"
-        ):
-            res = data.get("res", {})
-            items = [
-                r
-                for r in res.get("results", [])
-                if isinstance(r, dict) and (r.get("failed") or r.get("unreachable"))
-            ]
-            msg = "; ".join(dict.fromkeys(_result_message(r) for r in items))
-            msg = msg or _result_message(res)
-            failures.append(f"{data.get('task', '?')}: {msg[-1200:]}")
-        return True
-
-    return handle
-
-
-def _result_message(res: dict[str, Any]) -> str:
-    parts = [res.get("msg"), res.get("stderr"), res.get("module_stderr")]
-    return " ".join(str(p).strip() for p in parts if p)
 
 
 def apply_host_roles(job: Job, progress: Progress, cancelled: threading.Event) -> None:

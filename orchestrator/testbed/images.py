@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from orchestrator.errors import OrchestrateError
 from orchestrator.naming import DEBIAN_ARCH
+from orchestrator.proc import run
 from orchestrator.testbed.packages import Preload
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,18 +32,13 @@ def podman(
 ) -> subprocess.CompletedProcess[str]:
     if shutil.which("podman") is None:
         raise TestbedError("podman is not installed (apt-get install podman runc)")
-    proc = subprocess.run(
-        ["podman", *args],
-        env=podman_env(),
-        capture_output=True,
-        text=True,
-        input=input,
-        timeout=timeout,
-        check=False,
+
+    def fail(done: subprocess.CompletedProcess[str]) -> Exception:
+        return TestbedError(f"podman {' '.join(args[:2])} failed: {done.stderr.strip()[-800:]}")
+
+    return run(
+        ["podman", *args], fail if check else None, env=podman_env(), input=input, timeout=timeout
     )
-    if check and proc.returncode != 0:
-        raise TestbedError(f"podman {' '.join(args[:2])} failed: {proc.stderr.strip()[-800:]}")
-    return proc
 
 
 def apt_mirror() -> str:
@@ -167,9 +163,11 @@ def base_image(arch: str, suite: str, progress: Progress) -> str:
             root,
             apt_mirror(),
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
-        if proc.returncode != 0:
-            raise TestbedError(f"debootstrap failed: {proc.stdout[-600:]}{proc.stderr[-600:]}")
+        run(
+            cmd,
+            lambda r: TestbedError(f"debootstrap failed: {r.stdout[-600:]}{r.stderr[-600:]}"),
+            timeout=1800,
+        )
         tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
         imp = subprocess.run(
             ["podman", "import", "--arch", deb, "-", name],
@@ -193,15 +191,10 @@ def ensure_emulation() -> None:
     if os.path.exists(entry):
         return
     if not os.path.exists("/proc/sys/fs/binfmt_misc/register"):
-        subprocess.run(
-            ["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
-            capture_output=True,
-            check=False,
-        )
+        # best effort: whether it worked is what the entry's presence says below
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"], None)
     if shutil.which("update-binfmts"):
-        subprocess.run(
-            ["update-binfmts", "--enable", "qemu-aarch64"], capture_output=True, check=False
-        )
+        run(["update-binfmts", "--enable", "qemu-aarch64"], None)
     if not os.path.exists(entry):
         raise TestbedError(
             "aarch64 hosts need qemu-user emulation, which this machine does not have: "

@@ -10,13 +10,14 @@ import json
 import os
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from orchestrator.errors import display_path
 from orchestrator.fsutil import CorruptState, atomic_write, load_state_json
+from orchestrator.naming import DEBIAN_ARCH
+from orchestrator.proc import run
 from orchestrator.testbed.images import TestbedError, podman, preloaded_image
 from orchestrator.testbed.packages import Preload
 from orchestrator.testbed.roots import image_root_dir, release
@@ -71,10 +72,9 @@ def testbed_key(state_dir: str) -> tuple[str, str]:
     os.makedirs(folder, mode=0o700, exist_ok=True)
     key = os.path.join(folder, "id_ed25519")
     if not os.path.exists(key):
-        subprocess.run(
+        run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "orchestrate-testbed", "-f", key],
-            check=True,
-            capture_output=True,
+            lambda r: TestbedError(f"ssh-keygen failed: {r.stderr.strip()[-400:]}"),
         )
     with open(key + ".pub", encoding="utf-8") as fh:
         return key, fh.read().strip()
@@ -162,7 +162,7 @@ class _Container:
             "--hostname",
             self.host,
             "--arch",
-            "arm64" if self.arch == "aarch64" else "amd64",
+            DEBIAN_ARCH[self.arch],  # podman names architectures as Debian does
             "-p",
             f"127.0.0.1:{self.port}:{self.ssh_port}",
             "-e",

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import yaml
+
 from orchestrator.errors import UsageError
 from orchestrator.paths import shipped_roles_dir
-from orchestrator.testbed.images import podman_env, ssh_image
+from orchestrator.testbed.images import podman, podman_env, ssh_image
 from orchestrator.testbed.manager import free_port, testbed_key
 
 
@@ -69,6 +71,7 @@ def run_tests(
         progress(f"{role}: molecule test (check, converge, idempotence, verify) ...")
         start = time.monotonic()
         log = os.path.join(logs, f"{role}.log")
+        _remove_leftovers(available[role])
         # the instance's sshd: the scenarios reach it over SSH, as the fleet's hosts are reached
         scenario_env = {
             # a working folder of this run's own: molecule names its default one after the
@@ -99,6 +102,16 @@ def run_tests(
             return list(pool.map(one, chosen))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_leftovers(folder: str) -> None:
+    """Instances an interrupted run left behind: removed here, in one podman call, so that the
+    scenarios need not begin with molecule's own destroy (a playbook run of several seconds)."""
+    with open(os.path.join(folder, "molecule", "default", "molecule.yml"), encoding="utf-8") as fh:
+        platforms = (yaml.safe_load(fh) or {}).get("platforms") or []
+    names = [str(p["name"]) for p in platforms if isinstance(p, dict) and p.get("name")]
+    if names:
+        podman("rm", "-f", *names, check=False)
 
 
 def _ports(roles: list[str]) -> dict[str, int]:
