@@ -107,9 +107,14 @@ def run_tests(
 def _remove_leftovers(folder: str) -> None:
     """Instances an interrupted run left behind: removed here, in one podman call, so that the
     scenarios need not begin with molecule's own destroy (a playbook run of several seconds)."""
-    with open(os.path.join(folder, "molecule", "default", "molecule.yml"), encoding="utf-8") as fh:
-        platforms = (yaml.safe_load(fh) or {}).get("platforms") or []
-    names = [str(p["name"]) for p in platforms if isinstance(p, dict) and p.get("name")]
+    try:
+        with open(os.path.join(folder, "molecule", "default", "molecule.yml"), "rb") as fh:
+            scenario = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return  # molecule reports a scenario it cannot read, in the role's log
+    platforms = scenario.get("platforms") if isinstance(scenario, dict) else None
+    listed = platforms if isinstance(platforms, list) else []
+    names = [str(p["name"]) for p in listed if isinstance(p, dict) and p.get("name")]
     if names:
         podman("rm", "-f", *names, check=False)
 
