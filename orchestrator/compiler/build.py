@@ -91,8 +91,11 @@ def input_files(ev: Evaluation) -> list[str]:
     return sorted(files)
 
 
-def input_hashes(ev: Evaluation) -> dict[str, str]:
-    return {input_name(p, ev.spec.root): sha256_file(p) for p in input_files(ev)}
+def input_hashes(ev: Evaluation, files: list[str] | None = None) -> dict[str, str]:
+    """sha256 of every input; ``files`` when the caller has :func:`input_files` already (it
+    walks the roles and reads their task files for the roles they use)."""
+    listed = input_files(ev) if files is None else files
+    return {input_name(p, ev.spec.root): sha256_file(p) for p in listed}
 
 
 def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -> BuildResult:
@@ -100,12 +103,13 @@ def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -
     then write it to ``out_dir`` atomically."""
     outputs = render_outputs(ev, secrets)
     outputs[BUILD_MARKER] = MARKER_TEXT
+    inputs = input_files(ev)  # once: the manifest hashes them, the stamp records their stat()
     manifest = {
         "tool": "orchestrate",
         "version": __version__,
         "tool_digest": tool_digest(),
         "fleet": ev.spec.name,
-        "inputs": input_hashes(ev),
+        "inputs": input_hashes(ev, inputs),
         "outputs": {
             name: hashlib.sha256(data).hexdigest() for name, data in sorted(outputs.items())
         },
@@ -116,7 +120,7 @@ def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -
     folders = [os.path.join(ev.spec.root, "secrets"), *ev.spec.lib_dirs]
     target = _write_atomically(outputs, out_dir, ev.spec.root)
     # after the swap, which may change the mtime of a folder the stamp records
-    stamp = stamp_bytes(target, ev.spec.root, input_files(ev), folders, manifest_sha)
+    stamp = stamp_bytes(target, ev.spec.root, inputs, folders, manifest_sha)
     where = stamp_path(target, ev.spec.root)
     try:
         os.makedirs(os.path.dirname(where), exist_ok=True)
