@@ -13,6 +13,16 @@ def remember_digest(path: str, stat: os.stat_result, digest: str) -> None:
     _DIGESTS[path] = (stat.st_mtime_ns, stat.st_size, digest)
 
 
+def remembered(paths: list[str]) -> dict[str, tuple[int, int, str]]:
+    """What is remembered of ``paths`` (for a forked copy to hand to its parent)."""
+    return {p: _DIGESTS[p] for p in paths if p in _DIGESTS}
+
+
+def remember_all(found: dict[str, tuple[int, int, str]]) -> None:
+    """Take over what :func:`remembered` returned in another process."""
+    _DIGESTS.update(found)
+
+
 def file_digest(path: str) -> str:
     """sha256 of a file; reuses the hash taken when it was loaded if it has not changed since."""
     stat = os.stat(path)

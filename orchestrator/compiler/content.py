@@ -96,8 +96,11 @@ def render_outputs(ev: Evaluation, secrets: SecretsDelivery | None) -> dict[str,
         "ansible.cfg": _ansible_cfg(len(ev.hosts)).encode(),
         "inventory/hosts.json": _json(_inventory_groups(groups)),
     }
+    # each host's variables are serialised once: inventory.json embeds the same bytes
+    hostvars: dict[str, Any] = {}
     for name, h in ev.hosts.items():
-        out[f"inventory/host_vars/{name}.json"] = _json(host_vars(h, secrets))
+        data = out[f"inventory/host_vars/{name}.json"] = _json(host_vars(h, secrets))
+        hostvars[name] = orjson.Fragment(data[:-1])  # without _json's final newline
     roles = _generated_roles(ev)
     if secrets is not None and secrets.delivered:
         roles[SECRETS_ROLE] = _read_tree(os.path.join(shipped_roles_dir(), SECRETS_ROLE))
@@ -110,7 +113,6 @@ def render_outputs(ev: Evaluation, secrets: SecretsDelivery | None) -> dict[str,
             out[f"roles/{rname}/{fname}"] = data
     out["site.yml"] = yaml_bytes(_site(ev, groups))
     out["fleet.json"] = _json(query_data(ev, groups))
-    hostvars = {name: host_vars(h, secrets) for name, h in ev.hosts.items()}
     out["inventory.json"] = _json(inventory_document(hostvars, groups))
     return out
 

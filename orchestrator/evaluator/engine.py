@@ -194,6 +194,11 @@ class HostEval:
             if value is _BUSY:
                 raise CycleError(self.ev.chain_from(self.name, decl.name))
             return value
+        if path not in self.shape.defs and not decl.broken:
+            # only its default: nothing to evaluate, so no frame and no cycle to watch for
+            value = self.ev.checked_default(decl) if "default" in decl.schema else ABSENT
+            self.values[path] = value
+            return value
         self.values[path] = _BUSY
         self.ev.stack.append(Frame(self.name, decl.name, decl.loc))
         try:
@@ -331,6 +336,12 @@ class HostEval:
     def search(self, expr: Expr, inst: Instance | None) -> Any:
         if expr.path is not None:
             value: Any = self.context(inst)
+            decl = self.shape.trie.direct.get(expr.path) if expr.path[0] == "config" else None
+            if decl is not None:  # config.a.b naming an option: what the walk below reaches
+                found = self.option(decl)
+                if found is ERROR:
+                    raise Unusable
+                return None if found is ABSENT else found
             for key in expr.path:
                 get = getattr(value, "get", None)
                 if get is None:
@@ -524,11 +535,15 @@ class Evaluator:
                 self.problems.append(Problem(where, f"module {inst.file.path}: {p.message}"))
 
     # ------------------------------------------------------------------ whole fleet
+    def run_host(self, he: HostEval) -> None:
+        """Every option of one host (and, lazily, what it reads of other hosts)."""
+        for decl in he.shape.trie.options.values():
+            he.option(decl)
+
     def run(self) -> None:
         try:
             for he in self.hosts.values():
-                for decl in he.shape.trie.options.values():
-                    he.option(decl)
+                self.run_host(he)
         except RecursionError:
             chain = self.too_deep or []
             steps = [f"{h}:{w}" + (f" ({loc})" if loc else "") for h, w, loc in chain]

@@ -11,6 +11,7 @@ from typing import Any
 import jmespath
 
 from orchestrator.errors import FleetErrors, Loc, Problem
+from orchestrator.evaluator import parallel
 from orchestrator.evaluator.deep import TooDeep, run_deep
 from orchestrator.evaluator.engine import (
     ERROR,
@@ -23,6 +24,7 @@ from orchestrator.evaluator.engine import (
 from orchestrator.evaluator.expressions import load_lib_functions, make_functions, plain, truthy
 from orchestrator.evaluator.shape import Instance, ShapeBuilder
 from orchestrator.loader.fleet import FleetSpec, ModuleCache, ModuleFile, OptionDecl
+from orchestrator.loader.preload import preload
 from orchestrator.paths import library_functions_dir
 
 
@@ -112,6 +114,9 @@ def _evaluate(spec: FleetSpec, keep_going: bool) -> Evaluation:
     for name, host in spec.hosts.items():
         b = spec.builders.get(host.builder)
         refs_of[name] = spec.defaults + (b.modules if b else ()) + host.modules
+    parts = 1 if keep_going else parallel.parts_wanted(len(spec.hosts))
+    if parts > 1:  # the hosts' own files, read on every core
+        preload(cache, [r for host in spec.hosts.values() for r in host.modules], parts)
     # each host's modules expanded once (hosts share the expansions of the modules they share)
     instances = {name: builder.expand(refs) for name, refs in refs_of.items()}
     broken = frozenset(n for n, refs in refs_of.items() if builder.reaches_broken(refs))
@@ -130,7 +135,12 @@ def _evaluate(spec: FleetSpec, keep_going: bool) -> Evaluation:
     # run reports type errors and conflicts too; assertions, which assume a sound
     # configuration, are only checked when there were none.
     options = jmespath.Options(custom_functions=make_functions(extra))
-    ev = Evaluator(spec, shapes, options)
+    files = {p: f for p, f in cache.files.items() if f is not None}
+    if parts > 1 and not problems:
+        joined = _in_parts(Evaluator(spec, shapes, options), parts, builder.warnings, files)
+        if joined is not None:
+            return joined
+    ev = Evaluator(spec, shapes, options)  # afresh: a part that gave up left values behind
     ev.run()
     warnings = [*builder.warnings, *ev.warnings]
     failed: dict[tuple[Loc | None, str], list[str]] = {}
@@ -143,9 +153,38 @@ def _evaluate(spec: FleetSpec, keep_going: bool) -> Evaluation:
         ev.problem(loc, f"assertion failed on {', '.join(names[:5])}{more}: {message}", hosts=names)
     if (problems or ev.problems) and not keep_going:
         raise FleetErrors([*problems, *ev.problems])
-    files = {p: f for p, f in cache.files.items() if f is not None}
     found = list(dict.fromkeys(first if broken else [*problems, *ev.problems]))
     return Evaluation(spec, results, ev, files, list(dict.fromkeys(warnings)), found, broken)
+
+
+def _in_parts(
+    ev: Evaluator, parts: int, shape_warnings: list[Problem], files: dict[str, ModuleFile]
+) -> Evaluation | None:
+    """The evaluation made in ``parts`` parts; None when a part met something to report."""
+    spec = ev.spec
+    done = parallel.evaluate_parts(ev, parts, _finisher(spec), _rebuilt)
+    if done is None:
+        return None
+    results = {r.name: r for part in done for r in part.results}
+    warnings = [*shape_warnings, *(w for part in done for w in part.warnings)]
+    return Evaluation(spec, results, ev, files, list(dict.fromkeys(warnings)))
+
+
+def _finisher(spec: FleetSpec) -> parallel.Finish:
+    def finish(
+        ev: Evaluator,
+        he: HostEval,
+        warnings: list[Problem],
+        failed: dict[tuple[Loc | None, str], list[str]],
+    ) -> HostResult:
+        return _finish(ev, he, spec, warnings, failed)
+
+    return finish
+
+
+def _rebuilt(he: HostEval, config: dict[str, Any], roles: Any, decls: Any) -> HostResult:
+    """A host another part finished, from what it sent."""
+    return HostResult(he.name, he.info, config, roles, decls)
 
 
 def _unchecked(broken: frozenset[str]) -> str:

@@ -58,6 +58,9 @@ class Trie:
     children: dict[tuple[str, ...], list[str]]
     problems: list[Problem] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    # ("config", *path) -> the option at path, for the options no other option encloses:
+    # an expression naming one reads it directly instead of group by group
+    direct: dict[tuple[str, ...], OptionDecl] = field(default_factory=dict)
     _below: dict[tuple[str, ...], list[OptionDecl]] = field(default_factory=dict)
 
     def below(self, prefix: tuple[str, ...]) -> list[OptionDecl]:
@@ -276,6 +279,11 @@ def _build_trie(files: list[ModuleFile]) -> Trie:
         children.setdefault((), set()).add(path[0])
     trie = Trie(options, {k: sorted(v) for k, v in children.items()}, problems)
     trie.names = sorted(".".join(p) for p in options)
+    trie.direct = {
+        ("config", *p): d
+        for p, d in options.items()
+        if not any(p[:i] in options for i in range(1, len(p)))
+    }
     return trie
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import FleetErrors, Loc, Problem, display_path, excerpt, fail
-from orchestrator.loader.files import inside
+from orchestrator.loader.files import Inside, inside
 from orchestrator.loader.yamlfile import Map, Prio, Seq, load_file, loc_of
 from orchestrator.naming import RESERVED_HOSTS, option_path_problem
 from orchestrator.paths import FLEET_FILE, library_path, library_root
@@ -334,16 +334,20 @@ class ModuleCache:
 
     def __init__(self, roots: tuple[str, ...]) -> None:
         self.roots = roots
+        self._inside = Inside(roots)
         self.files: dict[str, ModuleFile | None] = {}
         self.problems: list[Problem] = []
+        # files read ahead without a problem (loader/preload.py), taken when first asked for
+        self.preloaded: dict[str, ModuleFile] = {}
 
     def get(self, ref: ModuleRef) -> ModuleFile | None:
         if ref.path not in self.files:
-            self.files[ref.path] = self._load(ref)
+            found = self.preloaded.pop(ref.path, None)
+            self.files[ref.path] = found if found is not None else self._load(ref)
         return self.files[ref.path]
 
     def _load(self, ref: ModuleRef) -> ModuleFile | None:
-        if not inside(ref.path, self.roots):
+        if not self._inside(ref.path):
             self.problems.append(Problem(ref.loc, outside_message(ref.written), OUTSIDE_HINT))
             return None
         if not os.path.exists(ref.path):

@@ -123,7 +123,7 @@ def load_file(path: str, limit: int = MAX_FILE_BYTES) -> Any:
 def load_text(text: str, path: str) -> Any:
     """Parse YAML text into located values; an empty document is ``None``."""
     try:
-        return _Builder(path).build(yaml.parse(text, Loader=_Loader))
+        return _Builder(path).build(_events(text))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Loc(path, mark.line + 1, mark.column + 1) if mark is not None else Loc(path, 1, 1)
@@ -131,6 +131,20 @@ def load_text(text: str, path: str) -> Any:
         raise fail(loc, msg) from None
     except yaml.YAMLError as exc:
         raise fail(Loc(path, 1, 1), f"invalid YAML: {exc}") from None
+
+
+def _events(text: str) -> Iterator[Any]:
+    """The parser's events (what ``yaml.parse`` yields, without its per-event checks)."""
+    loader = _Loader(text)
+    try:
+        get = loader.get_event
+        while True:
+            event = get()
+            yield event
+            if type(event) is yaml.StreamEndEvent:
+                return
+    finally:
+        loader.dispose()
 
 
 class _Frame:
@@ -160,28 +174,29 @@ class _Builder:
         mark = event.start_mark
         return Loc(self.path, mark.line + 1, mark.column + 1) if mark else Loc(self.path, 1, 1)
 
-    def build(self, events: Iterator[yaml.Event]) -> Any:
+    def build(self, events: Iterator[Any]) -> Any:
         result: Any = None
         documents = 0
         for event in events:
-            if isinstance(event, yaml.DocumentStartEvent):
+            kind = type(event)  # the parser makes exactly these classes: no isinstance chain
+            if kind is yaml.ScalarEvent:
+                value = self.key(event) if self.wants_key() else self.scalar(event)
+                self.add(value, self.loc(event), 1, event.anchor, event.tag)
+            elif kind is yaml.DocumentStartEvent:
                 documents += 1
                 if documents > 1:
                     raise fail(self.loc(event), "only one YAML document per file is allowed")
-            elif isinstance(event, yaml.ScalarEvent):
-                value = self.key(event) if self.wants_key() else self.scalar(event)
-                self.add(value, self.loc(event), 1, event.anchor, event.tag)
-            elif isinstance(event, yaml.AliasEvent):
+            elif kind is yaml.AliasEvent:
                 self.alias(event)
-            elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
                 self.open(event)
-            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
                 frame = self.stack.pop()
                 prio_tag, anchor = self.tags.pop()
                 value = frame.container
                 assert value is not None
                 self.add(value, value.loc, frame.size, anchor, prio_tag)
-            elif isinstance(event, yaml.DocumentEndEvent):
+            elif kind is yaml.DocumentEndEvent:
                 result = self.result
         return result
 
