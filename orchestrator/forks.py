@@ -9,7 +9,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,14 +41,23 @@ def split(items: Sequence[T], parts: int) -> list[list[T]]:
 
 @dataclass(frozen=True)
 class Copy:
-    """A forked copy at work, and the end of the pipe its answer comes back on."""
+    """A forked copy at work, and the end of the pipe its messages come back on."""
 
     process: Any
     reader: Any
 
 
-def start(work: Callable[[], bytes]) -> Copy:
-    """``work()`` in a forked copy of this process."""
+class CopyFailed(Exception):
+    """The copy's work failed, or the copy died: the caller does that work itself."""
+
+
+# every message starts with one of these: data follows, the work ended, or it failed
+_DATA, _END, _FAILED = b"D", b"E", b"F"
+
+
+def start(work: Callable[[], Iterable[bytes]]) -> Copy:
+    """``work()`` in a forked copy of this process: each piece it yields is sent as it comes,
+    so that the caller can use the first while the copy makes the next."""
     for stream in (sys.stdout, sys.stderr):  # a copy flushes what it inherited on its way out
         stream.flush()
     ctx = multiprocessing.get_context("fork")
@@ -59,24 +68,54 @@ def start(work: Callable[[], bytes]) -> Copy:
     return Copy(process, reader)
 
 
-def _run(work: Callable[[], bytes], writer: Any) -> None:
+def _run(work: Callable[[], Iterable[bytes]], writer: Any) -> None:
     try:
-        data = work()
+        for piece in work():
+            writer.send_bytes(_DATA + piece)
+        end = _END
     except BaseException:  # whatever it was, the caller does the work again and reports it
-        data = b""
-    writer.send_bytes(data)
+        end = _FAILED
+    with contextlib.suppress(OSError):  # the caller stopped listening: it needs no more
+        writer.send_bytes(end)
     writer.close()
 
 
-def answer(copy: Copy, abandon: bool = False) -> bytes | None:
-    """What the copy's work returned; None when it failed, sent nothing or died (or when
-    ``abandon``: it is stopped unread)."""
-    data = b""
-    if abandon:
+def take(copy: Copy, wait: bool = False) -> tuple[list[bytes], bool]:
+    """The pieces the copy has sent so far (with ``wait``, at least one, or its end), and
+    whether its work has ended; CopyFailed when it failed or died."""
+    pieces: list[bytes] = []
+    while wait or copy.reader.poll(0):
+        try:
+            message = copy.reader.recv_bytes()
+        except (EOFError, OSError):
+            raise CopyFailed from None
+        if message[:1] == _END:
+            return pieces, True
+        if message[:1] != _DATA:
+            raise CopyFailed
+        pieces.append(message[1:])
+        wait = False
+    return pieces, False
+
+
+def every_piece(copy: Copy) -> list[bytes] | None:
+    """All the pieces of the copy's work, once it ended; None when it failed or died."""
+    found: list[bytes] = []
+    try:
+        ended = False
+        while not ended:
+            pieces, ended = take(copy, wait=True)
+            found += pieces
+    except CopyFailed:
+        return None
+    finally:
+        stop(copy)
+    return found
+
+
+def stop(copy: Copy) -> None:
+    """End the copy (done, or no longer needed) and reap it."""
+    if copy.process.is_alive():
         copy.process.kill()
-    else:
-        with contextlib.suppress(EOFError, OSError):  # it died before sending
-            data = copy.reader.recv_bytes()
     copy.reader.close()
     copy.process.join()
-    return data or None

@@ -32,6 +32,7 @@ def _compile(
     cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch, root: Path, out: Path, parts: int
 ) -> tuple[Run, dict[str, bytes]]:
     monkeypatch.setattr(parallel, "parts_wanted", lambda hosts: parts)
+    monkeypatch.setattr(parallel, "BATCH", 2)  # small fleets: copies send before they end
     r = cli("--fleet", str(root), "compile", "-o", str(out))
     r.err = re.sub(r" in [0-9.]+s\b", " in Ns", r.err)  # the one line that says how long
     return r, snapshot(out) if out.is_dir() else {}
@@ -100,8 +101,8 @@ def test_a_part_that_dies_is_evaluated_again_here(
     root = _synthetic(tmp_path / "fleet")
     _one, want = _compile(cli, monkeypatch, root, tmp_path / "one", 1)
 
-    def broken(part: parallel.Part) -> bytes:
-        raise MemoryError  # in the child only: the parent's own part does not encode
+    def broken(start: int, batch: list[parallel.Done]) -> bytes:
+        raise MemoryError  # in the copy only: this process does not encode
 
     monkeypatch.setattr(parallel, "_encode", broken)
     many, got = _compile(cli, monkeypatch, root, tmp_path / "many", 2)

@@ -349,6 +349,8 @@ class HostEval:
                 value = get(key)
             return value
         try:
+            if expr.closure is not None:
+                return expr.closure(self.context(inst), self.ev.jp_options.custom_functions)
             return expr.compiled.search(self.context(inst), options=self.ev.jp_options)
         except jexc.JMESPathTypeError as exc:
             raise ExprFailure(

@@ -19,6 +19,7 @@ from jmespath import exceptions as jexc
 from jmespath import functions as jfun
 
 from orchestrator.errors import Loc, Problem, excerpt, quoted
+from orchestrator.evaluator.closures import closure
 from orchestrator.fsutil import read_regular
 from orchestrator.loader.files import inside
 from orchestrator.naming import SECRET_NAME
@@ -60,6 +61,8 @@ class Expr:
     source: str
     compiled: Any
     path: tuple[str, ...] | None = None  # set when the expression is a plain field chain
+    # otherwise, when closures.py handles every node of it: (value, functions) -> result
+    closure: Any = None
 
 
 def field_chain(node: dict[str, Any]) -> tuple[str, ...] | None:
@@ -106,7 +109,8 @@ def compile_expr(source: str) -> Expr:
         except jexc.JMESPathError as exc:
             raise ExprSyntaxError(f"invalid expression {quoted(source, 80)}: {exc}") from None
         _COMPILED[source] = compiled
-    return Expr(source, compiled, field_chain(compiled.parsed))
+    path = field_chain(compiled.parsed)
+    return Expr(source, compiled, path, closure(compiled.parsed) if path is None else None)
 
 
 def has_template(text: str) -> bool:

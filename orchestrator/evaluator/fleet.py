@@ -165,8 +165,8 @@ def _in_parts(
     done = parallel.evaluate_parts(ev, parts, _finisher(spec), _rebuilt)
     if done is None:
         return None
-    results = {r.name: r for part in done for r in part.results}
-    warnings = [*shape_warnings, *(w for part in done for w in part.warnings)]
+    results = {d.result.name: d.result for d in done}
+    warnings = [*shape_warnings, *(w for d in done for w in d.warnings)]
     return Evaluation(spec, results, ev, files, list(dict.fromkeys(warnings)))
 
 

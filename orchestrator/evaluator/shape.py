@@ -34,6 +34,7 @@ class Instance:
 
 
 DYNAMIC: Any = object()
+MAX_SHARED_PREFIXES = 64  # definitions of instance lists that hosts share, kept at a time
 
 
 @dataclass(eq=False)
@@ -97,6 +98,7 @@ class ShapeBuilder:
         self._expansions: dict[tuple[str, str], list[Instance]] = {}
         self._tries: dict[tuple[str, ...], Trie] = {}
         self._flat: dict[tuple[tuple[str, str], int], list[Def]] = {}
+        self._prefixes: dict[tuple[int, tuple[tuple[str, str], ...]], Any] = {}
         self._seen_problem_keys: set[tuple[str, str]] = set()
         # expansions that reach a module which did not load (or an import cycle): what a host
         # with one of these lacks makes errors that only follow from the first one
@@ -204,11 +206,34 @@ class ShapeBuilder:
         for inst in instances:
             for old, (new, loc) in inst.file.renamed.items():
                 renamed[tuple(old.split("."))] = (tuple(new.split(".")), loc)
-        defs: dict[tuple[str, ...], list[Def]] = {}
-        for inst in instances:
-            for d in self._flatten(inst, trie, renamed):
-                defs.setdefault(d.option.path, []).append(d)
+        if not instances:
+            return Shape(instances, trie, {}, renamed)
+        # hosts share all their instances but their own last one (the fleet's defaults and a
+        # builder's modules): those definitions are gathered once, the host's added to a copy
+        defs = dict(self._shared_defs(instances[:-1], trie, renamed))
+        for d in self._flatten(instances[-1], trie, renamed):
+            defs[d.option.path] = [*defs.get(d.option.path, ()), d]
         return Shape(instances, trie, defs, renamed)
+
+    def _shared_defs(
+        self,
+        instances: list[Instance],
+        trie: Trie,
+        renamed: dict[tuple[str, ...], tuple[tuple[str, ...], Loc]],
+    ) -> dict[tuple[str, ...], list[Def]]:
+        """The definitions of ``instances`` by option (cached; the lists are shared: never
+        changed)."""
+        key = (id(trie), tuple(inst.key for inst in instances))
+        found = self._prefixes.get(key)
+        if found is None:
+            found = {}
+            for inst in instances:
+                for d in self._flatten(inst, trie, renamed):
+                    found.setdefault(d.option.path, []).append(d)
+            if len(self._prefixes) >= MAX_SHARED_PREFIXES:  # hosts each with several files
+                del self._prefixes[next(iter(self._prefixes))]
+            self._prefixes[key] = found
+        return found
 
     def _flatten(
         self,

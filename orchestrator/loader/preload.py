@@ -25,8 +25,7 @@ def preload(cache: ModuleCache, refs: Sequence[ModuleRef], parts: int) -> None:
     copies = [forks.start(functools.partial(_sent, cache.roots, c)) for c in chunks[1:]]
     cache.preloaded.update(clean_loads(cache.roots, chunks[0]))
     for copy in copies:
-        data = forks.answer(copy)
-        if data is not None:  # else its files are read here, in turn
+        for data in forks.every_piece(copy) or ():  # none: its files are read here, in turn
             files, digests = pickle.loads(data)
             cache.preloaded.update(files)
             remember_all(digests)
@@ -44,6 +43,6 @@ def clean_loads(roots: tuple[str, ...], refs: Sequence[ModuleRef]) -> dict[str, 
     return out
 
 
-def _sent(roots: tuple[str, ...], refs: Sequence[ModuleRef]) -> bytes:
+def _sent(roots: tuple[str, ...], refs: Sequence[ModuleRef]) -> list[bytes]:
     files = clean_loads(roots, refs)
-    return pickle.dumps((files, remembered(list(files))), protocol=pickle.HIGHEST_PROTOCOL)
+    return [pickle.dumps((files, remembered(list(files))), protocol=pickle.HIGHEST_PROTOCOL)]
