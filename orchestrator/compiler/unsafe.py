@@ -20,6 +20,15 @@ UNSAFE_KEY = "__ansible_unsafe"
 
 def unsafe_json(value: Any) -> Any:
     """``value`` with every string (at any depth; keys are never templated) marked unsafe."""
+    kind = type(value)  # the exact types first: this runs for every value of every host
+    if kind is str:
+        return {UNSAFE_KEY: value}
+    if kind is dict:
+        return {k: unsafe_json(v) for k, v in value.items()}
+    if kind is list:
+        return [unsafe_json(v) for v in value]
+    if kind is int or kind is bool or value is None:
+        return value
     if isinstance(value, str):
         return {UNSAFE_KEY: value}
     if isinstance(value, dict):

@@ -59,6 +59,16 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class Kept:
+    """The definitions of an option that no `when` governs, and those kept of them (the best
+    priority): the same for every host that has this list of definitions."""
+
+    defs: list[Def]  # held, so that the list's id() stays its own while this is cached
+    kept: list[Def]
+    static: bool  # every kept definition is a plain value
+
+
+@dataclass(frozen=True)
 class Outcome:
     """Where a value came from, for `explain`."""
 
@@ -110,8 +120,11 @@ class ConfigView:
         out: dict[str, Any] = {}
         depth = len(self.prefix)
         option = self.host.option
+        known = self.host.values
         for decl in self.host.shape.trie.below(self.prefix):
-            value = option(decl)
+            value = known.get(decl.path, _BUSY)  # computed already, the common case
+            if value is _BUSY:
+                value = option(decl)  # (which also says when it is being computed: a cycle)
             if value is ABSENT or value is ERROR:
                 continue
             node = out
@@ -226,19 +239,20 @@ class HostEval:
         defs = self.shape.defs.get(decl.path)
         if not defs:  # the common case: only the option's default
             return self.ev.checked_default(decl) if "default" in decl.schema else ABSENT
-        active = [d for d in defs if d.block is None or self._cond(d)]
-        if active:
-            best = min(d.priority for d in active)
-            kept = [d for d in active if d.priority == best]
+        plan = self.ev.unconditional(defs)
+        if plan is not None:  # no `when` among them: which are kept is the same on every host
+            kept = plan.kept
         else:
-            kept = []
+            active = [d for d in defs if d.block is None or self._cond(d)]
+            best = min((d.priority for d in active), default=0)
+            kept = [d for d in active if d.priority == best]
         if not kept:
             return self.ev.checked_default(decl) if "default" in decl.schema else ABSENT
         if decl.schema.get("deprecated"):
             why = decl.schema.get("description", "")
             for d in kept:
                 self.ev.warnings.append(Problem(d.loc, f"option {decl.name} is deprecated. {why}"))
-        if all(d.plain is not DYNAMIC for d in kept):
+        if plan.static if plan is not None else all(d.plain is not DYNAMIC for d in kept):
             return self.ev.static_value(decl, kept)
         return self._dynamic_value(decl, kept)
 
@@ -394,6 +408,7 @@ class Evaluator:
         self._valid: dict[tuple[int, str], list[Finding]] = {}
         self._static: dict[tuple[int, ...], Any] = {}
         self._defaults: dict[int, Any] = {}
+        self._plans: dict[int, Kept | None] = {}
         self.fleet_info = {"name": spec.name, "channels": spec.channels}
         self.hosts: dict[str, HostEval] = {}
         self.hosts_view = HostsView()
@@ -448,6 +463,19 @@ class Evaluator:
             value = plain(decl.schema["default"])
             self._defaults[key] = self.validated(decl, value, [(value, decl.loc)], None)
         return self._defaults[key]
+
+    def unconditional(self, defs: list[Def]) -> Kept | None:
+        """What is kept of ``defs`` when none has a condition (cached by list: hosts share
+        their lists of definitions); None when one has."""
+        found = self._plans.get(id(defs), _UNSET)
+        if found is _UNSET:
+            found = None
+            if all(d.block is None for d in defs):
+                best = min(d.priority for d in defs)
+                kept = [d for d in defs if d.priority == best]
+                found = Kept(defs, kept, all(d.plain is not DYNAMIC for d in kept))
+            self._plans[id(defs)] = found
+        return found  # type: ignore[no-any-return]
 
     def static_value(self, decl: OptionDecl, kept: list[Def]) -> Any:
         key = (id(decl), *map(id, kept))

@@ -25,7 +25,7 @@ from orchestrator import forks
 from orchestrator.errors import Loc, Problem
 from orchestrator.evaluator.engine import Evaluator, HostEval
 
-MIN_HOSTS = 2000  # below this, forking and joining cost more than a second core saves
+MIN_HOSTS = 500  # below this, forking and joining cost more than a second core saves
 BATCH = 100  # hosts a copy sends at a time
 
 # finishing a host: its config, roles and secret declarations (fleet.HostResult)
