@@ -72,7 +72,11 @@ _GROUP_HINT = "arch_*, builder_*, role_* and tag_* name the groups orchestrate m
 def host_vars(h: HostResult, secrets: SecretsDelivery | None = None) -> dict[str, Any]:
     """A host's variables, every string marked unsafe: the fleet's values are data."""
     deploy = h.info["deploy"]
-    extra = {}
+    extra: dict[str, Any] = {}
+    if deploy["user"] != "root":
+        # the roles configure the system: a deploy user reaches root through sudo, as nixinate's
+        # deploys do (a host's sudoers must let it: NOPASSWD, or --ask-become-pass by hand)
+        extra["ansible_become"] = True
     if secrets is not None and h.name in secrets.host_vars:
         extra[SECRETS_VAR] = secrets.host_vars[h.name]
     variables: dict[str, Any] = unsafe_json(
