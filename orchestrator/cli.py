@@ -188,6 +188,13 @@ def _selection(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--forks", "-f", type=int, metavar="N", help="parallel hosts")
     p.add_argument(
+        "--strategy",
+        choices=("mitogen", "ansible"),
+        help="how Ansible drives the hosts: mitogen (one Python interpreter per host for the "
+        "whole run; the default) or ansible (its own linear strategy); default: fleet.yaml's "
+        "deploy.strategy",
+    )
+    p.add_argument(
         "-v",
         "--verbose",
         action="count",
@@ -653,6 +660,7 @@ def _deploy_options(args: argparse.Namespace) -> Any:
         max_fail_percent=getattr(args, "max_fail_percent", None),
         verbosity=args.verbose,
         diff=args.diff,
+        strategy=args.strategy,
     )
 
 
@@ -933,6 +941,7 @@ def _run_spec(mode: str | None, words: list[str]) -> Any:
         forks=ns.forks,
         serial=getattr(ns, "serial", None),
         max_fail_percent=getattr(ns, "max_fail_percent", None),
+        strategy=ns.strategy,
         offline=bool(getattr(ns, "offline", False)),
         plan_file=getattr(ns, "plan_file", None),
     )

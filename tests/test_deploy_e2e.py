@@ -128,6 +128,16 @@ def set_host(root: Path, host: str, **values: object) -> None:
     (root / "hosts" / f"{host}.yaml").write_text(body if values else "config: {}\n")
 
 
+# what Ansible prints when a play runs on a strategy it does not ship (Mitogen's)
+THIRD_PARTY = "strategy plugins not included in ansible.builtin"
+
+
+def _stdout(root: Path) -> str:
+    """Ansible's own output of the latest run, as its run record keeps it."""
+    run = sorted((root / ".orchestrate" / "runs").iterdir())[-1]
+    return (run / "artifacts" / "artifacts" / "stdout").read_text()
+
+
 def summary(root: Path) -> dict[str, object]:
     runs = sorted((root / ".orchestrate" / "runs").glob("*-apply*"))
     return json.loads((runs[-1] / "summary.json").read_text())
@@ -206,10 +216,14 @@ def test_first_apply_changes_then_second_changes_nothing(tb: Path) -> None:
     s = summary(tb)
     assert all(s["hosts"][h]["changed"] >= 1 for h in HOSTS)  # type: ignore[index]
     assert host_file("tb-4", "/etc/orchestrate-tb/message") == "first-tb-4\n"
-    second = orchestrate(tb, "apply", "--yes", "--json")
+    # the first ran on Mitogen (the default), which Ansible warns of as a strategy of its own
+    assert s["strategy"] == "mitogen" and THIRD_PARTY in _stdout(tb)
+    # Ansible's own strategy, the fallback, finds the same hosts converged
+    second = orchestrate(tb, "apply", "--yes", "--json", "--strategy", "ansible")
     assert second.returncode == 0
     s = summary(tb)
     assert all(s["hosts"][h]["changed"] == 0 for h in HOSTS), s  # type: ignore[index]
+    assert s["strategy"] == "ansible" and THIRD_PARTY not in _stdout(tb)
     assert "testbed: reaching 10 host(s)" in second.stderr
     # --json: the final table as a document on stdout, the live display stays on stderr
     doc = json.loads(second.stdout)

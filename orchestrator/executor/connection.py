@@ -5,6 +5,7 @@ and `secrets host-key --from-host` all take their connection settings from here.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -12,10 +13,11 @@ from orchestrator.naming import SECRETS_GROUP
 from orchestrator.paths import state_dir
 from orchestrator.secrets.sops import binary_for
 from orchestrator.secrets.store import pending_key
-from orchestrator.testbed.manager import load_record
+from orchestrator.testbed.manager import TestbedHost, known_hosts_path, load_record
 
 Progress = Callable[[str], None]
-TESTBED_SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+# a container started before the testbed knew its host key: reached without checking it
+UNCHECKED_SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 
 
 def connection_overrides(
@@ -30,18 +32,34 @@ def connection_overrides(
             f"testbed: reaching {len(record)} host(s) through .orchestrate/testbed.json "
             "instead of their deploy addresses"
         )
-    return {
-        h: {
-            "ansible_host": t.address,
-            "ansible_port": t.port,
-            "ansible_user": t.user,
-            "ansible_ssh_private_key_file": t.private_key,
-            "ansible_ssh_common_args": TESTBED_SSH_ARGS,
-            "ansible_python_interpreter": "/usr/bin/python3",
-        }
-        for h, t in record.items()
-        if h in hosts
+        old = sorted(h for h, t in record.items() if h in hosts and not t.host_key)
+        if old:
+            progress(
+                f"testbed: {', '.join(old)} started before the testbed knew host keys: reached "
+                "without checking them (`orchestrate testbed down` and `up` to check them)"
+            )
+    known = known_hosts_path(state_dir(root))
+    return {h: _testbed_vars(t, known) for h, t in record.items() if h in hosts}
+
+
+def _testbed_vars(t: TestbedHost, known_hosts: str) -> dict[str, Any]:
+    """A container's connection: its published port and the testbed's keys, its host key
+    checked against the testbed's known_hosts as SSH checks a real host's."""
+    checked = (
+        f"-o UserKnownHostsFile={shlex.quote(known_hosts)} -o StrictHostKeyChecking=yes"
+        " -o LogLevel=ERROR"
+    )
+    out: dict[str, Any] = {
+        "ansible_host": t.address,
+        "ansible_port": t.port,
+        "ansible_user": t.user,
+        "ansible_ssh_private_key_file": t.private_key,
+        "ansible_ssh_common_args": checked if t.host_key else UNCHECKED_SSH_ARGS,
+        "ansible_python_interpreter": "/usr/bin/python3",
     }
+    if not t.host_key:
+        out["ansible_host_key_checking"] = False  # Mitogen's SSH would insist otherwise
+    return out
 
 
 def secrets_overrides(

@@ -10,10 +10,10 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from orchestrator import __version__, exitcodes
+from orchestrator import __version__, exitcodes, strategy
 from orchestrator.compiler.build import input_hashes
 from orchestrator.compiler.freshness import input_path, load_build_data, sha256_file
 from orchestrator.errors import OrchestrateError, UsageError, quoted
@@ -42,14 +42,35 @@ class Options:
     max_fail_percent: int | None = None
     verbosity: int = 0
     diff: bool = False
+    strategy: str | None = None  # mitogen | ansible; None: what fleet.yaml says
 
     def __post_init__(self) -> None:
+        if self.strategy is not None:
+            strategy.checked(self.strategy, "--strategy")
         if self.forks is not None and self.forks < 1:
             raise UsageError("--forks must be at least 1")
         if self.serial is not None and not re.fullmatch(r"[1-9][0-9]{0,5}%?", self.serial):
             raise UsageError(f"--serial {quoted(self.serial)}: give a number of hosts or N%")
         if self.max_fail_percent is not None and not 0 <= self.max_fail_percent <= 100:
             raise UsageError("--max-fail-percent is a percentage, 0 to 100")
+
+    def resolved(self, deploy: dict[str, Any]) -> Options:
+        """These options with what the command line left open taken from fleet.yaml's
+        `deploy:` block (deploy-all's forks, batches, failure threshold and strategy)."""
+        serial = deploy.get("serial")
+        return replace(
+            self,
+            forks=self.forks if self.forks is not None else deploy.get("forks"),
+            serial=self.serial
+            if self.serial is not None
+            else (None if serial is None else str(serial)),
+            max_fail_percent=(
+                self.max_fail_percent
+                if self.max_fail_percent is not None
+                else deploy.get("max_fail_percent")
+            ),
+            strategy=self.strategy or strategy.fleet_default(deploy),
+        )
 
 
 @dataclass
@@ -259,6 +280,7 @@ def _request(
         overrides=overrides,
         verbosity=opts.verbosity,
         diff=opts.diff,
+        strategy=opts.strategy or strategy.DEFAULT,
     )
 
 
@@ -272,6 +294,7 @@ def make_plan(
 ) -> Plan:
     with FleetLock(state.state_dir(root), "plan"):
         ev, result = build(root)
+        opts = opts.resolved(ev.spec.deploy)
         data = load_build_data(result.out_dir)
         hosts = select(data, opts.limit)
         plan = Plan(ev.spec.name, __version__, int(time.time()), offline, input_hashes(ev))
@@ -295,7 +318,13 @@ def make_plan(
         _attach_check(plan, res)
         state.write_summary(
             run_dir,
-            {"mode": "plan", "plan": plan.to_json(), "runner_status": res.status, "rc": res.rc},
+            {
+                "mode": "plan",
+                "plan": plan.to_json(),
+                "runner_status": res.status,
+                "rc": res.rc,
+                "strategy": opts.strategy,
+            },
         )
         return plan
 
@@ -369,6 +398,7 @@ def apply(
                     + "); run `orchestrate plan` again"
                 )
         ev, result = build(root)
+        opts = opts.resolved(ev.spec.deploy)
         inputs = input_hashes(ev)
         if saved is not None and inputs != saved["inputs"]:
             raise PlanRefused("the fleet's inputs changed since the plan was made; plan again")
@@ -417,5 +447,6 @@ def summary(out: ApplyResult, hosts: list[str], opts: Options, res: RunResult) -
         "runner_status": res.status,
         "rc": res.rc,
         "limit": opts.limit,
+        "strategy": opts.strategy,
         "artifacts": os.path.relpath(res.artifacts, out.run_dir),
     }

@@ -14,6 +14,7 @@ from typing import Any
 
 import ansible_runner
 
+from orchestrator import strategy
 from orchestrator.compiler.unsafe import unsafe_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,6 +79,8 @@ class RunRequest:
     verbosity: int = 0
     diff: bool = False
     envvars: dict[str, str] = field(default_factory=dict)  # e.g. an image build's fact cache
+    # Ansible's own unless the caller says: plan and apply pass the fleet's or the flag's
+    strategy: str = strategy.ANSIBLE
 
 
 @dataclass
@@ -131,6 +134,7 @@ def run(
             "ANSIBLE_CALLBACK_PLUGINS": os.path.join(HERE, "callback_plugins"),
             "ANSIBLE_CALLBACKS_ENABLED": "orchestrate_skips",
             "ORCHESTRATE_SKIPS": skips,
+            **strategy.envvars(req.strategy),
             **req.envvars,
         },
         extravars=unsafe_json(extravars),
@@ -238,7 +242,12 @@ def run_command(
         module="ansible.builtin.command",
         module_args=command,
         inventory=os.path.join(build_dir, "inventory", "hosts.json"),
-        envvars={"ANSIBLE_CONFIG": os.path.join(build_dir, "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+        envvars={
+            "ANSIBLE_CONFIG": os.path.join(build_dir, "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            # one command: nothing for a persistent interpreter to save
+            **strategy.envvars(strategy.ANSIBLE),
+        },
         extravars=unsafe_json(overrides),
         quiet=True,
         ident="artifacts",

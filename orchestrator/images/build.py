@@ -195,7 +195,8 @@ def remote_connection(root: str, build_dir: str, host: str) -> dict[str, Any]:
             "a remote build host is reached as root (set deploy.user: root), or build the image "
             "here with build_on: local"
         )
-    return {**conn, "ansible_python_interpreter": "/usr/bin/python3"}
+    # root already: no sudo (the inventory's become is for a deploy user's runs)
+    return {**conn, "ansible_become": False, "ansible_python_interpreter": "/usr/bin/python3"}
 
 
 def _build_one(

@@ -36,6 +36,7 @@ class RunSpec:
     max_fail_percent: int | None = None
     offline: bool = False
     plan_file: str | None = None
+    strategy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def run_scheduled(root: str, name: str, spec: RunSpec | None = None) -> dict[str
         forks=spec.forks,
         serial=spec.serial,
         max_fail_percent=spec.max_fail_percent,
+        strategy=spec.strategy,
     )
     started = time.time()
     record: dict[str, Any] = {"schedule": name, "mode": sched.mode, "started": int(started)}

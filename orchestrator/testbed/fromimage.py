@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 from orchestrator.naming import DEBIAN_ARCH
-from orchestrator.testbed.images import podman
+from orchestrator.testbed.images import TestbedError, podman
 from orchestrator.testbed.manager import (
     Progress,
     TestbedHost,
@@ -63,12 +64,13 @@ def up_from_image(
     key, pub = testbed_key(state_dir)
     taken = {h.port for n, h in record.items() if n not in images}
     started = []
+    roots = {}
     for host, (image_file, arch) in sorted(images.items()):
         cname = container_name(fleet, host, state_dir)
         podman("rm", "-f", "-t", "1", cname, check=False)
         work = image_root_dir(state_dir, host)
         progress(f"{host}: copying the root filesystem out of {os.path.relpath(image_file)}")
-        mnt = _mount_root(image_file, work)
+        mnt = roots[host] = _mount_root(image_file, work)
         ssh = os.path.join(mnt, "root", ".ssh")
         os.makedirs(ssh, mode=0o700, exist_ok=True)
         with open(os.path.join(ssh, "authorized_keys"), "a", encoding="utf-8") as fh:
@@ -96,8 +98,28 @@ def up_from_image(
         save_record(state_dir, record)
     progress(f"booting {len(started)} image(s) under systemd; waiting for sshd ...")
     wait_ssh([record[n] for n in started], timeout=180)
+    for host in started:
+        # the image made its host key at first boot (or carries the host's own): read it
+        # from the root filesystem the container runs, so that connections check it
+        record[host] = replace(record[host], host_key=_host_key(roots[host]))
+    save_record(state_dir, record)
     bridge_addresses(record, deploy_addresses)
     return record
+
+
+def _host_key(root: str) -> str:
+    """The ed25519 host key (type and key, no comment) in the root filesystem ``root``."""
+    path = os.path.join(root, "etc", "ssh", "ssh_host_ed25519_key.pub")
+    try:
+        # no link out of the image's root: O_NOFOLLOW on the file, the folders are the image's
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, encoding="utf-8") as fh:
+            words = fh.read(4096).split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TestbedError(f"the image booted without a readable SSH host key ({exc})") from None
+    if len(words) < 2 or not words[0].startswith("ssh-ed25519"):
+        raise TestbedError("the image's SSH host key is not an ed25519 public key")
+    return " ".join(words[:2])
 
 
 __all__ = ["image_root_dir", "release", "up_from_image"]

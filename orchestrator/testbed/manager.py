@@ -23,6 +23,10 @@ from orchestrator.testbed.packages import Preload
 from orchestrator.testbed.roots import image_root_dir, release
 
 RECORD = "testbed.json"
+HOST_KEY = "ssh_host_ed25519_key"
+# where the testbed's host key is mounted: the entrypoint's `ssh-keygen -A` makes only the
+# host keys that are missing, so sshd presents this one
+CONTAINER_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 FIRST_PORT = 22001
 Progress = Callable[[str], None]
 
@@ -35,6 +39,9 @@ class TestbedHost:
     user: str
     private_key: str
     arch: str
+    # the public host key its sshd presents (the testbed's own, made on this machine), checked
+    # on every connection; empty in a record of a container started before it was given one
+    host_key: str = ""
 
 
 def record_path(state_dir: str) -> str:
@@ -59,6 +66,15 @@ def save_record(state_dir: str, hosts: dict[str, TestbedHost]) -> None:
     os.makedirs(state_dir, exist_ok=True)
     record = {"hosts": {n: asdict(h) for n, h in sorted(hosts.items())}}
     atomic_write(record_path(state_dir), json.dumps(record, indent=2, sort_keys=True).encode())
+    lines = [f"[{h.address}]:{h.port} {h.host_key}\n" for h in hosts.values() if h.host_key]
+    os.makedirs(os.path.dirname(known_hosts_path(state_dir)), mode=0o700, exist_ok=True)
+    atomic_write(known_hosts_path(state_dir), "".join(sorted(lines)).encode())
+
+
+def known_hosts_path(state_dir: str) -> str:
+    """The testbed's known_hosts: each container's address and port with its host key, so
+    that connections check host keys as they would on real hosts."""
+    return os.path.join(state_dir, "testbed", "known_hosts")
 
 
 def container_name(fleet: str, host: str, state_dir: str) -> str:
@@ -67,17 +83,20 @@ def container_name(fleet: str, host: str, state_dir: str) -> str:
     return f"orch-{fleet}-{where}-" + re.sub(r"[^a-z0-9_.-]", "-", host.lower())
 
 
-def testbed_key(state_dir: str) -> tuple[str, str]:
+def testbed_key(state_dir: str, name: str = "id_ed25519") -> tuple[str, str]:
+    """A key pair of the testbed's, made once: ``id_ed25519`` logs in to every container,
+    ``ssh_host_ed25519_key`` is the host key every container's sshd presents."""
     folder = os.path.join(state_dir, "testbed")
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    key = os.path.join(folder, "id_ed25519")
+    key = os.path.join(folder, name)
     if not os.path.exists(key):
         run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "orchestrate-testbed", "-f", key],
             lambda r: TestbedError(f"ssh-keygen failed: {r.stderr.strip()[-400:]}"),
         )
     with open(key + ".pub", encoding="utf-8") as fh:
-        return key, fh.read().strip()
+        # the key without its comment: what known_hosts and authorized_keys lines hold
+        return key, " ".join(fh.read().split()[:2])
 
 
 def free_port(taken: set[int]) -> int:
@@ -114,6 +133,7 @@ def up(
     (arch -> what to install) the containers start from an image that has it installed."""
     record = load_record(state_dir)
     key, pub = testbed_key(state_dir)
+    host_key, host_pub = testbed_key(state_dir, HOST_KEY)
     images = {
         arch: preloaded_image(arch, suite, (preload or {}).get(arch), progress)
         for arch in sorted(set(hosts.values()))
@@ -129,9 +149,9 @@ def up(
         port = free_port(taken)
         taken.add(port)
         inner = (ssh_ports or {}).get(name, 22)
-        box = _Container(cname, name, arch, port, inner, pub, name in (builders or set()))
+        box = _Container(cname, name, arch, port, inner, pub, host_key, name in (builders or set()))
         podman(*box.run_args(fleet, images[arch]))
-        record[name] = TestbedHost(cname, "127.0.0.1", port, "root", key, arch)
+        record[name] = TestbedHost(cname, "127.0.0.1", port, "root", key, arch, host_pub)
         started.append(name)
         save_record(state_dir, record)
     progress(f"started {len(started)} container(s); waiting for sshd ...")
@@ -151,6 +171,7 @@ class _Container:
     port: int
     ssh_port: int
     public_key: str
+    host_key: str  # the private host key file its sshd is to present
     privileged: bool  # the host builds its own images (namespaces, a tap device, chroots)
 
     def run_args(self, fleet: str, image: str) -> list[str]:
@@ -169,6 +190,8 @@ class _Container:
             f"AUTHORIZED_KEY={self.public_key}",
             "-e",
             f"SSH_PORT={self.ssh_port}",
+            "-v",
+            f"{self.host_key}:{CONTAINER_HOST_KEY}:ro",
             # the firewall role loads nftables rules inside the container's own network
             "--cap-add",
             "NET_ADMIN",
