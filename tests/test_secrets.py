@@ -233,12 +233,14 @@ def test_edit_reencrypts_and_leaves_no_plaintext_even_when_the_editor_fails(
     db = sfleet / "secrets/db.yaml"
     token = "edited-" + random.token_hex(8)
     # the editor derives the new value from the old one, so the new plaintext is on no disk
-    monkeypatch.setenv("EDITOR", _editor(tmp_path, f"sed -i 's/db-secret/{token[:7]}&/' \"$1\"\n"))
+    monkeypatch.setenv("EDITOR", _editor(tmp_path, f"sed -i 's/db-secret/{token}&/' \"$1\"\n"))
     r = cli("--fleet", str(sfleet), "secrets", "edit", "db")
     assert r.code == 0, r.err
-    assert decrypt(db, keyfile) == {"password": token[:7] + "db-secret"}
+    assert decrypt(db, keyfile) == {"password": token + "db-secret"}
+    # new in every run: a copy of this file, or of an earlier run's log, in /tmp holds no other
+    new_value = (token + "db-secret").encode()
     assert decrypt(db, host_key(sfleet, "alpha")) is not None  # recipients kept
-    assert not _plaintext_files_with(b"edited-db-secret")
+    assert not _plaintext_files_with(new_value)
     assert not [n for n in os.listdir(db.parent) if n.startswith(".edit-")]
 
     before = db.read_bytes()
@@ -246,7 +248,7 @@ def test_edit_reencrypts_and_leaves_no_plaintext_even_when_the_editor_fails(
     r = cli("--fleet", str(sfleet), "secrets", "edit", "db")
     assert r.code == 1 and "error:" in r.err and "Traceback" not in r.err
     assert db.read_bytes() == before
-    assert not _plaintext_files_with(b"edited-db-secret")
+    assert not _plaintext_files_with(new_value)
     assert not [n for n in os.listdir(db.parent) if n.startswith(".edit-")]
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import yaml
 
+from orchestrator import strategy
 from orchestrator.errors import UsageError
 from orchestrator.paths import shipped_roles_dir
 from orchestrator.testbed.images import podman, podman_env, ssh_image
-from orchestrator.testbed.manager import free_port, testbed_key
+from orchestrator.testbed.manager import HOST_KEY, free_port, testbed_key
 
 
 @dataclass
@@ -64,8 +65,8 @@ def run_tests(
     os.makedirs(logs, exist_ok=True)
     env = {**podman_env(), "ANSIBLE_NOCOLOR": "1", "PY_COLORS": "0", "ANSIBLE_FORCE_COLOR": "0"}
     work = tempfile.mkdtemp(prefix="orchestrate-molecule-")
-    key, pub = testbed_key(work)
     ports = _ports(chosen)
+    shared = _run_env(work, ports)
 
     def one(role: str) -> RoleTest:
         progress(f"{role}: molecule test (check, converge, idempotence, verify) ...")
@@ -78,8 +79,7 @@ def run_tests(
             # role folder's name only, which two checkouts (or two runs) would share
             "MOLECULE_EPHEMERAL_DIRECTORY": os.path.join(work, role),
             "ORCHESTRATE_MOLECULE_PORT": str(ports[role]),
-            "ORCHESTRATE_MOLECULE_KEY": key,
-            "ORCHESTRATE_MOLECULE_PUBKEY": pub,
+            **shared,
         }
         with open(log, "w", encoding="utf-8") as fh:
             proc = subprocess.run(
@@ -102,6 +102,23 @@ def run_tests(
             return list(pool.map(one, chosen))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_env(work: str, ports: dict[str, int]) -> dict[str, str]:
+    """What every scenario of a run reads: the run's login key, the host key each instance's
+    sshd presents with the known_hosts that lists it at each port, and where Mitogen is."""
+    key, pub = testbed_key(work)
+    host_key, host_pub = testbed_key(work, HOST_KEY)
+    known_hosts = os.path.join(work, "known_hosts")
+    with open(known_hosts, "w", encoding="utf-8") as fh:
+        fh.writelines(f"[127.0.0.1]:{port} {host_pub}\n" for port in ports.values())
+    return {
+        "ORCHESTRATE_MOLECULE_KEY": key,
+        "ORCHESTRATE_MOLECULE_PUBKEY": pub,
+        "ORCHESTRATE_MOLECULE_HOST_KEY": host_key,
+        "ORCHESTRATE_MOLECULE_KNOWN_HOSTS": known_hosts,
+        "ORCHESTRATE_MOLECULE_STRATEGY_PLUGINS": strategy.plugin_dir(),
+    }
 
 
 def _remove_leftovers(folder: str) -> None:
