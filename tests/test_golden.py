@@ -5,8 +5,7 @@ when it is meant, refresh the files and review them like code:
     python3 -m pytest tests/test_golden.py --update-golden && git diff tests/golden
 
 Roles copied verbatim from a role folder are not kept here (their source is), and the manifest
-is kept as the names of its inputs and outputs (its hashes change with every role edit), and
-ansible.cfg without the folder Mitogen is installed in. JSON
+is kept as the names of its inputs and outputs (its hashes change with every role edit). JSON
 files are kept indented, so that a change reads line by line (that the build itself is
 byte-identical from run to run is tests/test_ansible_tools.py's)."""
 
@@ -20,8 +19,6 @@ from pathlib import Path
 
 import pytest
 from conftest import BUNDLED, REPO, Run
-
-from orchestrator import strategy
 
 GOLDEN = REPO / "tests" / "golden" / "bundled"
 ROLE_SOURCES = (BUNDLED / "roles", REPO / "orchestrator" / "roles")
@@ -48,8 +45,6 @@ def golden_view(build: Path) -> dict[str, bytes]:
             manifest = json.loads(data)
             names = {k: sorted(manifest[k]) for k in ("inputs", "outputs")}
             data = (json.dumps({"fleet": manifest["fleet"], **names}, indent=2) + "\n").encode()
-        elif name == "ansible.cfg":  # where Mitogen is installed differs between machines
-            data = data.replace(strategy.plugin_dir().encode(), b"<mitogen's strategy plugins>")
         elif name.startswith("secrets/") or _copied(name, data):
             continue
         elif name.endswith(".json"):  # written compact; kept indented, to diff line by line

@@ -166,13 +166,13 @@ def _inventory_groups(groups: dict[str, list[str]]) -> dict[str, Any]:
 
 def _ansible_cfg(hosts: int, play_strategy: str) -> str:
     """The tuned configuration: each setting is there for speed on fleets (see BENCHMARKS.md).
-    orchestrate's runs set the strategy themselves (a flag may change it); these lines are for
-    a person running ansible-playbook on the build."""
+    orchestrate's runs set the strategy in their environment (a flag may change it)."""
     forks = max(5, min(50, hosts))  # every host at once up to 50; Ansible's default is 5
+    # Neither the strategy nor where Mitogen is installed is written here: a build is the same
+    # whoever compiles it, and ansible-playbook by hand runs on it as it is.
     mitogen = (
-        "# Mitogen: one Python interpreter per host for the whole run (deploy.strategy)\n"
-        f"strategy_plugins = {strategy.plugin_dir()}\n"
-        f"strategy = {strategy.PLAY_STRATEGY[strategy.MITOGEN]}\n"
+        "# orchestrate's runs use Mitogen (deploy.strategy), named in their environment:\n"
+        "# ANSIBLE_STRATEGY=mitogen_linear and ANSIBLE_STRATEGY_PLUGINS (docs/runs.md)\n"
         if play_strategy == strategy.MITOGEN
         else ""
     )

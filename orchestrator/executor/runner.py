@@ -190,7 +190,8 @@ def run_playbook(
         project_dir=req.project_dir,
         playbook=req.playbook,
         inventory=req.inventory,
-        envvars=req.envvars,
+        # the image builder's stages: Ansible's own strategy, whatever a build's ansible.cfg says
+        envvars={**strategy.envvars(strategy.ANSIBLE), **req.envvars},
         extravars=unsafe_json(req.extravars),
         quiet=True,
         ident="artifacts",
