@@ -42,8 +42,8 @@ def plugin_dir() -> str:
 
 
 def envvars(name: str) -> dict[str, str]:
-    """What a run's environment says so that its plays use ``name``: set every time, so that
-    the flag wins over the strategy the build's ansible.cfg names."""
+    """What a run's environment says so that its plays use ``name`` (the build's ansible.cfg
+    names no strategy): set for every run, Ansible's own included."""
     if name == MITOGEN:
         return {"ANSIBLE_STRATEGY_PLUGINS": plugin_dir(), "ANSIBLE_STRATEGY": PLAY_STRATEGY[name]}
     return {"ANSIBLE_STRATEGY": PLAY_STRATEGY[name]}

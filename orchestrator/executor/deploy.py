@@ -280,7 +280,7 @@ def _request(
         overrides=overrides,
         verbosity=opts.verbosity,
         diff=opts.diff,
-        strategy=opts.strategy or strategy.DEFAULT,
+        strategy=opts.strategy or strategy.DEFAULT,  # resolved() always sets it
     )
 
 
