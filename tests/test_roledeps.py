@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from conftest import BUNDLED, Run
 
 FLEET = {
@@ -93,3 +94,42 @@ def test_the_shipped_roles_share_their_plumbing(cli: Callable[..., Run], tmp_pat
             if role != "orchestrate_common":
                 assert "/var/lib/apt/lists" not in text, task_file
                 assert "/etc/init.d/{{" not in text or role == "exporters", task_file
+
+
+def test_only_a_fleets_own_role_checks_its_arguments_again_at_run_time(
+    cli: Callable[..., Run], fleet: Callable[[dict[str, str]], Path], tmp_path: Path
+) -> None:
+    """The compile checked every role argument against its option's type; a generated or
+    shipped role's argument spec says the same, so Ansible's check is skipped, while a fleet's
+    own role may say more in its own spec and keeps it."""
+    root = fleet(
+        {
+            "fleet.yaml": """
+                name: specs
+                builders:
+                  x86_64: {arch: x86_64}
+                hosts:
+                  one: {builder: x86_64, modules: [own.yaml, gen.yaml, orchestrate:base.yaml]}
+            """,
+            "own.yaml": "options:\n  own.size: {type: integer, default: 1}\nrole: own\n",
+            "roles/own/tasks/main.yml": "- name: Own\n  ansible.builtin.debug: {msg: own}\n",
+            "gen.yaml": """
+                options:
+                  gen.size: {type: integer, default: 2}
+                tasks:
+                  - name: Generated
+                    ansible.builtin.debug: {msg: gen}
+            """,
+        }
+    )
+    out = tmp_path / "build"
+    r = cli("--fleet", str(root), "compile", "-o", str(out))
+    assert r.code == 0, r.err
+    site = yaml.safe_load((out / "site.yml").read_text())
+    includes = {
+        t["ansible.builtin.include_role"]["name"]: t["ansible.builtin.include_role"]
+        for t in site[0]["tasks"]
+    }
+    assert includes["own"].get("rolespec_validate", True) is True
+    assert includes["gen"]["rolespec_validate"] is False
+    assert includes["base"]["rolespec_validate"] is False

@@ -281,11 +281,18 @@ def _role_order(ev: Evaluation) -> list[str]:
 def _site(ev: Evaluation, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
     order = _role_order(ev)
     generated = _role_files(ev)
+    # the roles whose arguments the compile has checked against the very types their
+    # argument specs declare (generated from the module, or shipped with it): Ansible's check
+    # of them again is one task per role and host, and is skipped
+    checked = set(generated)
+    own = role_dirs(ev.spec.root)[0]
     # a role named by `role:` (shipped or the fleet's own) gets its module's options as
     # arguments, like a generated one
     for f in ev.modules.values():
         if f.role and f.tasks is None and f.options and f.role not in generated:
             generated[f.role] = f
+            if not os.path.isdir(os.path.join(own, f.role)):
+                checked.add(f.role)
     hosts = sorted({h for arch in ARCHES for h in groups.get(f"arch_{arch}", [])})
     if not hosts:
         return []
@@ -311,23 +318,27 @@ def _site(ev: Evaluation, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
                 "config": "{{ orchestrate_config }}",
                 "params": "{{ orchestrate_params[ansible_role_name] | default({}) }}",
             },
-            "tasks": [_role_entry(r, generated.get(r)) for r in used],
+            "tasks": [_role_entry(r, generated.get(r), r in checked) for r in used],
         }
     ]
 
 
-def _role_entry(name: str, f: ModuleFile | None) -> dict[str, Any]:
+def _role_entry(name: str, f: ModuleFile | None, checked: bool) -> dict[str, Any]:
     """One role as a task of the play: included where the host's groups say it runs. An
     include a host skips is one skipped task for it; a role listed under `roles:` with a
     `when` is every task of the role skipped, one at a time, on every host that does not run
     it (most of a run's time, on a fleet whose hosts run different roles)."""
+    include: dict[str, Any] = {"name": name}
+    if checked:
+        include["rolespec_validate"] = False
     entry: dict[str, Any] = {
         "name": f"Run the role {name}",
-        "ansible.builtin.include_role": {"name": name},
+        "ansible.builtin.include_role": include,
         "when": f"'role_{name}' in group_names",
     }
     if f is not None and f.options:
-        # role arguments, checked by Ansible against meta/argument_specs.yml when the role starts
+        # role arguments: checked by the compile, and by Ansible against the role's
+        # meta/argument_specs.yml when it is the fleet's own role
         entry["vars"] = {
             arg_name(name, d): "{{ " + _config_ref(d.path) + " | default(None) }}"
             for d in f.options

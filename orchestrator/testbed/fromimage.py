@@ -97,7 +97,7 @@ def up_from_image(
         started.append(host)
         save_record(state_dir, record)
     progress(f"booting {len(started)} image(s) under systemd; waiting for sshd ...")
-    wait_ssh([record[n] for n in started], timeout=180)
+    wait_ssh([record[n] for n in started])
     for host in started:
         # the image made its host key at first boot (or carries the host's own): read it
         # from the root filesystem the container runs, so that connections check it

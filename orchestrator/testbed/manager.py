@@ -24,8 +24,8 @@ from orchestrator.testbed.roots import image_root_dir, release
 
 RECORD = "testbed.json"
 HOST_KEY = "ssh_host_ed25519_key"
-# where the testbed's host key is mounted: the entrypoint's `ssh-keygen -A` makes only the
-# host keys that are missing, so sshd presents this one
+# where the testbed's host key is mounted: the entrypoint makes this key only when it is
+# missing, and sshd presents no other
 CONTAINER_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 FIRST_PORT = 22001
 Progress = Callable[[str], None]
@@ -239,11 +239,20 @@ def _running(cname: str) -> bool:
     return out.returncode == 0 and out.stdout.strip() == "true"
 
 
-def wait_ssh(hosts: list[TestbedHost], timeout: float = 120) -> None:
+def wait_ssh(hosts: list[TestbedHost], timeout: float = 180) -> None:
+    """Wait until every host's sshd sends its banner; fail at once, with the container's last
+    log lines, when a container has stopped (its sshd will never answer)."""
     deadline = time.monotonic() + timeout
     pending = list(hosts)
+    rounds = 0
     while pending and time.monotonic() < deadline:
         pending = [h for h in pending if not answers(h)]
+        rounds += 1
+        for h in pending if rounds % 10 == 0 else []:  # podman inspect costs: every 5 s
+            if not _running(h.container):
+                logs = podman("logs", "--tail", "5", h.container, check=False)
+                tail = (logs.stdout + logs.stderr).strip()[-600:]
+                raise TestbedError(f"{h.container} stopped before its sshd answered: {tail}")
         if pending:
             time.sleep(0.5)
     if pending:
