@@ -98,7 +98,7 @@ def test_bundled_fleet_converges_then_changes_nothing(
     assert set(hosts) == {"terminal-zero", "data-storage", "LINDA", "cortex-alpha", "pi-1", "pi-2"}
     for name, h in hosts.items():
         assert h["check"]["changed"] == [] and h["check"]["failed"] == [], (name, h)
-        assert h["check"]["ok"] > 30 and not h["check"]["unreachable"], (name, h)
+        assert h["check"]["ok"] > 20 and not h["check"]["unreachable"], (name, h)
         # only the WireGuard check, a command, is what check mode cannot preview
         assert {t["task"] for t in h["check"]["not_previewable"]} <= {"Check it with wg-quick"}
 

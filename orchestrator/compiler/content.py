@@ -283,7 +283,7 @@ def _site(ev: Evaluation, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
     generated = _role_files(ev)
     # the roles whose arguments the compile has checked against the very types their
     # argument specs declare (generated from the module, or shipped with it): Ansible's check
-    # of them again is one task per role and host, and is skipped
+    # of them again is one task per role and host, and orchestrate's runs skip it
     checked = set(generated)
     own = role_dirs(ev.spec.root)[0]
     # a role named by `role:` (shipped or the fleet's own) gets its module's options as
@@ -330,7 +330,9 @@ def _role_entry(name: str, f: ModuleFile | None, checked: bool) -> dict[str, Any
     it (most of a run's time, on a fleet whose hosts run different roles)."""
     include: dict[str, Any] = {"name": name}
     if checked:
-        include["rolespec_validate"] = False
+        # orchestrate's own runs pass false (see executor/runner.py); a run by hand, whose
+        # extra variables may replace what the compile checked, has Ansible check them
+        include["rolespec_validate"] = "{{ orchestrate_check_role_arguments | default(true) }}"
     entry: dict[str, Any] = {
         "name": f"Run the role {name}",
         "ansible.builtin.include_role": include,

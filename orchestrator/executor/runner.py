@@ -114,7 +114,8 @@ def run(
     project = prepare(req)
     tasks: list[TaskResult] = []
     collector = _Collector(req.check, tasks, on_event)
-    extravars: dict[str, Any] = {}
+    # the role arguments come from the compile, which checked them: Ansible need not again
+    extravars: dict[str, Any] = {"orchestrate_check_role_arguments": False}
     if req.serial:
         extravars["orchestrate_serial"] = req.serial
     if req.max_fail_percent is not None:

@@ -1,6 +1,7 @@
 """What `testbed up --preload` installs into the testbed image: the Debian packages the hosts
 of one architecture will ask for, read from the build (a host's `environment.system_packages`
-after its overrides, and the package names a role's apt tasks write out), never guessed."""
+after its overrides, and the package names a role's apt tasks, or its include of
+orchestrate_common's `packages`, write out), never guessed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from orchestrator.fsutil import MAX_ROLE_FILE_BYTES, read_regular
 # Debian package names (policy 5.6.1), with an optional :arch; anything else is not preloaded
 PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
 APT_MODULES = ("ansible.builtin.apt", "apt")
+INCLUDES = ("ansible.builtin.include_role", "ansible.builtin.import_role", "include_role")
 COMPONENT = re.compile(r"[a-z][a-z-]*")
 
 
@@ -113,5 +115,21 @@ def _apt_names(node: Any, plain: set[str], full: set[str]) -> None:
                 for n in [given] if isinstance(given, str) else given or []:
                     if isinstance(n, str) and "{{" not in n:
                         into.add(n)
+        _common_packages(node, plain, full)
         for key in ("block", "rescue", "always"):
             _apt_names(node.get(key), plain, full)
+
+
+def _common_packages(task: dict[str, Any], plain: set[str], full: set[str]) -> None:
+    """The names a role hands orchestrate_common's `packages` tasks (which install them the
+    way an apt task of the role would)."""
+    for module in INCLUDES:
+        args = task.get(module)
+        if isinstance(args, dict) and args.get("tasks_from") == "packages":
+            given = task.get("vars")
+            given = given if isinstance(given, dict) else {}
+            names = given.get("orchestrate_common_packages")
+            into = full if given.get("orchestrate_common_recommends") is True else plain
+            for n in names if isinstance(names, list) else []:
+                if isinstance(n, str) and "{{" not in n:
+                    into.add(n)
