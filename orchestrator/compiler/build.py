@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.compiler.content import render_outputs
+from orchestrator.compiler.content import Spans, render_build
 from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.compiler.freshness import (
     MANIFEST,
@@ -67,6 +67,13 @@ class BuildResult:
     files: int
     hosts: int
     roles: int
+    # what an incremental compile starts from (compiler/incremental.py): the host entries'
+    # places in fleet.json and inventory.json, the input files, the manifest's sha256
+    spans: Spans | None = None
+    inputs: tuple[str, ...] = ()
+    manifest_sha: str = ""
+    # the hosts an incremental compile evaluated again (None: a full compile, every host)
+    evaluated: tuple[str, ...] | None = None
 
 
 def input_files(ev: Evaluation) -> list[str]:
@@ -101,7 +108,7 @@ def input_hashes(ev: Evaluation, files: list[str] | None = None) -> dict[str, st
 def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -> BuildResult:
     """Render everything, with the secrets ``secrets`` delivers (None: the fleet has none),
     then write it to ``out_dir`` atomically."""
-    outputs = render_outputs(ev, secrets)
+    outputs, spans = render_build(ev, secrets)
     outputs[BUILD_MARKER] = MARKER_TEXT
     inputs = input_files(ev)  # once: the manifest hashes them, the stamp records their stat()
     manifest = {
@@ -114,22 +121,85 @@ def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -
             name: hashlib.sha256(data).hexdigest() for name, data in sorted(outputs.items())
         },
     }
-    outputs[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    outputs[MANIFEST] = manifest_bytes(manifest)
     manifest_sha = hashlib.sha256(outputs[MANIFEST]).hexdigest()
-    # folders whose new files would be inputs: secrets/ and the lib folders
-    folders = [os.path.join(ev.spec.root, "secrets"), *ev.spec.lib_dirs]
     target = _write_atomically(outputs, out_dir, ev.spec.root)
-    # after the swap, which may change the mtime of a folder the stamp records
-    stamp = stamp_bytes(target, ev.spec.root, inputs, folders, manifest_sha)
-    where = stamp_path(target, ev.spec.root)
+    write_stamp(target, ev.spec.root, inputs, ev.spec.lib_dirs, manifest_sha)
+    roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}
+    return BuildResult(
+        out_dir, len(outputs), len(ev.hosts), len(roles), spans, tuple(inputs), manifest_sha
+    )
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_stamp(
+    target: str, root: str, inputs: list[str], lib_dirs: tuple[str, ...], manifest_sha: str
+) -> None:
+    """The build's freshness stamp, written after the swap (which may change the mtime of a
+    folder the stamp records)."""
+    # folders whose new files would be inputs: secrets/ and the lib folders
+    folders = [os.path.join(root, "secrets"), *lib_dirs]
+    stamp = stamp_bytes(target, root, inputs, folders, manifest_sha)
+    where = stamp_path(target, root)
     try:
         os.makedirs(os.path.dirname(where), exist_ok=True)
         atomic_write(where, stamp, 0o644)
         prune_stamps(where)
     except OSError:
         pass  # a read-only fleet folder: freshness is then checked by content, more slowly
-    roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}
-    return BuildResult(out_dir, len(outputs), len(ev.hosts), len(roles))
+
+
+def write_patched(changed: dict[str, bytes], out_dir: str, root: str) -> str:
+    """A build made of the one at ``out_dir`` with the files ``changed`` replaced, swapped in
+    as a whole like any other: every other file is a hard link to the earlier build's (which
+    nothing ever writes into), so only what changed is written. Returns the target."""
+    target = _replaceable_target(out_dir)
+    if not _is_build(target):
+        raise UsageError(f"{out_dir} is not a build to start from")
+    bad = _unsafe_names(changed)
+    if bad:
+        raise UnsafeOutputs(bad)
+    for i, work in enumerate(work_dirs(target, root)):
+        private_folder(work)
+        try:
+            with _claimed(work) as tmp:
+                _link_tree(target, tmp, set(changed))
+                _write_tree(tmp, changed)
+                os.chmod(tmp, 0o755)
+                _swap_in(tmp, target, work)
+            return target
+        except OSError as e:
+            if e.errno != errno.EXDEV or i == len(work_dirs(target, root)) - 1:
+                raise
+        finally:
+            _sweep(work)
+    raise AssertionError("unreachable: the last working folder raises")
+
+
+def tidy(out_dir: str, root: str) -> None:
+    """Sweep the working folders of ``out_dir``'s builds as a compile does when it writes one
+    (for a compile that found nothing to write)."""
+    target = os.path.realpath(out_dir)
+    for work in work_dirs(target, root):
+        if os.path.isdir(work):
+            _sweep(work)
+
+
+def _link_tree(source: str, tmp: str, skip: set[str]) -> None:
+    """Hard links in ``tmp`` to every file of the build ``source`` but those in ``skip``
+    (names relative to the build). A build holds only folders and regular files."""
+    for base, dirs, names in os.walk(source):
+        rel = os.path.relpath(base, source)
+        here = tmp if rel == "." else os.path.join(tmp, rel)
+        for d in dirs:
+            os.mkdir(os.path.join(here, d))
+        for n in names:
+            name = n if rel == "." else f"{rel}/{n}"
+            if name not in skip:
+                os.link(os.path.join(base, n), os.path.join(here, n), follow_symlinks=False)
 
 
 class UnsafeOutputs(UsageError):

@@ -1,0 +1,466 @@
+"""Incremental compiles: after an edit of module files, only the hosts that use them are
+evaluated again, then the hosts that read a value of theirs that changed, and so on; only
+their files of the build are written again, and fleet.json and inventory.json get their new
+entries in place. The build is byte-identical to a full compile's.
+
+Whatever the cache cannot account for makes a full compile instead (the caller's): no cache
+or one of another version, fleet.yaml, a role, a secret or a lib file changed, a new file
+where one would be an input, a changed module that makes or names a role, a host whose roles
+changed, options declared or removed, anything to report, more than half of the hosts
+to evaluate again (a full compile uses every core).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from orchestrator.compiler import cache as store
+from orchestrator.compiler.build import (
+    BuildResult,
+    manifest_bytes,
+    tidy,
+    write_patched,
+    write_stamp,
+)
+from orchestrator.compiler.cache import CompileCache, Path
+from orchestrator.compiler.content import HOST_FILES, host_entry, host_vars
+from orchestrator.compiler.freshness import MANIFEST, input_name
+from orchestrator.evaluator.engine import ABSENT, WHOLE
+from orchestrator.evaluator.fleet import Evaluation, HostResult
+from orchestrator.evaluator.partial import Frozen, Partial, TrieKey, evaluate_some, walk
+
+MAX_SHARE = 0.5  # of the hosts evaluated again: beyond it, a full compile (on every core) is faster
+ALL: Any = None  # every path of a host changed (its options are not what they were)
+# whether hosts with these results need no secrets delivered (the secrets feature says)
+NoSecrets = Callable[[list[HostResult]], bool]
+
+
+# ------------------------------------------------------------------------ after a full compile
+def remember(ev: Evaluation, result: BuildResult, no_secrets: bool, started_ns: int) -> None:
+    """Keep what the next compile needs to be incremental, or drop the cache when this build
+    cannot be the start of one (warnings to repeat, secrets to deliver). ``started_ns``: when
+    the compile began (a file changed since then may have been read before the change)."""
+    root = ev.spec.root
+    if result.spans is None or ev.warnings or not no_secrets:
+        store.drop(result.out_dir, root)
+        return
+    now = started_ns
+    with open(os.path.join(result.out_dir, MANIFEST), "rb") as fh:
+        manifest = json.loads(fh.read())
+    shas = manifest["inputs"]
+    modules = set(ev.modules)
+    inputs = {p: (store.stat_key(p, now), shas[input_name(p, root)]) for p in result.inputs}
+    others = [p for p in result.inputs if p not in modules and p != ev.spec.file]
+    host_files, users, tries, host_trie = _shapes(ev)
+    cache = CompileCache(
+        version=manifest["version"],
+        tool_digest=manifest["tool_digest"],
+        root=root,
+        out=os.path.realpath(result.out_dir),
+        manifest_sha=result.manifest_sha,
+        fleet_sha=shas[input_name(ev.spec.file, root)],
+        spec=_without_doc(ev),
+        inputs=inputs,
+        watched=_watched(root, ev.spec.lib_dirs, others),
+        outputs=_output_keys(result.out_dir),
+        role_modules={p for p, f in ev.modules.items() if f.role or f.tasks is not None},
+        host_files=host_files,
+        users=users,
+        tries=tries,
+        host_trie=host_trie,
+        known=set(ev.evaluator.known_paths),
+        reads={n: h.reads for n, h in ev.hosts.items() if h.reads},
+        exports={},
+        roles={n: tuple(r.name for r in h.roles) for n, h in ev.hosts.items()},
+        spans=result.spans,
+        files=result.files,
+        role_count=result.roles,
+        taken_ns=now,
+    )
+    configs = {n: h.config for n, h in ev.hosts.items()}
+    _export(cache, set(ev.hosts), configs.__getitem__)
+    store.save(cache, result.out_dir, root)
+
+
+def _without_doc(ev: Evaluation) -> Any:
+    from dataclasses import replace
+
+    from orchestrator.loader.yamlfile import Map
+
+    return replace(ev.spec, doc=Map(ev.spec.doc.loc))  # nothing after loading reads it
+
+
+def _shapes(
+    ev: Evaluation,
+) -> tuple[dict[str, tuple[str, ...]], dict[str, list[str]], list[TrieKey], dict[str, int]]:
+    host_files: dict[str, tuple[str, ...]] = {}
+    users: dict[str, list[str]] = {}
+    index: dict[int, int] = {}
+    tries: list[TrieKey] = []
+    host_trie: dict[str, int] = {}
+    for name, he in ev.evaluator.hosts.items():
+        files = host_files[name] = tuple(dict.fromkeys(i.file.path for i in he.shape.instances))
+        for f in files:
+            users.setdefault(f, []).append(name)
+        trie = he.shape.trie
+        if id(trie) not in index:
+            index[id(trie)] = len(tries)
+            tries.append(TrieKey.of(trie))
+        host_trie[name] = index[id(trie)]
+    return host_files, users, tries, host_trie
+
+
+def _watched(root: str, lib_dirs: tuple[str, ...], others: list[str]) -> dict[str, Any]:
+    """The folders where a new file would be a new input or change where a role is found:
+    secrets/, the lib folders, the fleet's roles/, and the folders of the role files."""
+    folders = {os.path.join(root, "secrets"), os.path.join(root, "roles"), *lib_dirs}
+    folders.update(os.path.dirname(p) for p in others)
+    return {f: store.folder_key(f) for f in sorted(folders)}
+
+
+def _output_keys(out_dir: str) -> dict[str, Any]:
+    names = [*HOST_FILES, MANIFEST]
+    return {n: store.folder_key(os.path.join(out_dir, n)) for n in names}
+
+
+def _export(cache: CompileCache, targets: set[str], config: Callable[[str], Any]) -> None:
+    """The values other hosts read of ``targets``, from their configurations."""
+    wanted: dict[str, set[Path]] = {}
+    for reads in cache.reads.values():
+        for host, path in reads:
+            if host in targets:
+                wanted.setdefault(host, set()).add(path)
+    sets: dict[int, frozenset[Path]] = {}
+    for host in targets:
+        i = cache.host_trie[host]
+        options = sets.get(i)
+        if options is None:
+            options = sets[i] = frozenset(cache.tries[i].options)
+        paths = [p for p in wanted.get(host, ()) if p in options]
+        if not paths:
+            cache.exports.pop(host, None)
+            continue
+        found = config(host)
+        values = {p: walk(found, p) for p in paths}
+        cache.exports[host] = {p: None if v is ABSENT else v for p, v in values.items()}
+
+
+# ------------------------------------------------------------------------ the next compile
+def recompile(root: str, out_dir: str, no_secrets: NoSecrets) -> BuildResult | None:
+    """The build in ``out_dir`` brought up to date incrementally; None when only a full
+    compile can (nothing was written then)."""
+    cache = store.load(out_dir, root)
+    if cache is None:
+        return None
+    now = time.time_ns()
+    changed = _changed_modules(cache, out_dir, now)
+    if changed is None:
+        return None
+    dirty = {h for f in changed for h in cache.users.get(f, ())}
+    old = _Old(out_dir, cache)
+    found = _settle(cache, dirty, old) if dirty else ({}, Partial({}, {}, {}))
+    if found is None or not _same_roles(cache, found[1], changed, no_secrets):
+        return None
+    partial = found[1]
+    try:
+        return _write(cache, partial, changed, old, out_dir, now)
+    except OSError:
+        return None  # (hard links refused, say): the full compile writes it all
+
+
+class _Old:
+    """The build's files an incremental compile reads, read once when first needed, and each
+    host's place in them (hosts are in name order there)."""
+
+    def __init__(self, out_dir: str, cache: CompileCache) -> None:
+        self.out_dir = out_dir
+        self._data: dict[str, bytes] = {}
+        self._hosts = cache.spec.hosts
+        self._index: dict[str, int] | None = None
+
+    def index(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = {h: i for i, h in enumerate(sorted(self._hosts))}
+        return self._index
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._data:
+            with open(os.path.join(self.out_dir, name), "rb") as fh:
+                self._data[name] = fh.read()
+        return self._data[name]
+
+
+def _changed_modules(cache: CompileCache, out_dir: str, now: int) -> set[str] | None:
+    """The module files whose content changed; None when anything else did."""
+    if _manifest_sha(out_dir) != cache.manifest_sha:
+        return None  # another build is there now
+    if any(store.folder_key(f) != k for f, k in cache.watched.items()):
+        return None
+    if any(store.folder_key(os.path.join(out_dir, n)) != k for n, k in cache.outputs.items()):
+        return None
+    changed: set[str] = set()
+    for path, (key, sha) in cache.inputs.items():
+        if key is not None and store.stat_key(path, now) == key:
+            continue
+        if store.sha256_of(path) == sha:
+            continue
+        if path not in cache.users or path in cache.role_modules:
+            return None  # fleet.yaml, a role's file, a lib file, a secret, a role's module
+        changed.add(path)
+    return changed
+
+
+def _manifest_sha(out_dir: str) -> str | None:
+    try:
+        with open(os.path.join(out_dir, MANIFEST), "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _settle(
+    cache: CompileCache, dirty: set[str], old: _Old
+) -> tuple[dict[str, Any], Partial] | None:
+    """Evaluate ``dirty`` again, and the readers of what changed, until no other host read a
+    value that changed: the hosts evaluated again, what changed of each, and their results."""
+    spec = cache.spec
+    stand_ins = [t.stand_in() for t in cache.tries]
+    tries = {h: stand_ins[i] for h, i in cache.host_trie.items()}
+    frozen = Frozen(tries, cache.exports, lambda h: old_entry(cache, old, h)["config"], cache.known)
+    while True:
+        if len(dirty) > MAX_SHARE * len(spec.hosts):
+            return None
+        partial = evaluate_some(spec, [h for h in spec.hosts if h in dirty], frozen)
+        if partial is None:
+            return None
+        changes = {h: _changes(cache, old, h, partial) for h in dirty}
+        more = _readers(cache, {h: c for h, c in changes.items() if c != set()}) - dirty
+        if not more:
+            break
+        dirty |= more
+    if _known(cache, partial) != cache.known:
+        return None  # options declared or removed: a path unknown to all may now be known
+    return changes, partial
+
+
+def old_entry(cache: CompileCache, old: _Old, host: str) -> dict[str, Any]:
+    """A host's entry in the build's fleet.json, as the last compile wrote it."""
+    start, end = cache.spans["fleet.json"][old.index()[host]]
+    entry: dict[str, Any] = orjson.loads(old["fleet.json"][start:end])
+    return entry
+
+
+def _changes(cache: CompileCache, old: _Old, host: str, partial: Partial) -> Any:
+    """The option paths of ``host`` whose value changed, or ALL when its options did."""
+    trie = partial.shapes[host].trie
+    if TrieKey.of(trie) != cache.tries[cache.host_trie[host]]:
+        return ALL
+    before = old_entry(cache, old, host)["config"]
+    after = partial.results[host].config
+    return {p for p in trie.options if _bytes(walk(before, p)) != _bytes(walk(after, p))}
+
+
+def _bytes(value: Any) -> bytes:
+    """A value compared by its JSON (so that 1, 1.0 and true are three values)."""
+    if value is ABSENT:
+        return b""
+    out: bytes = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return out
+
+
+def _readers(cache: CompileCache, changes: dict[str, Any]) -> set[str]:
+    """The hosts that read something of ``changes`` that changed."""
+    found = set()
+    for reader, reads in cache.reads.items():
+        for host, path in reads:
+            if host in changes and _hit(path, changes[host]):
+                found.add(reader)
+                break
+    return found
+
+
+def _hit(path: Path, changed: Any) -> bool:
+    if changed is ALL:
+        return True
+    if path and path[0] == WHOLE:
+        prefix = path[1:]
+        return any(p[: len(prefix)] == prefix for p in changed)
+    return path in changed
+
+
+def _known(cache: CompileCache, partial: Partial) -> set[Path]:
+    used = {i for h, i in cache.host_trie.items() if h not in partial.results}
+    known: set[Path] = set()
+    for i in used:
+        known |= cache.tries[i].paths()
+    for shape in {id(s.trie): s for s in partial.shapes.values()}.values():
+        known |= TrieKey.of(shape.trie).paths()
+    return known
+
+
+def _same_roles(
+    cache: CompileCache, partial: Partial, changed: set[str], no_secrets: NoSecrets
+) -> bool:
+    """Whether the build's roles, groups and play stay as they are, and no secret is to be
+    delivered: only then are the hosts' own files all that changes."""
+    for name, result in partial.results.items():
+        if tuple(r.name for r in result.roles) != cache.roles[name]:
+            return False
+    before = {f for h in partial.results for f in cache.host_files[h]}
+    now = {f for s in partial.shapes.values() for f in (i.file.path for i in s.instances)}
+    for f in (before ^ now) | changed:
+        if f in cache.role_modules or (f in partial.files and _makes_role(partial, f)):
+            return False
+    return no_secrets(list(partial.results.values()))
+
+
+def _makes_role(partial: Partial, path: str) -> bool:
+    f = partial.files[path]
+    return bool(f.role) or f.tasks is not None
+
+
+# ------------------------------------------------------------------------ writing
+def _write(
+    cache: CompileCache, partial: Partial, changed: set[str], old: _Old, out_dir: str, now: int
+) -> BuildResult:
+    """The new files of the hosts evaluated again, fleet.json and inventory.json with their
+    entries replaced, the manifest; swapped in, then the stamp and the cache."""
+    root = cache.spec.root
+    outputs: dict[str, bytes] = {}
+    if partial.results:
+        outputs = _host_outputs(cache, partial, old)
+    manifest = json.loads(old[MANIFEST])
+    added, removed = _update_files(cache, partial)
+    for path in changed | added:
+        sha = store.sha256_of(path)
+        if sha is None:
+            raise OSError(f"{path} could not be read again")
+        manifest["inputs"][input_name(path, root)] = sha
+        cache.inputs[path] = (store.stat_key(path, now), sha)
+    for path in removed:
+        del manifest["inputs"][input_name(path, root)]
+        del cache.inputs[path]
+    for name, data in outputs.items():
+        manifest["outputs"][name] = hashlib.sha256(data).hexdigest()
+    outputs[MANIFEST] = manifest_bytes(manifest)
+    if outputs[MANIFEST] != old[MANIFEST]:
+        target = write_patched(outputs, out_dir, root)
+    else:  # nothing changed: the build is this one, if all of it is there
+        target = os.path.realpath(out_dir)
+        if _names(target) != {*manifest["outputs"], MANIFEST}:
+            raise OSError(f"{out_dir} is not the build its manifest lists")
+        tidy(target, root)
+    cache.manifest_sha = hashlib.sha256(outputs[MANIFEST]).hexdigest()
+    inputs = sorted(cache.inputs)
+    write_stamp(target, root, inputs, cache.spec.lib_dirs, cache.manifest_sha)
+    _refresh(cache, partial, target, now)
+    store.save(cache, out_dir, root)
+    return BuildResult(
+        out_dir,
+        cache.files,
+        len(cache.spec.hosts),
+        cache.role_count,
+        cache.spans,
+        tuple(inputs),
+        cache.manifest_sha,
+        tuple(partial.results),
+    )
+
+
+def _names(folder: str) -> set[str]:
+    found: set[str] = set()
+    for base, _dirs, names in os.walk(folder):
+        rel = os.path.relpath(base, folder)
+        found.update(n if rel == "." else f"{rel}/{n}" for n in names)
+    return found
+
+
+def _host_outputs(cache: CompileCache, partial: Partial, old: _Old) -> dict[str, bytes]:
+    outputs: dict[str, bytes] = {}
+    index = old.index()
+    fleet: dict[int, bytes] = {}
+    inventory: dict[int, bytes] = {}
+    for name, result in partial.results.items():
+        data = orjson.dumps(
+            host_vars(result, None), option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
+        )
+        outputs[f"inventory/host_vars/{name}.json"] = data
+        inventory[index[name]] = data[:-1]
+        fleet[index[name]] = host_entry(result)
+    for file, entries in (("fleet.json", fleet), ("inventory.json", inventory)):
+        outputs[file], cache.spans[file] = splice(old[file], cache.spans[file], entries)
+    return outputs
+
+
+def splice(
+    data: bytes, spans: list[tuple[int, int]], entries: dict[int, bytes]
+) -> tuple[bytes, list[tuple[int, int]]]:
+    """``data`` with the entries at the spans ``entries`` names (by index) replaced, and the
+    spans of every entry in the result."""
+    parts: list[bytes] = []
+    at = 0
+    for i in sorted(entries):
+        start, end = spans[i]
+        parts += [data[at:start], entries[i]]
+        at = end
+    parts.append(data[at:])
+    moved: list[tuple[int, int]] = []
+    shift = 0
+    for i, (start, end) in enumerate(spans):
+        if i in entries:
+            moved.append((start + shift, start + shift + len(entries[i])))
+            shift += len(entries[i]) - (end - start)
+        else:
+            moved.append((start + shift, end + shift))
+    return b"".join(parts), moved
+
+
+def _update_files(cache: CompileCache, partial: Partial) -> tuple[set[str], set[str]]:
+    """Each host's module files as they are now: the files no host used before (added) and
+    those no host uses any more (removed)."""
+    added: set[str] = set()
+    removed: set[str] = set()
+    for name, shape in partial.shapes.items():
+        now = tuple(dict.fromkeys(i.file.path for i in shape.instances))
+        before = cache.host_files[name]
+        for f in set(before) - set(now):
+            cache.users[f].remove(name)
+            if not cache.users[f]:
+                del cache.users[f]
+                removed.add(f)
+        for f in set(now) - set(before):
+            if f not in cache.users:
+                added.add(f)
+            cache.users.setdefault(f, []).append(name)
+        cache.host_files[name] = now
+    return added - removed, removed - added
+
+
+def _refresh(cache: CompileCache, partial: Partial, target: str, now: int) -> None:
+    """The cache made to describe the build just written."""
+    index = {t: i for i, t in enumerate(cache.tries)}
+    for name, shape in partial.shapes.items():
+        trie = TrieKey.of(shape.trie)
+        if trie not in index:
+            index[trie] = len(cache.tries)
+            cache.tries.append(trie)
+        cache.host_trie[name] = index[trie]
+    for name, result in partial.results.items():
+        if result.reads:
+            cache.reads[name] = result.reads
+        else:
+            cache.reads.pop(name, None)
+    configs = {n: r.config for n, r in partial.results.items()}
+    _export(cache, set(configs), configs.__getitem__)
+    cache.outputs = _output_keys(target)
+    for path, (key, sha) in cache.inputs.items():
+        if key is None:  # hashed again this time: keep its stat() if it is now old enough
+            cache.inputs[path] = (store.stat_key(path, now), sha)
+    cache.taken_ns = now
