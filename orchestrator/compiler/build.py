@@ -146,7 +146,7 @@ def write_stamp(
     where = stamp_path(target, root)
     try:
         os.makedirs(os.path.dirname(where), exist_ok=True)
-        atomic_write(where, stamp, 0o644)
+        atomic_write(where, stamp, 0o644, durable=False)  # lost in a crash: checked by content
         prune_stamps(where)
     except OSError:
         pass  # a read-only fleet folder: freshness is then checked by content, more slowly
@@ -190,16 +190,35 @@ def tidy(out_dir: str, root: str) -> None:
 
 def _link_tree(source: str, tmp: str, skip: set[str]) -> None:
     """Hard links in ``tmp`` to every file of the build ``source`` but those in ``skip``
-    (names relative to the build). A build holds only folders and regular files."""
-    for base, dirs, names in os.walk(source):
-        rel = os.path.relpath(base, source)
-        here = tmp if rel == "." else os.path.join(tmp, rel)
-        for d in dirs:
-            os.mkdir(os.path.join(here, d))
-        for n in names:
-            name = n if rel == "." else f"{rel}/{n}"
-            if name not in skip:
-                os.link(os.path.join(base, n), os.path.join(here, n), follow_symlinks=False)
+    (names relative to the build). A build holds only folders and regular files; folders are
+    opened once each, and links made relative to them (ten thousand host files)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    src, dst = os.open(source, flags), os.open(tmp, flags)
+    try:
+        _link_folder(src, dst, "", skip)
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def _link_folder(src: int, dst: int, prefix: str, skip: set[str]) -> None:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.scandir(src) as entries:
+        found = list(entries)
+    for entry in found:
+        name = prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            os.mkdir(entry.name, dir_fd=dst)
+            inner, outer = os.open(entry.name, flags, dir_fd=src), -1
+            try:
+                outer = os.open(entry.name, flags, dir_fd=dst)
+                _link_folder(inner, outer, name + "/", skip)
+            finally:
+                os.close(inner)
+                if outer >= 0:
+                    os.close(outer)
+        elif name not in skip:
+            os.link(entry.name, entry.name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
 
 
 class UnsafeOutputs(UsageError):

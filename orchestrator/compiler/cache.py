@@ -25,7 +25,7 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.compiler.content import Spans
 from orchestrator.compiler.freshness import tool_digest
-from orchestrator.evaluator.partial import TrieKey
+from orchestrator.evaluator.partial import Paths, TrieKey
 from orchestrator.fsutil import atomic_write
 from orchestrator.loader.fleet import FleetSpec
 from orchestrator.paths import state_dir
@@ -46,7 +46,10 @@ class CompileCache:
     out: str  # the build folder, links resolved
     manifest_sha: str  # of the build this describes
     fleet_sha: str
-    spec: FleetSpec
+    spec: FleetSpec  # without its hosts, which are kept one by one:
+    host_specs: dict[str, bytes]  # each host's HostSpec, pickled
+    infos: bytes  # every host's `host` data in fleet order, as JSON
+    names: list[str]  # the hosts in name order: a host's number is its place here
     inputs: dict[str, tuple[Key | None, str]]  # every input file: its stat() and sha256
     watched: dict[str, Key | None]  # folders where a new file would be a new input
     outputs: dict[str, Key | None]  # the build's files an incremental compile reads
@@ -56,8 +59,9 @@ class CompileCache:
     tries: list[TrieKey]
     host_trie: dict[str, int]
     known: set[Path]  # every option and group path of the fleet
-    reads: dict[str, frozenset[tuple[str, Path]]]  # reader -> (host, path) it read
-    exports: dict[str, dict[Path, Any]]  # host -> the values others read of it
+    paths: Paths  # the paths of reads, by number
+    reads: list[tuple[int, ...]]  # by host number: the codes of what it read of others
+    exports: dict[int, Any]  # by read code: the values others read
     roles: dict[str, tuple[str, ...]]
     spans: Spans
     files: int
@@ -134,7 +138,8 @@ def load(out_dir: str, root: str) -> CompileCache | None:
 
 def save(cache: CompileCache, out_dir: str, root: str) -> None:
     """Replace the cache of ``out_dir`` atomically; best effort (no key, a read-only fleet
-    folder: the next compile is a full one)."""
+    folder: the next compile is a full one). Not flushed to disk: a cache a crash cut short
+    fails its signature, and the next compile is a full one."""
     key = _key(create=True)
     if key is None:
         return
@@ -142,7 +147,8 @@ def save(cache: CompileCache, out_dir: str, root: str) -> None:
     where = cache_path(out_dir, root)
     with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(where), exist_ok=True)
-        atomic_write(where, hmac.new(key, payload, hashlib.sha256).digest() + payload)
+        signed = hmac.new(key, payload, hashlib.sha256).digest() + payload
+        atomic_write(where, signed, durable=False)
 
 
 def drop(out_dir: str, root: str) -> None:

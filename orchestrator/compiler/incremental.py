@@ -1,13 +1,17 @@
 """Incremental compiles: after an edit of module files, only the hosts that use them are
 evaluated again, then the hosts that read a value of theirs that changed, and so on; only
-their files of the build are written again, and fleet.json and inventory.json get their new
-entries in place. The build is byte-identical to a full compile's.
+their files of the build are written again, and fleet.json, inventory.json and the manifest
+get their new entries in place. The build is byte-identical to a full compile's.
 
 Whatever the cache cannot account for makes a full compile instead (the caller's): no cache
 or one of another version, fleet.yaml, a role, a secret or a lib file changed, a new file
 where one would be an input, a changed module that makes or names a role, a host whose roles
-changed, options declared or removed, anything to report, more than half of the hosts
-to evaluate again (a full compile uses every core).
+changed, options declared or removed, anything to report, more than half of the hosts to
+evaluate again (a full compile uses every core).
+
+A host not evaluated again is read as it was. That holds only if nothing it depends on
+changed, so the hosts that read (at any remove) a host evaluated again are evaluated again
+too when it is read: otherwise a reference cycle through an edited host could go unseen.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -32,11 +38,21 @@ from orchestrator.compiler.build import (
 from orchestrator.compiler.cache import CompileCache, Path
 from orchestrator.compiler.content import HOST_FILES, host_entry, host_vars
 from orchestrator.compiler.freshness import MANIFEST, input_name
-from orchestrator.evaluator.engine import ABSENT, WHOLE
+from orchestrator.evaluator.engine import ABSENT, WHOLE, Others
 from orchestrator.evaluator.fleet import Evaluation, HostResult
-from orchestrator.evaluator.partial import Frozen, Partial, TrieKey, evaluate_some, walk
+from orchestrator.evaluator.partial import (
+    SHIFT,
+    Frozen,
+    Partial,
+    Paths,
+    TrieKey,
+    evaluate_some,
+    walk,
+)
+from orchestrator.loader.yamlfile import Map
 
-MAX_SHARE = 0.5  # of the hosts evaluated again: beyond it, a full compile (on every core) is faster
+MAX_SHARE = 0.5  # of the hosts evaluated again: beyond it, a full compile (every core) is faster
+MASK = (1 << SHIFT) - 1
 ALL: Any = None  # every path of a host changed (its options are not what they were)
 # whether hosts with these results need no secrets delivered (the secrets feature says)
 NoSecrets = Callable[[list[HostResult]], bool]
@@ -51,14 +67,15 @@ def remember(ev: Evaluation, result: BuildResult, no_secrets: bool, started_ns: 
     if result.spans is None or ev.warnings or not no_secrets:
         store.drop(result.out_dir, root)
         return
-    now = started_ns
     with open(os.path.join(result.out_dir, MANIFEST), "rb") as fh:
         manifest = json.loads(fh.read())
     shas = manifest["inputs"]
+    inputs = {p: (store.stat_key(p, started_ns), shas[input_name(p, root)]) for p in result.inputs}
     modules = set(ev.modules)
-    inputs = {p: (store.stat_key(p, now), shas[input_name(p, root)]) for p in result.inputs}
     others = [p for p in result.inputs if p not in modules and p != ev.spec.file]
     host_files, users, tries, host_trie = _shapes(ev)
+    names = sorted(ev.hosts)
+    paths = Paths()
     cache = CompileCache(
         version=manifest["version"],
         tool_digest=manifest["tool_digest"],
@@ -66,7 +83,10 @@ def remember(ev: Evaluation, result: BuildResult, no_secrets: bool, started_ns: 
         out=os.path.realpath(result.out_dir),
         manifest_sha=result.manifest_sha,
         fleet_sha=shas[input_name(ev.spec.file, root)],
-        spec=_without_doc(ev),
+        spec=replace(ev.spec, hosts={}, doc=Map(ev.spec.doc.loc)),  # nothing reads doc later
+        host_specs={n: pickle.dumps(h, pickle.HIGHEST_PROTOCOL) for n, h in ev.spec.hosts.items()},
+        infos=orjson.dumps({n: h.info for n, h in ev.hosts.items()}),
+        names=names,
         inputs=inputs,
         watched=_watched(root, ev.spec.lib_dirs, others),
         outputs=_output_keys(result.out_dir),
@@ -76,25 +96,23 @@ def remember(ev: Evaluation, result: BuildResult, no_secrets: bool, started_ns: 
         tries=tries,
         host_trie=host_trie,
         known=set(ev.evaluator.known_paths),
-        reads={n: h.reads for n, h in ev.hosts.items() if h.reads},
+        paths=paths,
+        reads=[],
         exports={},
         roles={n: tuple(r.name for r in h.roles) for n, h in ev.hosts.items()},
         spans=result.spans,
         files=result.files,
         role_count=result.roles,
-        taken_ns=now,
+        taken_ns=started_ns,
     )
-    configs = {n: h.config for n, h in ev.hosts.items()}
-    _export(cache, set(ev.hosts), configs.__getitem__)
+    number = {n: i for i, n in enumerate(names)}
+    cache.reads = [_codes(ev.hosts[n], number, paths) for n in names]
+    _export(cache, set(range(len(names))), lambda i: ev.hosts[names[i]].config)
     store.save(cache, result.out_dir, root)
 
 
-def _without_doc(ev: Evaluation) -> Any:
-    from dataclasses import replace
-
-    from orchestrator.loader.yamlfile import Map
-
-    return replace(ev.spec, doc=Map(ev.spec.doc.loc))  # nothing after loading reads it
+def _codes(result: HostResult, number: dict[str, int], paths: Paths) -> tuple[int, ...]:
+    return tuple(sorted(number[h] << SHIFT | paths.id(p) for h, p in result.reads))
 
 
 def _shapes(
@@ -130,26 +148,29 @@ def _output_keys(out_dir: str) -> dict[str, Any]:
     return {n: store.folder_key(os.path.join(out_dir, n)) for n in names}
 
 
-def _export(cache: CompileCache, targets: set[str], config: Callable[[str], Any]) -> None:
-    """The values other hosts read of ``targets``, from their configurations."""
-    wanted: dict[str, set[Path]] = {}
-    for reads in cache.reads.values():
-        for host, path in reads:
-            if host in targets:
-                wanted.setdefault(host, set()).add(path)
+def _export(cache: CompileCache, targets: set[int], config: Callable[[int], Any]) -> None:
+    """The values other hosts read of the hosts numbered ``targets``, from their
+    configurations (what was kept of them before goes)."""
+    wanted: dict[int, set[int]] = {}
+    for codes in cache.reads:
+        for code in codes:
+            if code >> SHIFT in targets:
+                wanted.setdefault(code >> SHIFT, set()).add(code)
+    for code in [c for c in cache.exports if c >> SHIFT in targets]:
+        del cache.exports[code]
     sets: dict[int, frozenset[Path]] = {}
-    for host in targets:
-        i = cache.host_trie[host]
+    for host, read in wanted.items():
+        i = cache.host_trie[cache.names[host]]
         options = sets.get(i)
         if options is None:
             options = sets[i] = frozenset(cache.tries[i].options)
-        paths = [p for p in wanted.get(host, ()) if p in options]
-        if not paths:
-            cache.exports.pop(host, None)
-            continue
-        found = config(host)
-        values = {p: walk(found, p) for p in paths}
-        cache.exports[host] = {p: None if v is ABSENT else v for p, v in values.items()}
+        found = None
+        for code in read:
+            path = cache.paths.paths[code & MASK]
+            if path in options:
+                found = config(host) if found is None else found
+                value = walk(found, path)
+                cache.exports[code] = None if value is ABSENT else value
 
 
 # ------------------------------------------------------------------------ the next compile
@@ -165,10 +186,9 @@ def recompile(root: str, out_dir: str, no_secrets: NoSecrets) -> BuildResult | N
         return None
     dirty = {h for f in changed for h in cache.users.get(f, ())}
     old = _Old(out_dir, cache)
-    found = _settle(cache, dirty, old) if dirty else ({}, Partial({}, {}, {}))
-    if found is None or not _same_roles(cache, found[1], changed, no_secrets):
+    partial = _settle(cache, dirty, old) if dirty else Partial({}, {}, {})
+    if partial is None or not _same_roles(cache, partial, changed, no_secrets):
         return None
-    partial = found[1]
     try:
         return _write(cache, partial, changed, old, out_dir, now)
     except OSError:
@@ -176,25 +196,26 @@ def recompile(root: str, out_dir: str, no_secrets: NoSecrets) -> BuildResult | N
 
 
 class _Old:
-    """The build's files an incremental compile reads, read once when first needed, and each
-    host's place in them (hosts are in name order there)."""
+    """The build's files an incremental compile reads, read once when first needed, and the
+    numbers of the hosts (their places in those files)."""
 
     def __init__(self, out_dir: str, cache: CompileCache) -> None:
         self.out_dir = out_dir
+        self.number = {h: i for i, h in enumerate(cache.names)}
+        self._spans = cache.spans["fleet.json"]
         self._data: dict[str, bytes] = {}
-        self._hosts = cache.spec.hosts
-        self._index: dict[str, int] | None = None
-
-    def index(self) -> dict[str, int]:
-        if self._index is None:
-            self._index = {h: i for i, h in enumerate(sorted(self._hosts))}
-        return self._index
 
     def __getitem__(self, name: str) -> bytes:
         if name not in self._data:
             with open(os.path.join(self.out_dir, name), "rb") as fh:
                 self._data[name] = fh.read()
         return self._data[name]
+
+    def config(self, host: str) -> dict[str, Any]:
+        """A host's configuration as the last compile wrote it in fleet.json."""
+        start, end = self._spans[self.number[host]]
+        config: dict[str, Any] = orjson.loads(self["fleet.json"][start:end])["config"]
+        return config
 
 
 def _changed_modules(cache: CompileCache, out_dir: str, now: int) -> set[str] | None:
@@ -225,36 +246,31 @@ def _manifest_sha(out_dir: str) -> str | None:
         return None
 
 
-def _settle(
-    cache: CompileCache, dirty: set[str], old: _Old
-) -> tuple[dict[str, Any], Partial] | None:
+def _settle(cache: CompileCache, dirty: set[str], old: _Old) -> Partial | None:
     """Evaluate ``dirty`` again, and the readers of what changed, until no other host read a
-    value that changed: the hosts evaluated again, what changed of each, and their results."""
-    spec = cache.spec
+    value that changed (and no host read as it was depends on one evaluated again)."""
     stand_ins = [t.stand_in() for t in cache.tries]
     tries = {h: stand_ins[i] for h, i in cache.host_trie.items()}
-    frozen = Frozen(tries, cache.exports, lambda h: old_entry(cache, old, h)["config"], cache.known)
+    frozen = Frozen(tries, old.number, cache.paths, cache.exports, old.config)
+    others = Others(orjson.loads(cache.infos), frozen.host, cache.known)
     while True:
-        if len(dirty) > MAX_SHARE * len(spec.hosts):
+        if len(dirty) > MAX_SHARE * len(cache.names):
             return None
-        partial = evaluate_some(spec, [h for h in spec.hosts if h in dirty], frozen)
+        names = [h for h in others.infos if h in dirty]
+        spec = replace(cache.spec, hosts={h: pickle.loads(cache.host_specs[h]) for h in names})
+        partial = evaluate_some(spec, names, others)
         if partial is None:
             return None
-        changes = {h: _changes(cache, old, h, partial) for h in dirty}
-        more = _readers(cache, {h: c for h, c in changes.items() if c != set()}) - dirty
+        numbers = {old.number[h] for h in dirty}
+        changes = {old.number[h]: _changes(cache, old, h, partial) for h in dirty}
+        more = _readers(cache, {h: c for h, c in changes.items() if c != set()}, numbers)
+        more |= _read_and_reading(cache, partial, numbers, old.number)
         if not more:
             break
-        dirty |= more
+        dirty |= {cache.names[i] for i in more}
     if _known(cache, partial) != cache.known:
         return None  # options declared or removed: a path unknown to all may now be known
-    return changes, partial
-
-
-def old_entry(cache: CompileCache, old: _Old, host: str) -> dict[str, Any]:
-    """A host's entry in the build's fleet.json, as the last compile wrote it."""
-    start, end = cache.spans["fleet.json"][old.index()[host]]
-    entry: dict[str, Any] = orjson.loads(old["fleet.json"][start:end])
-    return entry
+    return partial
 
 
 def _changes(cache: CompileCache, old: _Old, host: str, partial: Partial) -> Any:
@@ -262,7 +278,7 @@ def _changes(cache: CompileCache, old: _Old, host: str, partial: Partial) -> Any
     trie = partial.shapes[host].trie
     if TrieKey.of(trie) != cache.tries[cache.host_trie[host]]:
         return ALL
-    before = old_entry(cache, old, host)["config"]
+    before = old.config(host)
     after = partial.results[host].config
     return {p for p in trie.options if _bytes(walk(before, p)) != _bytes(walk(after, p))}
 
@@ -275,12 +291,16 @@ def _bytes(value: Any) -> bytes:
     return out
 
 
-def _readers(cache: CompileCache, changes: dict[str, Any]) -> set[str]:
-    """The hosts that read something of ``changes`` that changed."""
+def _readers(cache: CompileCache, changes: dict[int, Any], skip: set[int]) -> set[int]:
+    """The hosts (but ``skip``) that read something of ``changes`` that changed."""
     found = set()
-    for reader, reads in cache.reads.items():
-        for host, path in reads:
-            if host in changes and _hit(path, changes[host]):
+    paths = cache.paths.paths
+    for reader, codes in enumerate(cache.reads):
+        if reader in skip:
+            continue
+        for code in codes:
+            host = code >> SHIFT
+            if host in changes and _hit(paths[code & MASK], changes[host]):
                 found.add(reader)
                 break
     return found
@@ -293,6 +313,27 @@ def _hit(path: Path, changed: Any) -> bool:
         prefix = path[1:]
         return any(p[: len(prefix)] == prefix for p in changed)
     return path in changed
+
+
+def _read_and_reading(
+    cache: CompileCache, partial: Partial, dirty: set[int], number: dict[str, int]
+) -> set[int]:
+    """The hosts read as they were that read, at any remove, a host evaluated again: what
+    they are now may differ (a reference cycle, say), so they are evaluated again too."""
+    read = {number[h] for r in partial.results.values() for h, _p in r.reads} - dirty
+    if not read:
+        return set()
+    reading = set(dirty)
+    while True:  # the hosts that read those in `reading`, until there are no more
+        more = {
+            reader
+            for reader, codes in enumerate(cache.reads)
+            if reader not in reading and any(code >> SHIFT in reading for code in codes)
+        }
+        if not more:
+            break
+        reading |= more
+    return read & reading
 
 
 def _known(cache: CompileCache, partial: Partial) -> set[Path]:
@@ -333,44 +374,34 @@ def _write(
     """The new files of the hosts evaluated again, fleet.json and inventory.json with their
     entries replaced, the manifest; swapped in, then the stamp and the cache."""
     root = cache.spec.root
-    outputs: dict[str, bytes] = {}
-    if partial.results:
-        outputs = _host_outputs(cache, partial, old)
-    manifest = json.loads(old[MANIFEST])
+    outputs = _host_outputs(cache, partial, old) if partial.results else {}
     added, removed = _update_files(cache, partial)
+    inputs: dict[str, str] = {}
     for path in changed | added:
         sha = store.sha256_of(path)
         if sha is None:
             raise OSError(f"{path} could not be read again")
-        manifest["inputs"][input_name(path, root)] = sha
+        inputs[input_name(path, root)] = sha
         cache.inputs[path] = (store.stat_key(path, now), sha)
     for path in removed:
-        del manifest["inputs"][input_name(path, root)]
         del cache.inputs[path]
-    for name, data in outputs.items():
-        manifest["outputs"][name] = hashlib.sha256(data).hexdigest()
-    outputs[MANIFEST] = manifest_bytes(manifest)
+    shas = {name: hashlib.sha256(data).hexdigest() for name, data in outputs.items()}
+    gone = {input_name(p, root) for p in removed}
+    outputs[MANIFEST] = _manifest(old[MANIFEST], inputs, gone, shas, bool(added))
     if outputs[MANIFEST] != old[MANIFEST]:
         target = write_patched(outputs, out_dir, root)
     else:  # nothing changed: the build is this one, if all of it is there
         target = os.path.realpath(out_dir)
-        if _names(target) != {*manifest["outputs"], MANIFEST}:
+        if _names(target) != {*json.loads(outputs[MANIFEST])["outputs"], MANIFEST}:
             raise OSError(f"{out_dir} is not the build its manifest lists")
         tidy(target, root)
     cache.manifest_sha = hashlib.sha256(outputs[MANIFEST]).hexdigest()
-    inputs = sorted(cache.inputs)
-    write_stamp(target, root, inputs, cache.spec.lib_dirs, cache.manifest_sha)
-    _refresh(cache, partial, target, now)
+    write_stamp(target, root, sorted(cache.inputs), cache.spec.lib_dirs, cache.manifest_sha)
+    _refresh(cache, partial, old, target, now)
     store.save(cache, out_dir, root)
+    evaluated = tuple(partial.results)
     return BuildResult(
-        out_dir,
-        cache.files,
-        len(cache.spec.hosts),
-        cache.role_count,
-        cache.spans,
-        tuple(inputs),
-        cache.manifest_sha,
-        tuple(partial.results),
+        out_dir, cache.files, len(cache.names), cache.role_count, evaluated=evaluated
     )
 
 
@@ -384,7 +415,6 @@ def _names(folder: str) -> set[str]:
 
 def _host_outputs(cache: CompileCache, partial: Partial, old: _Old) -> dict[str, bytes]:
     outputs: dict[str, bytes] = {}
-    index = old.index()
     fleet: dict[int, bytes] = {}
     inventory: dict[int, bytes] = {}
     for name, result in partial.results.items():
@@ -392,8 +422,8 @@ def _host_outputs(cache: CompileCache, partial: Partial, old: _Old) -> dict[str,
             host_vars(result, None), option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
         )
         outputs[f"inventory/host_vars/{name}.json"] = data
-        inventory[index[name]] = data[:-1]
-        fleet[index[name]] = host_entry(result)
+        inventory[old.number[name]] = data[:-1]
+        fleet[old.number[name]] = host_entry(result)
     for file, entries in (("fleet.json", fleet), ("inventory.json", inventory)):
         outputs[file], cache.spans[file] = splice(old[file], cache.spans[file], entries)
     return outputs
@@ -422,6 +452,41 @@ def splice(
     return b"".join(parts), moved
 
 
+def _manifest(
+    data: bytes, inputs: dict[str, str], gone: set[str], outputs: dict[str, str], added: bool
+) -> bytes:
+    """The manifest ``data`` with these inputs' and outputs' sha256 (and without the inputs
+    ``gone``): the few digests that changed replaced in place, else written again."""
+    if not (gone or added) and len(inputs) + len(outputs) <= 64:
+        patched = bytearray(data)
+        if _patch(patched, "inputs", inputs) and _patch(patched, "outputs", outputs):
+            return bytes(patched)
+    manifest = json.loads(data)
+    manifest["inputs"].update(inputs)
+    for name in gone:
+        del manifest["inputs"][name]
+    manifest["outputs"].update(outputs)
+    return manifest_bytes(manifest)
+
+
+def _patch(data: bytearray, section: str, shas: dict[str, str]) -> bool:
+    """Replace the sha256 of each name of ``shas`` in the manifest's ``section`` (as
+    manifest_bytes writes it: two spaces before a key of the manifest, four before an
+    entry); False when one is not there as expected."""
+    start = data.find(f'\n  "{section}": {{\n'.encode())
+    end = data.find(b"\n  }", start)
+    if start < 0 or end < 0:
+        return False
+    for name, sha in shas.items():
+        key = b"\n    " + json.dumps(name).encode() + b': "'
+        at = data.find(key, start, end)
+        at += len(key)
+        if at < len(key) or data[at + 64 : at + 65] != b'"':
+            return False
+        data[at : at + 64] = sha.encode()
+    return True
+
+
 def _update_files(cache: CompileCache, partial: Partial) -> tuple[set[str], set[str]]:
     """Each host's module files as they are now: the files no host used before (added) and
     those no host uses any more (removed)."""
@@ -443,7 +508,7 @@ def _update_files(cache: CompileCache, partial: Partial) -> tuple[set[str], set[
     return added - removed, removed - added
 
 
-def _refresh(cache: CompileCache, partial: Partial, target: str, now: int) -> None:
+def _refresh(cache: CompileCache, partial: Partial, old: _Old, target: str, now: int) -> None:
     """The cache made to describe the build just written."""
     index = {t: i for i, t in enumerate(cache.tries)}
     for name, shape in partial.shapes.items():
@@ -453,11 +518,8 @@ def _refresh(cache: CompileCache, partial: Partial, target: str, now: int) -> No
             cache.tries.append(trie)
         cache.host_trie[name] = index[trie]
     for name, result in partial.results.items():
-        if result.reads:
-            cache.reads[name] = result.reads
-        else:
-            cache.reads.pop(name, None)
-    configs = {n: r.config for n, r in partial.results.items()}
+        cache.reads[old.number[name]] = _codes(result, old.number, cache.paths)
+    configs = {old.number[n]: r.config for n, r in partial.results.items()}
     _export(cache, set(configs), configs.__getitem__)
     cache.outputs = _output_keys(target)
     for path, (key, sha) in cache.inputs.items():

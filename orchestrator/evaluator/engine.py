@@ -403,6 +403,16 @@ _UNSET: Any = object()
 Outside = Callable[["Evaluator", str, dict[str, Any]], Any]
 
 
+@dataclass(frozen=True)
+class Others:
+    """The hosts an evaluator does not evaluate (only those ``shapes`` has are): every host's
+    `host` data in fleet order, and what stands in for the others."""
+
+    infos: dict[str, dict[str, Any]]
+    outside: Outside
+    known_paths: set[tuple[str, ...]]
+
+
 def host_info(spec: FleetSpec, name: str) -> dict[str, Any]:
     """A host's `host` in expressions: what fleet.yaml says of it."""
     host = spec.hosts[name]
@@ -419,15 +429,15 @@ def host_info(spec: FleetSpec, name: str) -> dict[str, Any]:
 
 class Evaluator:
     """Evaluates every host of a fleet; collects problems instead of stopping at the first.
-    With ``outside``, only the hosts ``shapes`` has are evaluated; the others are read
-    through what ``outside`` makes for them."""
+    With ``others``, only the hosts ``shapes`` has are evaluated; the others are read
+    through what it makes for them."""
 
     def __init__(
         self,
         spec: FleetSpec,
         shapes: dict[str, Shape],
         jp_options: Any,
-        outside: Outside | None = None,
+        others: Others | None = None,
     ) -> None:
         self.spec = spec
         self.jp_options = jp_options
@@ -451,19 +461,26 @@ class Evaluator:
         for trie in tries.values():
             self.known_paths.update(trie.options)
             self.known_paths.update(trie.children)
+        if others is not None:
+            self.known_paths |= others.known_paths
         self.known_names = sorted({".".join(p) for p in self.known_paths if p})
         # the host whose assertions, warnings and roles are being checked (no frame is then on
         # the stack), and what every host read of the others (for incremental compiles)
         self.current: str | None = None
         self.reads: Reads = {}
-        for name in spec.hosts:
-            info = host_info(spec, name)
-            if outside is None or name in shapes:
-                he = self.hosts[name] = HostEval(self, name, info, shapes[name])
-                view = he.view
+        if others is None:
+            for name in spec.hosts:
+                self._add(name, host_info(spec, name), shapes[name])
+            return
+        for name, info in others.infos.items():
+            if name in shapes:
+                self._add(name, info, shapes[name])
             else:
-                view = outside(self, name, info).view
-            self.hosts_view[name] = {**info, "config": view}
+                self.hosts_view[name] = {**info, "config": others.outside(self, name, info).view}
+
+    def _add(self, name: str, info: dict[str, Any], shape: Shape) -> None:
+        he = self.hosts[name] = HostEval(self, name, info, shape)
+        self.hosts_view[name] = {**info, "config": he.view}
 
     def note_read(self, host: str, path: tuple[str, ...]) -> None:
         """``path`` of ``host`` is read: by another host, it is what that host depends on."""

@@ -18,7 +18,7 @@ import jmespath
 
 from orchestrator.errors import Loc, Problem
 from orchestrator.evaluator.deep import TooDeep, run_deep
-from orchestrator.evaluator.engine import ABSENT, ConfigView, Evaluator, ExprFailure
+from orchestrator.evaluator.engine import ABSENT, ConfigView, Evaluator, ExprFailure, Others
 from orchestrator.evaluator.expressions import load_lib_functions, make_functions
 from orchestrator.evaluator.fleet import HostResult, finish_host
 from orchestrator.evaluator.shape import Shape, ShapeBuilder, Trie
@@ -54,15 +54,41 @@ class TrieKey:
         return Trie(options, {p: list(c) for p, c in self.children})
 
 
+SHIFT = 20  # a read's code: the number of the host read << SHIFT | the number of its path
+
+
+class Paths:
+    """Option and group paths by number, as reads are kept (codes: see :data:`SHIFT`)."""
+
+    def __init__(self, paths: list[Path] | None = None) -> None:
+        self.paths: list[Path] = paths or []
+        self._ids = {p: i for i, p in enumerate(self.paths)}
+
+    def id(self, path: Path) -> int:
+        found = self._ids.get(path)
+        if found is None:
+            found = self._ids[path] = len(self.paths)
+            self.paths.append(path)
+        return found
+
+    def __getstate__(self) -> list[Path]:
+        return self.paths
+
+    def __setstate__(self, paths: list[Path]) -> None:
+        self.__init__(paths)  # type: ignore[misc]
+
+
 @dataclass
 class Frozen:
-    """The hosts not evaluated again: each one's trie, the values others read of it, and its
-    whole configuration from the build when something else is read."""
+    """The hosts not evaluated again: each one's trie and number, the values others read of
+    them (by read code), and a host's whole configuration from the build when something else
+    of it is read."""
 
     tries: dict[str, Trie]
-    exports: dict[str, dict[Path, Any]]
+    number: dict[str, int]
+    paths: Paths
+    exports: dict[int, Any]
     config: Callable[[str], dict[str, Any]]
-    known: set[Path]
 
     def host(self, ev: Evaluator, name: str, info: dict[str, Any]) -> FrozenHost:
         return FrozenHost(ev, name, info, self)
@@ -83,7 +109,7 @@ class FrozenHost:
         self.name = name
         self.info = info
         self.shape = _Shape(frozen.tries[name])
-        self.exported = frozen.exports.setdefault(name, {})
+        self._base = frozen.number[name] << SHIFT
         self._frozen = frozen
         self._values: dict[Path, Any] | None = None
         self.view = ConfigView(self, ())  # type: ignore[arg-type]
@@ -101,10 +127,12 @@ class FrozenHost:
     def lookup(self, path: Path) -> Any:
         self.ev.note_read(self.name, path)
         if path in self.shape.trie.options:
-            found = self.exported.get(path, _MISSING)
+            code = self._base | self._frozen.paths.id(path)
+            exports = self._frozen.exports
+            found = exports.get(code, _MISSING)
             if found is _MISSING:
                 value = self.values[path]
-                found = self.exported[path] = None if value is ABSENT else value
+                found = exports[code] = None if value is ABSENT else value
             return found
         if path in self.shape.trie.children:
             return ConfigView(self, path)  # type: ignore[arg-type]
@@ -132,16 +160,17 @@ class Partial:
     files: dict[str, ModuleFile]
 
 
-def evaluate_some(spec: FleetSpec, names: list[str], frozen: Frozen) -> Partial | None:
-    """The hosts ``names`` evaluated against ``frozen`` for the others; None when there is
-    anything to report (or references nest too deep), which a full compile reports."""
+def evaluate_some(spec: FleetSpec, names: list[str], others: Others) -> Partial | None:
+    """The hosts ``names`` (those ``spec`` has) evaluated, the others read through what
+    ``others`` makes for them (a :class:`Frozen`'s hosts); None when there is anything to
+    report (or references nest too deep), which a full compile reports."""
     try:
-        return run_deep(_evaluate_some, spec, names, frozen)
+        return run_deep(_evaluate_some, spec, names, others)
     except TooDeep:
         return None
 
 
-def _evaluate_some(spec: FleetSpec, names: list[str], frozen: Frozen) -> Partial | None:
+def _evaluate_some(spec: FleetSpec, names: list[str], others: Others) -> Partial | None:
     cache = ModuleCache(spec.module_roots)
     builder = ShapeBuilder(cache)
     refs_of = {}
@@ -159,8 +188,7 @@ def _evaluate_some(spec: FleetSpec, names: list[str], frozen: Frozen) -> Partial
     if problems or any(s.trie.problems for s in shapes.values()):
         return None
     options = jmespath.Options(custom_functions=make_functions(extra))
-    ev = Evaluator(spec, shapes, options, outside=frozen.host)
-    ev.known_paths |= frozen.known
+    ev = Evaluator(spec, shapes, options, others)
     warnings: list[Problem] = []
     failed: dict[tuple[Loc | None, str], list[str]] = {}
     try:
