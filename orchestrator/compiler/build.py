@@ -136,13 +136,18 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 
 def write_stamp(
-    target: str, root: str, inputs: list[str], lib_dirs: tuple[str, ...], manifest_sha: str
+    target: str,
+    root: str,
+    inputs: list[str],
+    lib_dirs: tuple[str, ...],
+    manifest_sha: str,
+    known: dict[str, list[int]] | None = None,
 ) -> None:
     """The build's freshness stamp, written after the swap (which may change the mtime of a
-    folder the stamp records)."""
+    folder the stamp records); ``known``: inputs' [mtime_ns, size] as the compile saw them."""
     # folders whose new files would be inputs: secrets/ and the lib folders
     folders = [os.path.join(root, "secrets"), *lib_dirs]
-    stamp = stamp_bytes(target, root, inputs, folders, manifest_sha)
+    stamp = stamp_bytes(target, root, inputs, folders, manifest_sha, known)
     where = stamp_path(target, root)
     try:
         os.makedirs(os.path.dirname(where), exist_ok=True)
@@ -152,7 +157,16 @@ def write_stamp(
         pass  # a read-only fleet folder: freshness is then checked by content, more slowly
 
 
-def write_patched(changed: dict[str, bytes], out_dir: str, root: str) -> str:
+@dataclass(frozen=True)
+class Spliced:
+    """A file of the build made of ranges (start, end) of a file of the earlier build and of
+    new bytes, in order: only the new bytes are written from here."""
+
+    source: str
+    pieces: tuple[tuple[int, int] | bytes, ...]
+
+
+def write_patched(changed: dict[str, bytes | Spliced], out_dir: str, root: str) -> str:
     """A build made of the one at ``out_dir`` with the files ``changed`` replaced, swapped in
     as a whole like any other: every other file is a hard link to the earlier build's (which
     nothing ever writes into), so only what changed is written. Returns the target."""
@@ -349,7 +363,7 @@ def _read_small(path: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def _unsafe_names(outputs: dict[str, bytes]) -> list[str]:
+def _unsafe_names(outputs: dict[str, bytes] | dict[str, bytes | Spliced]) -> list[str]:
     """Every output name that is not a plain relative path below the build, with the reason."""
     problems = [f"{name!r} ({why})" for name in sorted(outputs) if (why := _why_unsafe(name))]
     folders = {name.rsplit("/", 1)[0] for name in outputs if "/" in name}
@@ -378,7 +392,7 @@ def _why_unsafe(name: str) -> str | None:
     return None
 
 
-def _write_tree(tmp: str, outputs: dict[str, bytes]) -> None:
+def _write_tree(tmp: str, outputs: dict[str, bytes] | dict[str, bytes | Spliced]) -> None:
     """Write every output below ``tmp``. Each folder's resolved path is checked to lie inside
     ``tmp`` and files are created new without following a link, so no name the checks above
     missed can reach outside."""
@@ -393,8 +407,49 @@ def _write_tree(tmp: str, outputs: dict[str, bytes]) -> None:
             if not (os.path.realpath(folder) + os.sep).startswith(root):
                 raise UnsafeOutputs([f"{name!r} (its folder resolves outside the build)"])
             checked.add(folder)
+        data = outputs[name]
         with os.fdopen(os.open(path, flags, 0o666), "wb") as fh:
-            fh.write(outputs[name])
+            if isinstance(data, Spliced):
+                _write_pieces(fh.fileno(), data)
+            else:
+                fh.write(data)
+
+
+def _write_pieces(fd: int, spliced: Spliced) -> None:
+    """The pieces of ``spliced`` into ``fd``: its ranges copied by the kernel from the earlier
+    file (where the file system cannot, read and written here), its bytes written."""
+    source = os.open(spliced.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for piece in spliced.pieces:
+            if isinstance(piece, bytes):
+                _write_all(fd, piece)
+            else:
+                _copy_range(source, fd, *piece)
+    finally:
+        os.close(source)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy_range(source: int, fd: int, start: int, end: int) -> None:
+    while start < end:
+        try:
+            done = os.copy_file_range(source, fd, end - start, start)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            done = 0
+        if done == 0:  # not here, or the file ended early: the plain way
+            data = os.pread(source, min(end - start, 1 << 24), start)
+            if not data:
+                raise OSError(errno.EIO, f"{start} bytes short", f"fd {source}")
+            _write_all(fd, data)
+            done = len(data)
+        start += done
 
 
 @contextlib.contextmanager

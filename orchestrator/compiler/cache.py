@@ -56,6 +56,8 @@ class CompileCache:
     role_modules: set[str]  # module files that make or name a role
     host_files: dict[str, tuple[str, ...]]  # each host's module files
     users: dict[str, list[str]]  # each module file's hosts
+    # the module files several hosts use, as loaded (sha256 of the file, pickled ModuleFile)
+    modules: dict[str, tuple[str, bytes]]
     tries: list[TrieKey]
     host_trie: dict[str, int]
     known: set[Path]  # every option and group path of the fleet

@@ -30,6 +30,7 @@ import orjson
 from orchestrator.compiler import cache as store
 from orchestrator.compiler.build import (
     BuildResult,
+    Spliced,
     manifest_bytes,
     tidy,
     write_patched,
@@ -43,12 +44,14 @@ from orchestrator.evaluator.fleet import Evaluation, HostResult
 from orchestrator.evaluator.partial import (
     SHIFT,
     Frozen,
+    FrozenShape,
     Partial,
     Paths,
     TrieKey,
     evaluate_some,
     walk,
 )
+from orchestrator.loader.fleet import ModuleFile
 from orchestrator.loader.yamlfile import Map
 
 MAX_SHARE = 0.5  # of the hosts evaluated again: beyond it, a full compile (every core) is faster
@@ -93,6 +96,7 @@ def remember(ev: Evaluation, result: BuildResult, no_secrets: bool, started_ns: 
         role_modules={p for p, f in ev.modules.items() if f.role or f.tasks is not None},
         host_files=host_files,
         users=users,
+        modules={},
         tries=tries,
         host_trie=host_trie,
         known=set(ev.evaluator.known_paths),
@@ -107,8 +111,19 @@ def remember(ev: Evaluation, result: BuildResult, no_secrets: bool, started_ns: 
     )
     number = {n: i for i, n in enumerate(names)}
     cache.reads = [_codes(ev.hosts[n], number, paths) for n in names]
+    _keep_shared(cache, ev.modules, set(ev.modules))
     _export(cache, set(range(len(names))), lambda i: ev.hosts[names[i]].config)
     store.save(cache, result.out_dir, root)
+
+
+def _keep_shared(cache: CompileCache, files: dict[str, ModuleFile], fresh: set[str]) -> None:
+    """Keep the module files of ``files`` several hosts use as they were loaded (those of
+    ``fresh`` were loaded from new content); forget those no longer used so."""
+    for path in [p for p in cache.modules if len(cache.users.get(p, ())) < 2 or p in fresh]:
+        del cache.modules[path]
+    for path, f in files.items():
+        if path not in cache.modules and len(cache.users.get(path, ())) > 1:
+            cache.modules[path] = (cache.inputs[path][1], pickle.dumps(f, pickle.HIGHEST_PROTOCOL))
 
 
 def _codes(result: HostResult, number: dict[str, int], paths: Paths) -> tuple[int, ...]:
@@ -186,7 +201,7 @@ def recompile(root: str, out_dir: str, no_secrets: NoSecrets) -> BuildResult | N
         return None
     dirty = {h for f in changed for h in cache.users.get(f, ())}
     old = _Old(out_dir, cache)
-    partial = _settle(cache, dirty, old) if dirty else Partial({}, {}, {})
+    partial = _settle(cache, dirty, changed, old) if dirty else Partial({}, {}, {})
     if partial is None or not _same_roles(cache, partial, changed, no_secrets):
         return None
     try:
@@ -246,19 +261,24 @@ def _manifest_sha(out_dir: str) -> str | None:
         return None
 
 
-def _settle(cache: CompileCache, dirty: set[str], old: _Old) -> Partial | None:
+def _settle(cache: CompileCache, dirty: set[str], changed: set[str], old: _Old) -> Partial | None:
     """Evaluate ``dirty`` again, and the readers of what changed, until no other host read a
     value that changed (and no host read as it was depends on one evaluated again)."""
-    stand_ins = [t.stand_in() for t in cache.tries]
-    tries = {h: stand_ins[i] for h, i in cache.host_trie.items()}
-    frozen = Frozen(tries, old.number, cache.paths, cache.exports, old.config)
+    loaded = {
+        p: pickle.loads(data)
+        for p, (sha, data) in cache.modules.items()
+        if p not in changed and cache.inputs[p][1] == sha
+    }
+    stand_ins = [FrozenShape(t.stand_in()) for t in cache.tries]
+    shapes = {h: stand_ins[i] for h, i in cache.host_trie.items()}
+    frozen = Frozen(shapes, old.number, cache.paths, cache.exports, old.config)
     others = Others(orjson.loads(cache.infos), frozen.host, cache.known)
     while True:
         if len(dirty) > MAX_SHARE * len(cache.names):
             return None
         names = [h for h in others.infos if h in dirty]
         spec = replace(cache.spec, hosts={h: pickle.loads(cache.host_specs[h]) for h in names})
-        partial = evaluate_some(spec, names, others)
+        partial = evaluate_some(spec, names, others, loaded)
         if partial is None:
             return None
         numbers = {old.number[h] for h in dirty}
@@ -374,7 +394,7 @@ def _write(
     """The new files of the hosts evaluated again, fleet.json and inventory.json with their
     entries replaced, the manifest; swapped in, then the stamp and the cache."""
     root = cache.spec.root
-    outputs = _host_outputs(cache, partial, old) if partial.results else {}
+    outputs, shas = _host_outputs(cache, partial, old) if partial.results else ({}, {})
     added, removed = _update_files(cache, partial)
     inputs: dict[str, str] = {}
     for path in changed | added:
@@ -385,19 +405,21 @@ def _write(
         cache.inputs[path] = (store.stat_key(path, now), sha)
     for path in removed:
         del cache.inputs[path]
-    shas = {name: hashlib.sha256(data).hexdigest() for name, data in outputs.items()}
     gone = {input_name(p, root) for p in removed}
-    outputs[MANIFEST] = _manifest(old[MANIFEST], inputs, gone, shas, bool(added))
-    if outputs[MANIFEST] != old[MANIFEST]:
+    manifest = outputs[MANIFEST] = _manifest(old[MANIFEST], inputs, gone, shas, bool(added))
+    if manifest != old[MANIFEST]:
         target = write_patched(outputs, out_dir, root)
     else:  # nothing changed: the build is this one, if all of it is there
         target = os.path.realpath(out_dir)
-        if _names(target) != {*json.loads(outputs[MANIFEST])["outputs"], MANIFEST}:
+        if _names(target) != {*json.loads(manifest)["outputs"], MANIFEST}:
             raise OSError(f"{out_dir} is not the build its manifest lists")
         tidy(target, root)
-    cache.manifest_sha = hashlib.sha256(outputs[MANIFEST]).hexdigest()
-    write_stamp(target, root, sorted(cache.inputs), cache.spec.lib_dirs, cache.manifest_sha)
-    _refresh(cache, partial, old, target, now)
+    cache.manifest_sha = hashlib.sha256(manifest).hexdigest()
+    # the inputs' times and sizes as this compile found them unchanged (or hashed them)
+    seen = {p: [k[0], k[2]] for p, (k, _sha) in cache.inputs.items() if k is not None}
+    listed = sorted(cache.inputs)
+    write_stamp(target, root, listed, cache.spec.lib_dirs, cache.manifest_sha, seen)
+    _refresh(cache, partial, changed, old, target, now)
     store.save(cache, out_dir, root)
     evaluated = tuple(partial.results)
     return BuildResult(
@@ -413,34 +435,47 @@ def _names(folder: str) -> set[str]:
     return found
 
 
-def _host_outputs(cache: CompileCache, partial: Partial, old: _Old) -> dict[str, bytes]:
-    outputs: dict[str, bytes] = {}
+def _host_outputs(
+    cache: CompileCache, partial: Partial, old: _Old
+) -> tuple[dict[str, bytes | Spliced], dict[str, str]]:
+    """The files of the hosts evaluated again and fleet.json and inventory.json with their
+    entries replaced, and the sha256 of each."""
+    outputs: dict[str, bytes | Spliced] = {}
+    shas: dict[str, str] = {}
     fleet: dict[int, bytes] = {}
     inventory: dict[int, bytes] = {}
     for name, result in partial.results.items():
         data = orjson.dumps(
             host_vars(result, None), option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
         )
-        outputs[f"inventory/host_vars/{name}.json"] = data
+        file = f"inventory/host_vars/{name}.json"
+        outputs[file], shas[file] = data, hashlib.sha256(data).hexdigest()
         inventory[old.number[name]] = data[:-1]
         fleet[old.number[name]] = host_entry(result)
     for file, entries in (("fleet.json", fleet), ("inventory.json", inventory)):
-        outputs[file], cache.spans[file] = splice(old[file], cache.spans[file], entries)
-    return outputs
+        pieces, cache.spans[file] = splice(cache.spans[file], entries, len(old[file]))
+        view = memoryview(old[file])
+        h = hashlib.sha256()
+        for piece in pieces:
+            h.update(piece if isinstance(piece, bytes) else view[piece[0] : piece[1]])
+        outputs[file] = Spliced(os.path.join(old.out_dir, file), pieces)
+        shas[file] = h.hexdigest()
+    return outputs, shas
 
 
 def splice(
-    data: bytes, spans: list[tuple[int, int]], entries: dict[int, bytes]
-) -> tuple[bytes, list[tuple[int, int]]]:
-    """``data`` with the entries at the spans ``entries`` names (by index) replaced, and the
-    spans of every entry in the result."""
-    parts: list[bytes] = []
+    spans: list[tuple[int, int]], entries: dict[int, bytes], size: int
+) -> tuple[tuple[tuple[int, int] | bytes, ...], list[tuple[int, int]]]:
+    """A file of ``size`` bytes with the entries at the spans ``entries`` names (by index)
+    replaced: what it is made of (ranges of the file and new bytes), and the spans of every
+    entry in the result."""
+    pieces: list[tuple[int, int] | bytes] = []
     at = 0
     for i in sorted(entries):
         start, end = spans[i]
-        parts += [data[at:start], entries[i]]
+        pieces += [(at, start), entries[i]]
         at = end
-    parts.append(data[at:])
+    pieces.append((at, size))
     moved: list[tuple[int, int]] = []
     shift = 0
     for i, (start, end) in enumerate(spans):
@@ -449,7 +484,7 @@ def splice(
             shift += len(entries[i]) - (end - start)
         else:
             moved.append((start + shift, end + shift))
-    return b"".join(parts), moved
+    return tuple(pieces), moved
 
 
 def _manifest(
@@ -508,7 +543,9 @@ def _update_files(cache: CompileCache, partial: Partial) -> tuple[set[str], set[
     return added - removed, removed - added
 
 
-def _refresh(cache: CompileCache, partial: Partial, old: _Old, target: str, now: int) -> None:
+def _refresh(
+    cache: CompileCache, partial: Partial, changed: set[str], old: _Old, target: str, now: int
+) -> None:
     """The cache made to describe the build just written."""
     index = {t: i for i, t in enumerate(cache.tries)}
     for name, shape in partial.shapes.items():
@@ -521,6 +558,7 @@ def _refresh(cache: CompileCache, partial: Partial, old: _Old, target: str, now:
         cache.reads[old.number[name]] = _codes(result, old.number, cache.paths)
     configs = {old.number[n]: r.config for n, r in partial.results.items()}
     _export(cache, set(configs), configs.__getitem__)
+    _keep_shared(cache, partial.files, changed)
     cache.outputs = _output_keys(target)
     for path, (key, sha) in cache.inputs.items():
         if key is None:  # hashed again this time: keep its stat() if it is now old enough

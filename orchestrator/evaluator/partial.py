@@ -84,7 +84,7 @@ class Frozen:
     them (by read code), and a host's whole configuration from the build when something else
     of it is read."""
 
-    tries: dict[str, Trie]
+    shapes: dict[str, FrozenShape]  # each host's trie (hosts share them)
     number: dict[str, int]
     paths: Paths
     exports: dict[int, Any]
@@ -94,7 +94,9 @@ class Frozen:
         return FrozenHost(ev, name, info, self)
 
 
-class _Shape:
+class FrozenShape:
+    """What a FrozenHost has of a shape: its trie."""
+
     __slots__ = ("trie",)
 
     def __init__(self, trie: Trie) -> None:
@@ -104,11 +106,13 @@ class _Shape:
 class FrozenHost:
     """A host as the last compile left it, read through the same ConfigView as any other."""
 
+    __slots__ = ("_base", "_frozen", "_values", "ev", "info", "name", "shape", "view")
+
     def __init__(self, ev: Evaluator, name: str, info: dict[str, Any], frozen: Frozen) -> None:
         self.ev = ev
         self.name = name
         self.info = info
-        self.shape = _Shape(frozen.tries[name])
+        self.shape = frozen.shapes[name]
         self._base = frozen.number[name] << SHIFT
         self._frozen = frozen
         self._values: dict[Path, Any] | None = None
@@ -160,18 +164,27 @@ class Partial:
     files: dict[str, ModuleFile]
 
 
-def evaluate_some(spec: FleetSpec, names: list[str], others: Others) -> Partial | None:
+def evaluate_some(
+    spec: FleetSpec,
+    names: list[str],
+    others: Others,
+    loaded: dict[str, ModuleFile] | None = None,
+) -> Partial | None:
     """The hosts ``names`` (those ``spec`` has) evaluated, the others read through what
     ``others`` makes for them (a :class:`Frozen`'s hosts); None when there is anything to
-    report (or references nest too deep), which a full compile reports."""
+    report (or references nest too deep), which a full compile reports. ``loaded``: module
+    files as an earlier compile loaded them without a problem (their content is the same)."""
     try:
-        return run_deep(_evaluate_some, spec, names, others)
+        return run_deep(_evaluate_some, spec, names, others, dict(loaded or {}))
     except TooDeep:
         return None
 
 
-def _evaluate_some(spec: FleetSpec, names: list[str], others: Others) -> Partial | None:
+def _evaluate_some(
+    spec: FleetSpec, names: list[str], others: Others, loaded: dict[str, ModuleFile]
+) -> Partial | None:
     cache = ModuleCache(spec.module_roots)
+    cache.preloaded.update(loaded)
     builder = ShapeBuilder(cache)
     refs_of = {}
     for name in names:
