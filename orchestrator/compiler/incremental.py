@@ -281,10 +281,11 @@ def _settle(cache: CompileCache, dirty: set[str], changed: set[str], old: _Old) 
         partial = evaluate_some(spec, names, others, loaded)
         if partial is None:
             return None
+        loaded.update(partial.files)  # read once a compile, however many rounds
         numbers = {old.number[h] for h in dirty}
         changes = {old.number[h]: _changes(cache, old, h, partial) for h in dirty}
         more = _readers(cache, {h: c for h, c in changes.items() if c != set()}, numbers)
-        more |= _read_and_reading(cache, partial, numbers, old.number)
+        more |= _suspects(cache, partial, numbers | more, old.number)
         if not more:
             break
         dirty |= {cache.names[i] for i in more}
@@ -300,6 +301,8 @@ def _changes(cache: CompileCache, old: _Old, host: str, partial: Partial) -> Any
         return ALL
     before = old.config(host)
     after = partial.results[host].config
+    if _bytes(before) == _bytes(after):
+        return set()
     return {p for p in trie.options if _bytes(walk(before, p)) != _bytes(walk(after, p))}
 
 
@@ -335,25 +338,36 @@ def _hit(path: Path, changed: Any) -> bool:
     return path in changed
 
 
-def _read_and_reading(
+def _suspects(
     cache: CompileCache, partial: Partial, dirty: set[int], number: dict[str, int]
 ) -> set[int]:
-    """The hosts read as they were that read, at any remove, a host evaluated again: what
-    they are now may differ (a reference cycle, say), so they are evaluated again too."""
-    read = {number[h] for r in partial.results.values() for h, _p in r.reads} - dirty
-    if not read:
-        return set()
-    reading = set(dirty)
-    while True:  # the hosts that read those in `reading`, until there are no more
-        more = {
-            reader
-            for reader, codes in enumerate(cache.reads)
-            if reader not in reading and any(code >> SHIFT in reading for code in codes)
-        }
-        if not more:
-            break
-        reading |= more
-    return read & reading
+    """The hosts read as they were that read, at any remove, a host to evaluate again: what
+    they are now may differ (a reference cycle, say), so they are evaluated again too. Past
+    the reads of the hosts just evaluated, reads are followed as the last compile recorded
+    them (those of the hosts not evaluated yet too, so that one more round finds the rest)."""
+    start = {number[h] for r in partial.results.values() for h, _p in r.reads}
+    start |= {
+        code >> SHIFT
+        for i in dirty
+        if cache.names[i] not in partial.results
+        for code in cache.reads[i]
+    }
+    start -= dirty
+    reach = set(start)  # what those read, at any remove
+    frontier = set(start)
+    while frontier:
+        frontier = {c >> SHIFT for h in frontier for c in cache.reads[h]} - reach - dirty
+        reach |= frontier
+    readers: dict[int, set[int]] = {}  # among them, who reads whom
+    for h in reach:
+        for code in cache.reads[h]:
+            readers.setdefault(code >> SHIFT, set()).add(h)
+    found: set[int] = set()  # those that read a host of `dirty`, at any remove
+    frontier = {r for d in dirty for r in readers.get(d, ())}
+    while frontier:
+        found |= frontier
+        frontier = {r for h in frontier for r in readers.get(h, ())} - found
+    return found
 
 
 def _known(cache: CompileCache, partial: Partial) -> set[Path]:
