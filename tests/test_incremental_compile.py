@@ -285,3 +285,26 @@ def test_a_cycle_through_a_host_read_as_it_was_is_reported(
         build(str(root), str(tmp_path / "full-build"))
     assert "reference cycle" in str(full_error.value)
     assert str(incremental_error.value) == str(full_error.value)
+
+
+def test_a_build_swapped_in_meanwhile_is_not_mixed_into_this_one(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another compile replaces the build while this one evaluates: this one still makes its
+    build of the one it started from (or, that one gone, compiles in full)."""
+    settle = incremental._settle
+
+    def meanwhile(*args: object) -> object:
+        found = settle(*args)  # type: ignore[arg-type]
+        _set(root, 20, "system.timezone", "Asia/Tokyo")
+        build(str(root))  # another compile, with another edit
+        _set(root, 20, "system.timezone", None)  # as it was when this compile began
+        return found
+
+    _set(root, 10, "services.svc01.port", "23456")
+    monkeypatch.setattr(incremental, "_settle", meanwhile)
+    compile_build(str(root))
+    monkeypatch.undo()
+    full = tmp_path / "full-build"
+    build(str(root), str(full))
+    assert snapshot(root / ".orchestrate" / "build") == snapshot(full)

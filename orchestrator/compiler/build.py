@@ -159,17 +159,23 @@ def write_stamp(
 
 @dataclass(frozen=True)
 class Spliced:
-    """A file of the build made of ranges (start, end) of a file of the earlier build and of
-    new bytes, in order: only the new bytes are written from here."""
+    """A file of the build made of ranges (start, end) of a file of the earlier build (open
+    as ``source``) and of new bytes, in order: only the new bytes are written from here."""
 
-    source: str
+    source: int
     pieces: tuple[tuple[int, int] | bytes, ...]
 
 
-def write_patched(changed: dict[str, bytes | Spliced], out_dir: str, root: str) -> str:
-    """A build made of the one at ``out_dir`` with the files ``changed`` replaced, swapped in
-    as a whole like any other: every other file is a hard link to the earlier build's (which
-    nothing ever writes into), so only what changed is written. Returns the target."""
+def write_patched(
+    changed: dict[str, bytes | Spliced], out_dir: str, root: str, earlier: int, names: set[str]
+) -> str:
+    """A build made of the earlier one (its folder open as ``earlier``, the build at
+    ``out_dir`` when it was opened) with the files ``changed`` replaced, swapped in at
+    ``out_dir`` as a whole like any other: every other file is a hard link to the earlier
+    build's (which nothing ever writes into), so only what changed is written. ``names``:
+    every file the new build has; an OSError when the earlier build does not have the rest
+    (another compile replaced it meanwhile and its files are being removed). Returns the
+    target."""
     target = _replaceable_target(out_dir)
     if not _is_build(target):
         raise UsageError(f"{out_dir} is not a build to start from")
@@ -180,7 +186,9 @@ def write_patched(changed: dict[str, bytes | Spliced], out_dir: str, root: str) 
         private_folder(work)
         try:
             with _claimed(work) as tmp:
-                _link_tree(target, tmp, set(changed))
+                linked = _link_tree(earlier, tmp, set(changed))
+                if linked | set(changed) != names or len(linked) + len(changed) != len(names):
+                    raise OSError(errno.ENOENT, "the earlier build changed meanwhile", out_dir)
                 _write_tree(tmp, changed)
                 os.chmod(tmp, 0o755)
                 _swap_in(tmp, target, work)
@@ -202,20 +210,26 @@ def tidy(out_dir: str, root: str) -> None:
             _sweep(work)
 
 
-def _link_tree(source: str, tmp: str, skip: set[str]) -> None:
-    """Hard links in ``tmp`` to every file of the build ``source`` but those in ``skip``
-    (names relative to the build). A build holds only folders and regular files; folders are
-    opened once each, and links made relative to them (ten thousand host files)."""
+def _link_tree(earlier: int, tmp: str, skip: set[str]) -> set[str]:
+    """Hard links in ``tmp`` to every file of the build open as ``earlier`` but those in
+    ``skip`` (names relative to the build). A build holds only folders and regular files;
+    folders are opened once each, and links made relative to them (ten thousand host
+    files). Returns the names linked."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    src, dst = os.open(source, flags), os.open(tmp, flags)
+    linked: set[str] = set()
+    dst = os.open(tmp, flags)
     try:
-        _link_folder(src, dst, "", skip)
+        src = os.open(".", flags, dir_fd=earlier)  # its own place in the folder's listing
+        try:
+            _link_folder(src, dst, "", skip, linked)
+        finally:
+            os.close(src)
     finally:
-        os.close(src)
         os.close(dst)
+    return linked
 
 
-def _link_folder(src: int, dst: int, prefix: str, skip: set[str]) -> None:
+def _link_folder(src: int, dst: int, prefix: str, skip: set[str], linked: set[str]) -> None:
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     with os.scandir(src) as entries:
         found = list(entries)
@@ -226,13 +240,14 @@ def _link_folder(src: int, dst: int, prefix: str, skip: set[str]) -> None:
             inner, outer = os.open(entry.name, flags, dir_fd=src), -1
             try:
                 outer = os.open(entry.name, flags, dir_fd=dst)
-                _link_folder(inner, outer, name + "/", skip)
+                _link_folder(inner, outer, name + "/", skip, linked)
             finally:
                 os.close(inner)
                 if outer >= 0:
                     os.close(outer)
         elif name not in skip:
             os.link(entry.name, entry.name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+            linked.add(name)
 
 
 class UnsafeOutputs(UsageError):
@@ -418,15 +433,11 @@ def _write_tree(tmp: str, outputs: dict[str, bytes] | dict[str, bytes | Spliced]
 def _write_pieces(fd: int, spliced: Spliced) -> None:
     """The pieces of ``spliced`` into ``fd``: its ranges copied by the kernel from the earlier
     file (where the file system cannot, read and written here), its bytes written."""
-    source = os.open(spliced.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        for piece in spliced.pieces:
-            if isinstance(piece, bytes):
-                _write_all(fd, piece)
-            else:
-                _copy_range(source, fd, *piece)
-    finally:
-        os.close(source)
+    for piece in spliced.pieces:
+        if isinstance(piece, bytes):
+            _write_all(fd, piece)
+        else:
+            _copy_range(spliced.source, fd, *piece)
 
 
 def _write_all(fd: int, data: bytes) -> None:

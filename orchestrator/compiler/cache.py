@@ -66,6 +66,7 @@ class CompileCache:
     exports: dict[int, Any]  # by read code: the values others read
     roles: dict[str, tuple[str, ...]]
     spans: Spans
+    others: tuple[str, ...]  # the build's files but the hosts' own (fixed while roles are)
     files: int
     role_count: int
     format: int = FORMAT
@@ -96,6 +97,12 @@ def folder_key(path: str) -> Key | None:
         st = os.stat(path)
     except OSError:
         return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def fd_key(fd: int) -> Key:
+    """:func:`folder_key` of an open file."""
+    st = os.fstat(fd)
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 

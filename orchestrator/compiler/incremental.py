@@ -54,6 +54,7 @@ from orchestrator.evaluator.partial import (
 from orchestrator.loader.fleet import ModuleFile
 from orchestrator.loader.yamlfile import Map
 
+HOST_VARS = "inventory/host_vars/"
 MAX_SHARE = 0.5  # of the hosts evaluated again: beyond it, a full compile (every core) is faster
 MASK = (1 << SHIFT) - 1
 ALL: Any = None  # every path of a host changed (its options are not what they were)
@@ -105,6 +106,7 @@ def remember(ev: Evaluation, result: BuildResult, no_secrets: bool, started_ns: 
         exports={},
         roles={n: tuple(r.name for r in h.roles) for n, h in ev.hosts.items()},
         spans=result.spans,
+        others=tuple(n for n in [*manifest["outputs"], MANIFEST] if not n.startswith(HOST_VARS)),
         files=result.files,
         role_count=result.roles,
         taken_ns=started_ns,
@@ -196,34 +198,57 @@ def recompile(root: str, out_dir: str, no_secrets: NoSecrets) -> BuildResult | N
     if cache is None:
         return None
     now = time.time_ns()
-    changed = _changed_modules(cache, out_dir, now)
-    if changed is None:
-        return None
-    dirty = {h for f in changed for h in cache.users.get(f, ())}
-    old = _Old(out_dir, cache)
-    partial = _settle(cache, dirty, changed, old) if dirty else Partial({}, {}, {})
-    if partial is None or not _same_roles(cache, partial, changed, no_secrets):
+    try:
+        old = _Old(out_dir, cache)
+    except OSError:
         return None
     try:
+        changed = _changed_modules(cache, old, now)
+        if changed is None:
+            return None
+        dirty = {h for f in changed for h in cache.users.get(f, ())}
+        partial = _settle(cache, dirty, changed, old) if dirty else Partial({}, {}, {})
+        if partial is None or not _same_roles(cache, partial, changed, no_secrets):
+            return None
         return _write(cache, partial, changed, old, out_dir, now)
     except OSError:
         return None  # (hard links refused, say): the full compile writes it all
+    finally:
+        old.close()
 
 
 class _Old:
-    """The build's files an incremental compile reads, read once when first needed, and the
-    numbers of the hosts (their places in those files)."""
+    """The build an incremental compile starts from, held open: its files are read from the
+    folder opened first, whatever another compile swaps in meanwhile, and so are the ones
+    linked into the new build. The files it reads are read once, and the hosts' numbers are
+    their places in them."""
 
     def __init__(self, out_dir: str, cache: CompileCache) -> None:
-        self.out_dir = out_dir
+        self.folder = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.number = {h: i for i, h in enumerate(cache.names)}
         self._spans = cache.spans["fleet.json"]
         self._data: dict[str, bytes] = {}
+        self._fds: dict[str, int] = {}
+
+    def fd(self, name: str) -> int:
+        """A file of the build (at its top), opened once."""
+        if name not in self._fds:
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._fds[name] = os.open(name, flags, dir_fd=self.folder)
+        return self._fds[name]
+
+    def key(self, name: str) -> Any:
+        return store.fd_key(self.fd(name))
 
     def __getitem__(self, name: str) -> bytes:
         if name not in self._data:
-            with open(os.path.join(self.out_dir, name), "rb") as fh:
-                self._data[name] = fh.read()
+            fd = self.fd(name)
+            chunks: list[bytes] = []
+            at = 0
+            while chunk := os.pread(fd, 1 << 24, at):
+                chunks.append(chunk)
+                at += len(chunk)
+            self._data[name] = b"".join(chunks)
         return self._data[name]
 
     def config(self, host: str) -> dict[str, Any]:
@@ -232,14 +257,18 @@ class _Old:
         config: dict[str, Any] = orjson.loads(self["fleet.json"][start:end])["config"]
         return config
 
+    def close(self) -> None:
+        for fd in [self.folder, *self._fds.values()]:
+            os.close(fd)
 
-def _changed_modules(cache: CompileCache, out_dir: str, now: int) -> set[str] | None:
+
+def _changed_modules(cache: CompileCache, old: _Old, now: int) -> set[str] | None:
     """The module files whose content changed; None when anything else did."""
-    if _manifest_sha(out_dir) != cache.manifest_sha:
+    if hashlib.sha256(old[MANIFEST]).hexdigest() != cache.manifest_sha:
         return None  # another build is there now
     if any(store.folder_key(f) != k for f, k in cache.watched.items()):
         return None
-    if any(store.folder_key(os.path.join(out_dir, n)) != k for n, k in cache.outputs.items()):
+    if any(old.key(n) != k for n, k in cache.outputs.items()):
         return None
     changed: set[str] = set()
     for path, (key, sha) in cache.inputs.items():
@@ -251,14 +280,6 @@ def _changed_modules(cache: CompileCache, out_dir: str, now: int) -> set[str] | 
             return None  # fleet.yaml, a role's file, a lib file, a secret, a role's module
         changed.add(path)
     return changed
-
-
-def _manifest_sha(out_dir: str) -> str | None:
-    try:
-        with open(os.path.join(out_dir, MANIFEST), "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
-    except OSError:
-        return None
 
 
 def _settle(cache: CompileCache, dirty: set[str], changed: set[str], old: _Old) -> Partial | None:
@@ -422,7 +443,8 @@ def _write(
     gone = {input_name(p, root) for p in removed}
     manifest = outputs[MANIFEST] = _manifest(old[MANIFEST], inputs, gone, shas, bool(added))
     if manifest != old[MANIFEST]:
-        target = write_patched(outputs, out_dir, root)
+        names = {*cache.others, *(f"{HOST_VARS}{h}.json" for h in cache.names)}
+        target = write_patched(outputs, out_dir, root, old.folder, names)
     else:  # nothing changed: the build is this one, if all of it is there
         target = os.path.realpath(out_dir)
         if _names(target) != {*json.loads(manifest)["outputs"], MANIFEST}:
@@ -462,7 +484,7 @@ def _host_outputs(
         data = orjson.dumps(
             host_vars(result, None), option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
         )
-        file = f"inventory/host_vars/{name}.json"
+        file = f"{HOST_VARS}{name}.json"
         outputs[file], shas[file] = data, hashlib.sha256(data).hexdigest()
         inventory[old.number[name]] = data[:-1]
         fleet[old.number[name]] = host_entry(result)
@@ -472,7 +494,7 @@ def _host_outputs(
         h = hashlib.sha256()
         for piece in pieces:
             h.update(piece if isinstance(piece, bytes) else view[piece[0] : piece[1]])
-        outputs[file] = Spliced(os.path.join(old.out_dir, file), pieces)
+        outputs[file] = Spliced(old.fd(file), pieces)
         shas[file] = h.hexdigest()
     return outputs, shas
 
