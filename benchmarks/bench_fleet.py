@@ -627,10 +627,11 @@ def _lines(results: list[dict[str, Any]], rows: list[tuple[str, list[str]]]) -> 
     sizes = [r["hosts"] for r in results]
     head = ["measurement (median)", *[f"{n} hosts" for n in sizes]]
     width = max(len(label) for label, _ in rows) + 2
-    lines = [head[0].ljust(width) + "".join(h.rjust(14) for h in head[1:])]
+    column = max(14, *(len(v) + 2 for _label, values in rows for v in values))
+    lines = [head[0].ljust(width) + "".join(h.rjust(column) for h in head[1:])]
     lines.append("-" * len(lines[0]))
     for label, values in rows:
-        lines.append(label.ljust(width) + "".join(v.rjust(14) for v in values))
+        lines.append(label.ljust(width) + "".join(v.rjust(column) for v in values))
     lines.append("")
     lines.append("targets:")
     for r in results:
