@@ -175,7 +175,6 @@ def _state(root: Path) -> dict[str, bytes]:
     [
         ("services.svc01.port", "70000"),  # a type error
         ("services.openssh.port", "!force 1"),  # an assertion that fails
-        ("services.svc99.enable", "true"),  # an unknown option
         ("system.motd", '"${hosts.nowhere.deploy.host}"'),  # an unknown host
     ],
 )
@@ -308,3 +307,16 @@ def test_a_build_swapped_in_meanwhile_is_not_mixed_into_this_one(
     full = tmp_path / "full-build"
     build(str(root), str(full))
     assert snapshot(root / ".orchestrate" / "build") == snapshot(full)
+
+
+def test_a_fleet_with_warnings_compiles_in_full_and_warns_each_time(
+    root: Path, tmp_path: Path
+) -> None:
+    for i in range(0, HOSTS, 2):
+        _set(root, i, "services.svc05.enable", None)  # the monitors have nothing to scrape
+    warnings, got = compile_build(str(root))
+    assert got.evaluated is None and len(warnings) == len(MONITORS)
+    _set(root, 11, "services.svc01.port", "21212")
+    warnings, got = compile_build(str(root))
+    assert got.evaluated is None and len(warnings) == len(MONITORS)
+    assert not list((root / ".orchestrate" / "cache").glob("*.pickle"))

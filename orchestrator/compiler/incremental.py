@@ -9,9 +9,10 @@ where one would be an input, a changed module that makes or names a role, a host
 changed, options declared or removed, anything to report, more than half of the hosts to
 evaluate again (a full compile uses every core).
 
-A host not evaluated again is read as it was. That holds only if nothing it depends on
-changed, so the hosts that read (at any remove) a host evaluated again are evaluated again
-too when it is read: otherwise a reference cycle through an edited host could go unseen.
+A host not evaluated again is read as it was, which holds only while nothing it depends on
+changed: a host that one evaluated again reads, and that itself reads (at any remove) one
+evaluated again, is evaluated again too. Otherwise a reference cycle through an edited host
+could go unseen.
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ def remember(ev: Evaluation, result: BuildResult, no_secrets: bool, started_ns: 
     if result.spans is None or ev.warnings or not no_secrets:
         store.drop(result.out_dir, root)
         return
-    with open(os.path.join(result.out_dir, MANIFEST), "rb") as fh:
-        manifest = json.loads(fh.read())
+    try:
+        with open(os.path.join(result.out_dir, MANIFEST), "rb") as fh:
+            manifest = json.loads(fh.read())
+    except OSError:  # the build is written; without its manifest there is no cache to keep
+        store.drop(result.out_dir, root)
+        return
     shas = manifest["inputs"]
     inputs = {p: (store.stat_key(p, started_ns), shas[input_name(p, root)]) for p in result.inputs}
     modules = set(ev.modules)
