@@ -151,26 +151,26 @@ def with_hosts(
     doc: dict[str, Any], where: tuple[str, ...], entries: dict[str, bytes]
 ) -> tuple[bytes, list[tuple[int, int]] | None]:
     """``doc`` as :func:`_json` writes it, with the object of ``entries`` (host name -> its
-    JSON) at ``where`` (which holds :data:`HOLE`), and the span of each entry, in name order:
-    the same bytes as the document with the entries in place."""
-    outer = _json(doc)
-    at = outer.index(b"\x00")
-    inner = orjson.dumps(
-        {n: orjson.Fragment(e) for n, e in entries.items()}, option=orjson.OPT_SORT_KEYS
-    )
-    spans: list[tuple[int, int]] | None = []
-    pos = 1
+    JSON) at ``where`` (which holds :data:`HOLE`), and the span of each entry, in name order.
+    The document is written once, with the entries in place; where they begin is found by
+    writing it with the hole first, which is small."""
+    at = _json(doc).index(b"\x00")
+    holder = doc
+    for part in where[:-1]:
+        holder = holder[part]
+    holder[where[-1]] = {n: orjson.Fragment(e) for n, e in entries.items()}
+    data = _json(doc)
+    spans: list[tuple[int, int]] = []
+    pos = at + 1
     for name in sorted(entries):
         key = orjson.dumps(name) + b":"
         entry = entries[name]
-        if not (inner.startswith(key, pos) and inner.startswith(entry, pos + len(key))):
-            spans = None  # the entries came out in another order: nothing to replace in place
-            break
+        if not (data.startswith(key, pos) and data.startswith(entry, pos + len(key))):
+            return data, None  # the entries came out in another order: none replaced in place
         pos += len(key)
-        assert spans is not None
-        spans.append((at + pos, at + pos + len(entry)))
+        spans.append((pos, pos + len(entry)))
         pos += len(entry) + 1
-    return outer[:at] + inner + outer[at + 1 :], spans
+    return data, spans
 
 
 def host_entry(h: HostResult) -> bytes:

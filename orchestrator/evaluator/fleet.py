@@ -244,7 +244,7 @@ def _finished(
             roles.append(RoleUse(role_name(f, spec.root), f.path, f.tasks is not None, params))
         decls.extend((n, a, f.loc) for n, a in f.secrets.items())
     config = he.view.materialize()
-    reads = frozenset(ev.reads.get(he.name, ()))
+    reads = frozenset(ev.reads.pop(he.name, ()))  # all of them: nothing of the host runs now
     return HostResult(he.name, he.info, config, tuple(roles), tuple(decls), reads)
 
 
