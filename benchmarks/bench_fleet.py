@@ -6,7 +6,9 @@ For each size N this script:
 1. generates a fleet of N hosts into benchmarks/work/fleet-N/ (about 20 module instances per
    host, two builders, tags, cross-host references to a few anchor hosts, monitor hosts that
    discover their targets with ``values(hosts)[?...]``);
-2. times ``orchestrate --fleet DIR compile`` (wall time and peak RSS);
+2. times ``orchestrate --fleet DIR compile --full`` (wall time and peak RSS), then incremental
+   compiles: after an edit of one host's own file, and after an edit of a value a quarter of
+   the hosts read (an anchor's port); the build they leave is compared with a full compile's;
 3. times ``orchestrate --fleet DIR query EXPR`` for ``length(hosts)`` and a selective filter;
 4. times ``orchestrate inventory --list`` against ``ansible-inventory --list`` on the build;
 5. times how long ``ansible-playbook`` takes to reach the first task of a one-task play limited
@@ -49,6 +51,7 @@ ROLE_SERVICES = (1, 2, 3, 4)  # service modules that also generate a role with t
 # Targets. Compile and query targets apply to the 10,000-host fleet, the others to every size.
 COMPILE_TIME_LIMIT = 30.0
 COMPILE_RSS_LIMIT_MIB = 2048.0
+INCREMENTAL_LIMIT = 0.5  # one-host edit, 10,000 hosts (issue 19)
 QUERY_LIMIT = 1.0
 INVENTORY_RATIO_MIN = 10.0
 FIRST_TASK_LIMIT = 10.0
@@ -404,9 +407,13 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     res["fleet"]["generate_s"] = round(time.perf_counter() - t, 2)
 
     runs = args.compile_runs_big if big else args.compile_runs
-    log(f"[{n}] compile x{runs}")
-    res["compile"] = repeat(runs, [orch, "--fleet", str(root), "compile"])
+    log(f"[{n}] compile --full x{runs}")
+    res["compile"] = repeat(runs, [orch, "--fleet", str(root), "compile", "--full"])
     log(f"[{n}]   {res['compile']}")
+    if args.incremental_runs:
+        res["incremental"] = bench_incremental(n, root, orch, args.incremental_runs)
+    if args.compile_only:
+        return res
     data = json.loads((build / "fleet.json").read_text())
     if len(data["hosts"]) != n:
         raise RuntimeError(f"compiled {len(data['hosts'])} hosts, expected {n}")
@@ -483,6 +490,50 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def bench_incremental(n: int, root: Path, orch: str, runs: int) -> dict[str, Any]:
+    """`orchestrate compile` after an edit of one host's own file (a host nobody reads), and
+    after an edit of a value a quarter of the hosts read (anchor host-00001's port), ``runs``
+    of each, interleaved; then the build is compared with a full compile's, file by file."""
+    edits = {"one_host": host_name(n // 2 + 3), "widely_read": host_name(1)}
+    samples: dict[str, list[dict[str, Any]]] = {k: [] for k in edits}
+    for r in range(runs):
+        for label, host in edits.items():
+            path = root / "hosts" / f"{host}.yaml"
+            text = re.sub(r"svc01\.port: \d+", f"svc01.port: {30000 + r}", path.read_text())
+            path.write_text(text)
+            log(f"[{n}] incremental compile after an edit of {host} ({label})")
+            done = run_timed([orch, "--fleet", str(root), "compile"])
+            found = re.search(r"\((\d+) evaluated again\)", done["stderr"])
+            done["evaluated"] = int(found[1]) if found else None  # None: a full compile
+            samples[label].append(done)
+    out: dict[str, Any] = {"runs": runs}
+    for label, found in samples.items():
+        out[label] = {
+            "host": edits[label],
+            "walls": [round(d["wall"], 3) for d in found],
+            "median": round(statistics.median(d["wall"] for d in found), 3),
+            "cpu_median": round(statistics.median(d["cpu"] for d in found), 3),
+            "peak_rss_mib": round(max(d["rss_mib"] for d in found), 1),
+            "evaluated": [d["evaluated"] for d in found],
+        }
+        log(f"[{n}]   {label}: {out[label]}")
+    full = root / "bench" / "full-build"
+    log(f"[{n}] compile --full --out {full.relative_to(REPO)}, to compare")
+    run_timed([orch, "--fleet", str(root), "compile", "--full", "--out", str(full)])
+    out["identical_to_full"] = same_files(root / ".orchestrate" / "build", full)
+    if not out["identical_to_full"]:
+        raise RuntimeError(f"the incremental build differs from the full compile's in {full}")
+    return out
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether the two folders hold the same files with the same bytes."""
+    names = [{p.relative_to(d) for p in d.rglob("*") if p.is_file()} for d in (a, b)]
+    if names[0] != names[1]:
+        return False
+    return all((a / p).read_bytes() == (b / p).read_bytes() for p in names[0])
+
+
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -495,6 +546,12 @@ def verdicts(res: dict[str, Any]) -> list[dict[str, Any]]:
     def check(name: str, value: float, ok: bool, target: str) -> None:
         out.append({"target": name, "value": value, "limit": target, "pass": ok})
 
+    inc = res.get("incremental")
+    if n == TARGET_SIZE and inc:
+        one = inc["one_host"]["median"]
+        check("incremental compile, one-host edit (s)", one, one < INCREMENTAL_LIMIT, "< 0.5 s")
+    if "query" not in res:
+        return out  # --compile-only
     if n == TARGET_SIZE:
         c = res["compile"]
         check("compile time (s)", c["median"], c["median"] < COMPILE_TIME_LIMIT, "< 30 s")
@@ -514,7 +571,6 @@ def verdicts(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    sizes = [r["hosts"] for r in results]
     rows: list[tuple[str, list[str]]] = []
 
     def row(label: str, get: Any) -> None:
@@ -529,6 +585,12 @@ def table(results: list[dict[str, Any]]) -> str:
         lambda r: f"{r['compile'].get('reported_median', float('nan')):.2f}",
     )
     row("compile peak RSS (MiB)", lambda r: f"{r['compile']['peak_rss_mib']:.0f}")
+    for label in ("one_host", "widely_read"):
+        row(f"incremental, {label.replace('_', ' ')} edit (s)", _incremental(label, "median"))
+        row("  its CPU (s)", _incremental(label, "cpu_median"))
+        row("  hosts evaluated again", _incremental(label, "evaluated"))
+    if any("query" not in r for r in results):  # --compile-only
+        return _lines(results, rows)
     row("build size (MiB)", lambda r: f"{r['fleet']['build_mib']:.1f}")
     row("query length(hosts), median (s)", lambda r: f"{r['query']['length']['median']:.3f}")
     row("query selective, median (s)", lambda r: f"{r['query']['selective']['median']:.3f}")
@@ -547,13 +609,29 @@ def table(results: list[dict[str, Any]]) -> str:
     row("playbook to 'TASK [' (s)", lambda r: f"{r['playbook']['first_task']:.2f}")
     row("playbook to first 'ok:' (s)", lambda r: f"{r['playbook']['first_ok']:.2f}")
     row("playbook total (s)", lambda r: f"{r['playbook']['total']:.2f}")
+    return _lines(results, rows)
 
+
+def _incremental(label: str, key: str) -> Any:
+    def get(r: dict[str, Any]) -> str:
+        found = r.get("incremental", {}).get(label)
+        if found is None:
+            return "-"
+        value = found[key]
+        return "/".join(map(str, value)) if isinstance(value, list) else f"{value:.3f}"
+
+    return get
+
+
+def _lines(results: list[dict[str, Any]], rows: list[tuple[str, list[str]]]) -> str:
+    sizes = [r["hosts"] for r in results]
     head = ["measurement (median)", *[f"{n} hosts" for n in sizes]]
     width = max(len(label) for label, _ in rows) + 2
-    lines = [head[0].ljust(width) + "".join(h.rjust(14) for h in head[1:])]
+    column = max(14, *(len(v) + 2 for _label, values in rows for v in values))
+    lines = [head[0].ljust(width) + "".join(h.rjust(column) for h in head[1:])]
     lines.append("-" * len(lines[0]))
     for label, values in rows:
-        lines.append(label.ljust(width) + "".join(v.rjust(14) for v in values))
+        lines.append(label.ljust(width) + "".join(v.rjust(column) for v in values))
     lines.append("")
     lines.append("targets:")
     for r in results:
@@ -616,6 +694,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--big", type=int, default=5000, help="sizes from here on use the *-big runs")
     p.add_argument("--compile-runs-big", type=int, default=2)
     p.add_argument("--inventory-runs-big", type=int, default=3)
+    p.add_argument("--incremental-runs", type=int, default=3, help="of each edit (0: none)")
+    p.add_argument(
+        "--compile-only", action="store_true", help="no queries, inventories or playbooks"
+    )
     p.add_argument("--out", type=Path, default=WORK / "results.json")
     args = p.parse_args(argv)
 

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import exitcodes
 from orchestrator.compiler.freshness import load_build_data
-from orchestrator.pipeline import build, default_out, evaluate_fleet, fleet_data, fresh_build
+from orchestrator.pipeline import (
+    build,
+    compile_build,
+    default_out,
+    evaluate_fleet,
+    fleet_data,
+    fresh_build,
+)
 from orchestrator.selection import select
 
 if TYPE_CHECKING:  # the heavy stages load only when a command needs them
@@ -376,6 +383,7 @@ __all__ = [
     "build",
     "build_images",
     "built_image_hosts",
+    "compile_build",
     "default_out",
     "evaluate_fleet",
     "fleet_data",

@@ -92,6 +92,12 @@ def _compile_parser(sub: Any) -> None:
         metavar="DIR",
         help="where to write the build: a new or empty folder, or an earlier build",
     )
+    c.add_argument(
+        "--full",
+        action="store_true",
+        help="evaluate every host again even where the last compile's cache says which "
+        "changed (docs/language.md)",
+    )
     c.add_argument("--json", action="store_true", help=JSON_HELP)
     c.set_defaults(run=_compile)
 
@@ -538,19 +544,20 @@ def _refuse(args: argparse.Namespace, message: str, code: int) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from orchestrator.api import build
+    from orchestrator.api import compile_build
 
     start = time.perf_counter()
-    ev, result = build(_root(args), args.out)
+    warnings, result = compile_build(_root(args), args.out, full=args.full)
     took = time.perf_counter() - start
     if args.json:
-        _print_json(shapes.compile_result(result, ev.warnings, took))
+        _print_json(shapes.compile_result(result, warnings, took))
         return exitcodes.OK
-    for w in ev.warnings:
+    for w in warnings:
         _err("warning: " + w.render())
+    again = "" if result.evaluated is None else f" ({len(result.evaluated)} evaluated again)"
     _err(
-        f"compiled {result.hosts} hosts, {result.roles} generated roles, {result.files} files "
-        f"into {os.path.relpath(result.out_dir)} in {took:.2f}s"
+        f"compiled {result.hosts} hosts{again}, {result.roles} generated roles, "
+        f"{result.files} files into {os.path.relpath(result.out_dir)} in {took:.2f}s"
     )
     return exitcodes.OK
 

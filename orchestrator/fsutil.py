@@ -28,15 +28,17 @@ def _renamed_over(tmp: str, path: str) -> Iterator[None]:
         raise
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it, then rename it over."""
+def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Write ``data`` to a temporary file beside ``path``, flush it, then rename it over
+    (``durable=False``: not flushed to disk first, for what a crash may lose)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
     with _renamed_over(tmp, path):
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
 
 

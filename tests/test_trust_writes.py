@@ -77,7 +77,9 @@ def _work(root: Path) -> Path:
 
 
 def _compile(cli: Callable[..., Run], root: Path, out: Path) -> Run:
-    return cli("--fleet", str(root), "compile", "--out", str(out))
+    # in full: these tests are of how a build is written, and an incremental compile of an
+    # unchanged fleet writes nothing
+    return cli("--fleet", str(root), "compile", "--out", str(out), "--full")
 
 
 @pytest.fixture
@@ -235,7 +237,7 @@ def paused(*args):
     time.sleep(600)
 
 setattr(build, point, paused)
-main(["--fleet", sys.argv[3], "compile", "--out", sys.argv[4]])
+main(["--fleet", sys.argv[3], "compile", "--out", sys.argv[4], *sys.argv[5:]])
 """
 
 
@@ -257,8 +259,21 @@ def test_a_killed_compile_leaves_only_tool_folder_entries(
     work = _work(small)
     _wait_tool_dir_empty(work)
     before = _tree(parent)
+    # a full compile: with nothing changed, an incremental one would write nothing
+    _killed_at(point, when, small, out, "--full")
+    after = _tree(parent)
+    assert after == before  # a whole build is in place
+    leftovers = [n for n in os.listdir(work) if n != ".lock"]
+    assert len(leftovers) == 1 and leftovers[0].startswith("build-")
+    assert _compile(cli, small, out).code == 0
+    _wait_tool_dir_empty(work)
+    assert _tree(parent) == before
+
+
+def _killed_at(point: str, when: str, root: Path, out: Path, *args: str) -> None:
+    """A compile in another process, killed before or after it calls ``point`` of build.py."""
     child = subprocess.Popen(
-        [sys.executable, "-c", KILLER, point, when, str(small), str(out)],
+        [sys.executable, "-c", KILLER, point, when, str(root), str(out), *args],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
@@ -268,13 +283,29 @@ def test_a_killed_compile_leaves_only_tool_folder_entries(
     finally:
         child.kill()
         child.wait()
-    after = _tree(parent)
-    assert after == before  # a whole build is in place
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_killed_incremental_compile_leaves_the_build_and_only_tool_folder_entries(
+    small, tmp_path, cli, when: str
+) -> None:
+    (small / "a.yaml").write_text("# one\n")
+    fleet = small / "fleet.yaml"  # three hosts: one of them evaluated again is incremental
+    mine = "{builder: x, modules: [a.yaml]}\n  b: {builder: x}\n  c: {builder: x}"
+    fleet.write_text(fleet.read_text().replace("{builder: x}", mine))
+    out = tmp_path / "b"
+    assert _compile(cli, small, out).code == 0
+    work = _work(small)
+    _wait_tool_dir_empty(work)
+    before = _tree(out)
+    (small / "a.yaml").write_text("# two\n")
+    _killed_at("_link_tree", when, small, out)  # while the changed build is made
+    assert _tree(out) == before
     leftovers = [n for n in os.listdir(work) if n != ".lock"]
     assert len(leftovers) == 1 and leftovers[0].startswith("build-")
-    assert _compile(cli, small, out).code == 0
+    r = cli("--fleet", str(small), "compile", "--out", str(out))
+    assert r.code == 0 and "(1 evaluated again)" in r.err, r.err
     _wait_tool_dir_empty(work)
-    assert _tree(parent) == before
 
 
 def test_a_sweep_skips_the_folder_a_live_compile_holds(tmp_path, monkeypatch) -> None:

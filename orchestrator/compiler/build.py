@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.compiler.content import render_outputs
+from orchestrator.compiler.content import Spans, render_build
 from orchestrator.compiler.delivery import SecretsDelivery
 from orchestrator.compiler.freshness import (
     MANIFEST,
@@ -67,6 +67,13 @@ class BuildResult:
     files: int
     hosts: int
     roles: int
+    # what an incremental compile starts from (compiler/incremental.py): the host entries'
+    # places in fleet.json and inventory.json, the input files, the manifest's sha256
+    spans: Spans | None = None
+    inputs: tuple[str, ...] = ()
+    manifest_sha: str = ""
+    # the hosts an incremental compile evaluated again (None: a full compile, every host)
+    evaluated: tuple[str, ...] | None = None
 
 
 def input_files(ev: Evaluation) -> list[str]:
@@ -101,7 +108,7 @@ def input_hashes(ev: Evaluation, files: list[str] | None = None) -> dict[str, st
 def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -> BuildResult:
     """Render everything, with the secrets ``secrets`` delivers (None: the fleet has none),
     then write it to ``out_dir`` atomically."""
-    outputs = render_outputs(ev, secrets)
+    outputs, spans = render_build(ev, secrets)
     outputs[BUILD_MARKER] = MARKER_TEXT
     inputs = input_files(ev)  # once: the manifest hashes them, the stamp records their stat()
     manifest = {
@@ -114,22 +121,133 @@ def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -
             name: hashlib.sha256(data).hexdigest() for name, data in sorted(outputs.items())
         },
     }
-    outputs[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    outputs[MANIFEST] = manifest_bytes(manifest)
     manifest_sha = hashlib.sha256(outputs[MANIFEST]).hexdigest()
-    # folders whose new files would be inputs: secrets/ and the lib folders
-    folders = [os.path.join(ev.spec.root, "secrets"), *ev.spec.lib_dirs]
     target = _write_atomically(outputs, out_dir, ev.spec.root)
-    # after the swap, which may change the mtime of a folder the stamp records
-    stamp = stamp_bytes(target, ev.spec.root, inputs, folders, manifest_sha)
-    where = stamp_path(target, ev.spec.root)
+    write_stamp(target, ev.spec.root, inputs, ev.spec.lib_dirs, manifest_sha)
+    roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}
+    return BuildResult(
+        out_dir, len(outputs), len(ev.hosts), len(roles), spans, tuple(inputs), manifest_sha
+    )
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_stamp(
+    target: str,
+    root: str,
+    inputs: list[str],
+    lib_dirs: tuple[str, ...],
+    manifest_sha: str,
+    known: dict[str, list[int]] | None = None,
+) -> None:
+    """The build's freshness stamp, written after the swap (which may change the mtime of a
+    folder the stamp records); ``known``: inputs' [mtime_ns, size] as the compile saw them."""
+    # folders whose new files would be inputs: secrets/ and the lib folders
+    folders = [os.path.join(root, "secrets"), *lib_dirs]
+    stamp = stamp_bytes(target, root, inputs, folders, manifest_sha, known)
+    where = stamp_path(target, root)
     try:
         os.makedirs(os.path.dirname(where), exist_ok=True)
-        atomic_write(where, stamp, 0o644)
+        atomic_write(where, stamp, 0o644, durable=False)  # lost in a crash: checked by content
         prune_stamps(where)
     except OSError:
         pass  # a read-only fleet folder: freshness is then checked by content, more slowly
-    roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}
-    return BuildResult(out_dir, len(outputs), len(ev.hosts), len(roles))
+
+
+@dataclass(frozen=True)
+class Spliced:
+    """A file of the build made of ranges (start, end) of a file of the earlier build (open
+    as ``source``) and of new bytes, in order: only the new bytes are written from here."""
+
+    source: int
+    pieces: tuple[tuple[int, int] | bytes, ...]
+
+
+def write_patched(
+    changed: dict[str, bytes | Spliced], out_dir: str, root: str, earlier: int, names: set[str]
+) -> str:
+    """A build made of the earlier one (its folder open as ``earlier``, the build at
+    ``out_dir`` when it was opened) with the files ``changed`` replaced, swapped in at
+    ``out_dir`` as a whole like any other: every other file is a hard link to the earlier
+    build's (which nothing ever writes into), so only what changed is written. ``names``:
+    every file the new build has; an OSError when the earlier build does not have the rest
+    (another compile replaced it meanwhile and its files are being removed). Returns the
+    target."""
+    target = _replaceable_target(out_dir)
+    if not _is_build(target):
+        raise UsageError(f"{out_dir} is not a build to start from")
+    bad = _unsafe_names(changed)
+    if bad:
+        raise UnsafeOutputs(bad)
+    for i, work in enumerate(work_dirs(target, root)):
+        private_folder(work)
+        try:
+            with _claimed(work) as tmp:
+                linked = _link_tree(earlier, tmp, set(changed))
+                if linked | set(changed) != names or len(linked) + len(changed) != len(names):
+                    raise OSError(errno.ENOENT, "the earlier build changed meanwhile", out_dir)
+                _write_tree(tmp, changed)
+                os.chmod(tmp, 0o755)
+                _swap_in(tmp, target, work)
+            return target
+        except OSError as e:
+            if e.errno != errno.EXDEV or i == len(work_dirs(target, root)) - 1:
+                raise
+        finally:
+            _sweep(work)
+    raise AssertionError("unreachable: the last working folder raises")
+
+
+def tidy(out_dir: str, root: str) -> None:
+    """Sweep the working folders of ``out_dir``'s builds as a compile does when it writes one
+    (for a compile that found nothing to write)."""
+    target = os.path.realpath(out_dir)
+    for work in work_dirs(target, root):
+        if os.path.isdir(work):
+            _sweep(work)
+
+
+def _link_tree(earlier: int, tmp: str, skip: set[str]) -> set[str]:
+    """Hard links in ``tmp`` to every file of the build open as ``earlier`` but those in
+    ``skip`` (names relative to the build). A build holds only folders and regular files;
+    folders are opened once each, and links made relative to them (ten thousand host
+    files). Returns the names linked."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    linked: set[str] = set()
+    dst = os.open(tmp, flags)
+    try:
+        src = os.open(".", flags, dir_fd=earlier)  # its own place in the folder's listing
+        try:
+            _link_folder(src, dst, "", skip, linked)
+        finally:
+            os.close(src)
+    finally:
+        os.close(dst)
+    return linked
+
+
+def _link_folder(src: int, dst: int, prefix: str, skip: set[str], linked: set[str]) -> None:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.scandir(src) as entries:
+        found = list(entries)
+    for entry in found:
+        name = prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            os.mkdir(entry.name, dir_fd=dst)
+            inner, outer = os.open(entry.name, flags, dir_fd=src), -1
+            try:
+                outer = os.open(entry.name, flags, dir_fd=dst)
+                _link_folder(inner, outer, name + "/", skip, linked)
+            finally:
+                os.close(inner)
+                if outer >= 0:
+                    os.close(outer)
+        elif name not in skip:
+            os.link(entry.name, entry.name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+            linked.add(name)
 
 
 class UnsafeOutputs(UsageError):
@@ -260,7 +378,7 @@ def _read_small(path: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def _unsafe_names(outputs: dict[str, bytes]) -> list[str]:
+def _unsafe_names(outputs: dict[str, bytes] | dict[str, bytes | Spliced]) -> list[str]:
     """Every output name that is not a plain relative path below the build, with the reason."""
     problems = [f"{name!r} ({why})" for name in sorted(outputs) if (why := _why_unsafe(name))]
     folders = {name.rsplit("/", 1)[0] for name in outputs if "/" in name}
@@ -289,7 +407,7 @@ def _why_unsafe(name: str) -> str | None:
     return None
 
 
-def _write_tree(tmp: str, outputs: dict[str, bytes]) -> None:
+def _write_tree(tmp: str, outputs: dict[str, bytes] | dict[str, bytes | Spliced]) -> None:
     """Write every output below ``tmp``. Each folder's resolved path is checked to lie inside
     ``tmp`` and files are created new without following a link, so no name the checks above
     missed can reach outside."""
@@ -304,8 +422,45 @@ def _write_tree(tmp: str, outputs: dict[str, bytes]) -> None:
             if not (os.path.realpath(folder) + os.sep).startswith(root):
                 raise UnsafeOutputs([f"{name!r} (its folder resolves outside the build)"])
             checked.add(folder)
+        data = outputs[name]
         with os.fdopen(os.open(path, flags, 0o666), "wb") as fh:
-            fh.write(outputs[name])
+            if isinstance(data, Spliced):
+                _write_pieces(fh.fileno(), data)
+            else:
+                fh.write(data)
+
+
+def _write_pieces(fd: int, spliced: Spliced) -> None:
+    """The pieces of ``spliced`` into ``fd``: its ranges copied by the kernel from the earlier
+    file (where the file system cannot, read and written here), its bytes written."""
+    for piece in spliced.pieces:
+        if isinstance(piece, bytes):
+            _write_all(fd, piece)
+        else:
+            _copy_range(spliced.source, fd, *piece)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _copy_range(source: int, fd: int, start: int, end: int) -> None:
+    while start < end:
+        try:
+            done = os.copy_file_range(source, fd, end - start, start)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            done = 0
+        if done == 0:  # not here, or the file ended early: the plain way
+            data = os.pread(source, min(end - start, 1 << 24), start)
+            if not data:
+                raise OSError(errno.EIO, f"{start} bytes short", f"fd {source}")
+            _write_all(fd, data)
+            done = len(data)
+        start += done
 
 
 @contextlib.contextmanager

@@ -95,17 +95,31 @@ def host_vars(h: HostResult, secrets: SecretsDelivery | None = None) -> dict[str
     return variables
 
 
+# The files with an entry per host (incremental compiles replace those entries in place), and
+# where each host's entry lies in them: (start, end) byte offsets, in host name order
+HOST_FILES = ("fleet.json", "inventory.json")
+Spans = dict[str, list[tuple[int, int]]]
+
+
 def render_outputs(ev: Evaluation, secrets: SecretsDelivery | None) -> dict[str, bytes]:
+    return render_build(ev, secrets)[0]
+
+
+def render_build(
+    ev: Evaluation, secrets: SecretsDelivery | None
+) -> tuple[dict[str, bytes], Spans | None]:
+    """Every file of the build, and the spans of the host entries of :data:`HOST_FILES`
+    (None in the unlikely case they could not be told apart)."""
     groups = groups_of(ev, secrets)
     out: dict[str, bytes] = {
         "ansible.cfg": _ansible_cfg(len(ev.hosts), strategy.fleet_default(ev.spec.deploy)).encode(),
         "inventory/hosts.json": _json(_inventory_groups(groups)),
     }
     # each host's variables are serialised once: inventory.json embeds the same bytes
-    hostvars: dict[str, Any] = {}
+    hostvars: dict[str, bytes] = {}
     for name, h in ev.hosts.items():
         data = out[f"inventory/host_vars/{name}.json"] = _json(host_vars(h, secrets))
-        hostvars[name] = orjson.Fragment(data[:-1])  # without _json's final newline
+        hostvars[name] = data[:-1]  # without _json's final newline
     roles = _generated_roles(ev)
     if secrets is not None and secrets.delivered:
         roles[SECRETS_ROLE] = _read_tree(os.path.join(shipped_roles_dir(), SECRETS_ROLE))
@@ -117,12 +131,61 @@ def render_outputs(ev: Evaluation, secrets: SecretsDelivery | None) -> dict[str,
         for fname, data in files.items():
             out[f"roles/{rname}/{fname}"] = data
     out["site.yml"] = yaml_bytes(_site(ev, groups))
-    out["fleet.json"] = _json(query_data(ev, groups))
-    out["inventory.json"] = _json(inventory_document(hostvars, groups))
-    return out
+    entries = {n: host_entry(h) for n, h in ev.hosts.items()}
+    fleet, fleet_spans = with_hosts(query_data(ev, groups, HOLE), ("hosts",), entries)
+    inventory, inv_spans = with_hosts(
+        inventory_document(HOLE, groups), ("_meta", "hostvars"), hostvars
+    )
+    out["fleet.json"], out["inventory.json"] = fleet, inventory
+    if fleet_spans is None or inv_spans is None:
+        return out, None
+    return out, {"fleet.json": fleet_spans, "inventory.json": inv_spans}
 
 
-def inventory_document(hostvars: dict[str, Any], groups: dict[str, list[str]]) -> dict[str, Any]:
+# Where the hosts' entries go in a document: no other byte of orjson's output is a NUL (it
+# writes the character as \u0000), so the one place it is found is this one.
+HOLE = orjson.Fragment(b"\x00")
+
+
+def with_hosts(
+    doc: dict[str, Any], where: tuple[str, ...], entries: dict[str, bytes]
+) -> tuple[bytes, list[tuple[int, int]] | None]:
+    """``doc`` as :func:`_json` writes it, with the object of ``entries`` (host name -> its
+    JSON) at ``where`` (which holds :data:`HOLE`), and the span of each entry, in name order.
+    The document is written once, with the entries in place; where they begin is found by
+    writing it with the hole first, which is small."""
+    at = _json(doc).index(b"\x00")
+    holder = doc
+    for part in where[:-1]:
+        holder = holder[part]
+    holder[where[-1]] = {n: orjson.Fragment(e) for n, e in entries.items()}
+    data = _json(doc)
+    spans: list[tuple[int, int]] = []
+    pos = at + 1
+    for name in sorted(entries):
+        key = orjson.dumps(name) + b":"
+        entry = entries[name]
+        if not (data.startswith(key, pos) and data.startswith(entry, pos + len(key))):
+            return data, None  # the entries came out in another order: none replaced in place
+        pos += len(key)
+        spans.append((pos, pos + len(entry)))
+        pos += len(entry) + 1
+    return data, spans
+
+
+def host_entry(h: HostResult) -> bytes:
+    """A host's entry in fleet.json."""
+    entry = {
+        **h.info,
+        "config": h.config,
+        "roles": [r.name for r in h.roles],
+        "params": {r.name: r.params for r in h.roles if r.params},
+    }
+    data: bytes = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+    return data
+
+
+def inventory_document(hostvars: Any, groups: dict[str, list[str]]) -> dict[str, Any]:
     """Ansible's dynamic-inventory ``--list`` document, served by `orchestrate inventory`."""
     members = {g: {"hosts": hosts} for g, hosts in groups.items() if hosts}
     return {
@@ -132,16 +195,8 @@ def inventory_document(hostvars: dict[str, Any], groups: dict[str, list[str]]) -
     }
 
 
-def query_data(ev: Evaluation, groups: dict[str, list[str]]) -> dict[str, Any]:
-    hosts = {
-        n: {
-            **h.info,
-            "config": h.config,
-            "roles": [r.name for r in h.roles],
-            "params": {r.name: r.params for r in h.roles if r.params},
-        }
-        for n, h in ev.hosts.items()
-    }
+def query_data(ev: Evaluation, groups: dict[str, list[str]], hosts: Any) -> dict[str, Any]:
+    """fleet.json with ``hosts`` for its hosts (see :func:`host_entry`)."""
     images = {
         n: {
             "name": n,

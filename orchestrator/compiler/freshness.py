@@ -95,7 +95,12 @@ def _stat_key(path: str) -> list[int] | None:
 
 
 def stamp_bytes(
-    out_dir: str, root: str, files: list[str], folders: list[str], manifest_sha: str
+    out_dir: str,
+    root: str,
+    files: list[str],
+    folders: list[str],
+    manifest_sha: str,
+    known: dict[str, list[int]] | None = None,
 ) -> bytes:
     """The build's freshness stamp: each input's mtime and size when it was compiled, and those
     of the folders they are in (a file added to secrets/ or a lib folder changes its folder's
@@ -105,11 +110,12 @@ def stamp_bytes(
     by content instead."""
     watched = sorted(os.path.relpath(f, root) for f in folders)
     folders = sorted({*folders, *(os.path.dirname(p) for p in files)})
+    keys = known or {}
     stamp = {
         "root": os.path.realpath(root),
         "out": os.path.realpath(out_dir),
         "manifest": manifest_sha,
-        "inputs": {p: _stat_key(p) for p in [*files, *folders]},
+        "inputs": {p: keys.get(p) or _stat_key(p) for p in [*files, *folders]},
         "watched": watched,  # relative: a copy's own folders are listed against the manifest
     }
     return json.dumps(stamp).encode()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,11 @@ from orchestrator.validator.fast import compile_check
 
 ABSENT: Any = object()
 ERROR: Any = object()
+# The first segment of a read of every option below a group (an option path has no empty
+# segment): ("", "a") is all of group a, ("",) the whole configuration.
+WHOLE = ""
+# What hosts read of other hosts: reader -> {(host read, option or group path)}
+Reads = dict[str, set[tuple[str, tuple[str, ...]]]]
 
 
 class CycleError(EvalSignal):
@@ -119,6 +124,7 @@ class ConfigView:
         """Every set option below this group as plain data (failed ones were reported: left out)."""
         out: dict[str, Any] = {}
         depth = len(self.prefix)
+        self.host.ev.note_read(self.host.name, (WHOLE, *self.prefix))
         option = self.host.option
         known = self.host.values
         for decl in self.host.shape.trie.below(self.prefix):
@@ -170,6 +176,7 @@ class HostEval:
 
     # ------------------------------------------------------------------ reading
     def lookup(self, path: tuple[str, ...]) -> Any:
+        self.ev.note_read(self.name, path)
         decl = self.shape.trie.options.get(path)
         if decl is not None:
             value = self.option(decl)
@@ -391,10 +398,47 @@ _BUSY: Any = object()
 _UNSET: Any = object()
 
 
-class Evaluator:
-    """Evaluates every host of a fleet; collects problems instead of stopping at the first."""
+# Stands in for a host that is not evaluated here (evaluator/partial.py): given the evaluator,
+# the host's name and its `host` data, something with the ConfigView and lookup of a HostEval
+Outside = Callable[["Evaluator", str, dict[str, Any]], Any]
 
-    def __init__(self, spec: FleetSpec, shapes: dict[str, Shape], jp_options: Any) -> None:
+
+@dataclass(frozen=True)
+class Others:
+    """The hosts an evaluator does not evaluate (only those ``shapes`` has are): every host's
+    `host` data in fleet order, and what stands in for the others."""
+
+    infos: dict[str, dict[str, Any]]
+    outside: Outside
+    known_paths: set[tuple[str, ...]]
+
+
+def host_info(spec: FleetSpec, name: str) -> dict[str, Any]:
+    """A host's `host` in expressions: what fleet.yaml says of it."""
+    host = spec.hosts[name]
+    builder = spec.builders.get(host.builder)
+    return {
+        "name": name,
+        "arch": builder.arch if builder else "x86_64",
+        "builder": host.builder,
+        "tags": list(host.tags),
+        "channel": host.channel or (builder.channel if builder else "stable"),
+        "deploy": host.deploy.as_dict(),
+    }
+
+
+class Evaluator:
+    """Evaluates every host of a fleet; collects problems instead of stopping at the first.
+    With ``others``, only the hosts ``shapes`` has are evaluated; the others are read
+    through what it makes for them."""
+
+    def __init__(
+        self,
+        spec: FleetSpec,
+        shapes: dict[str, Shape],
+        jp_options: Any,
+        others: Others | None = None,
+    ) -> None:
         self.spec = spec
         self.jp_options = jp_options
         self.problems: list[Problem] = []
@@ -417,22 +461,35 @@ class Evaluator:
         for trie in tries.values():
             self.known_paths.update(trie.options)
             self.known_paths.update(trie.children)
+        if others is not None:
+            self.known_paths |= others.known_paths
         self.known_names = sorted({".".join(p) for p in self.known_paths if p})
-        for name, host in spec.hosts.items():
-            builder = spec.builders.get(host.builder)
-            arch = builder.arch if builder else "x86_64"
-            channel = host.channel or (builder.channel if builder else "stable")
-            info = {
-                "name": name,
-                "arch": arch,
-                "builder": host.builder,
-                "tags": list(host.tags),
-                "channel": channel,
-                "deploy": host.deploy.as_dict(),
-            }
-            he = HostEval(self, name, info, shapes[name])
-            self.hosts[name] = he
-            self.hosts_view[name] = {**info, "config": he.view}
+        # the host whose assertions, warnings and roles are being checked (no frame is then on
+        # the stack), and what every host read of the others (for incremental compiles)
+        self.current: str | None = None
+        self.reads: Reads = {}
+        if others is None:
+            for name in spec.hosts:
+                self._add(name, host_info(spec, name), shapes[name])
+            return
+        for name, info in others.infos.items():
+            if name in shapes:
+                self._add(name, info, shapes[name])
+            else:
+                self.hosts_view[name] = {**info, "config": others.outside(self, name, info).view}
+
+    def _add(self, name: str, info: dict[str, Any], shape: Shape) -> None:
+        he = self.hosts[name] = HostEval(self, name, info, shape)
+        self.hosts_view[name] = {**info, "config": he.view}
+
+    def note_read(self, host: str, path: tuple[str, ...]) -> None:
+        """``path`` of ``host`` is read: by another host, it is what that host depends on."""
+        reader = self.stack[-1].host if self.stack else self.current
+        if reader != host and reader is not None:
+            found = self.reads.get(reader)
+            if found is None:
+                found = self.reads[reader] = set()
+            found.add((host, path))
 
     # ------------------------------------------------------------------ problems
     def problem(
@@ -602,6 +659,7 @@ def _value_key(value: Any) -> str:
 __all__ = [
     "ABSENT",
     "ERROR",
+    "WHOLE",
     "ConfigView",
     "Evaluator",
     "ExprFailure",

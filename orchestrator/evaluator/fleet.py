@@ -47,6 +47,8 @@ class HostResult:
     # the `secrets:` entries of the host's modules (name or glob, owner/group/mode, where):
     # they set how a secret is installed; which secrets a host gets comes from its config
     secret_decls: tuple[tuple[str, dict[str, str], Loc | None], ...] = ()
+    # what its evaluation read of other hosts: (host, option or group path), see engine.WHOLE
+    reads: frozenset[tuple[str, tuple[str, ...]]] = frozenset()
 
 
 @dataclass
@@ -145,7 +147,7 @@ def _evaluate(spec: FleetSpec, keep_going: bool) -> Evaluation:
     warnings = [*builder.warnings, *ev.warnings]
     failed: dict[tuple[Loc | None, str], list[str]] = {}
     results = {
-        name: _finish(ev, he, spec, warnings, failed if not problems else None)
+        name: finish_host(ev, he, spec, warnings, failed if not problems else None)
         for name, he in ev.hosts.items()
     }
     for (loc, message), names in failed.items():
@@ -177,14 +179,16 @@ def _finisher(spec: FleetSpec) -> parallel.Finish:
         warnings: list[Problem],
         failed: dict[tuple[Loc | None, str], list[str]],
     ) -> HostResult:
-        return _finish(ev, he, spec, warnings, failed)
+        return finish_host(ev, he, spec, warnings, failed)
 
     return finish
 
 
-def _rebuilt(he: HostEval, config: dict[str, Any], roles: Any, decls: Any) -> HostResult:
+def _rebuilt(
+    he: HostEval, config: dict[str, Any], roles: Any, decls: Any, reads: Any
+) -> HostResult:
     """A host another part finished, from what it sent."""
-    return HostResult(he.name, he.info, config, roles, decls)
+    return HostResult(he.name, he.info, config, roles, decls, reads)
 
 
 def _unchecked(broken: frozenset[str]) -> str:
@@ -196,7 +200,23 @@ def _unchecked(broken: frozenset[str]) -> str:
     )
 
 
-def _finish(
+def finish_host(
+    ev: Evaluator,
+    he: HostEval,
+    spec: FleetSpec,
+    warnings: list[Problem],
+    failed: dict[tuple[Loc | None, str], list[str]] | None,
+) -> HostResult:
+    """A host's assertions and warnings checked, its roles and its whole configuration: once
+    done, every value of the host is computed, and so is everything it reads of others."""
+    ev.current = he.name
+    try:
+        return _finished(ev, he, spec, warnings, failed)
+    finally:
+        ev.current = None
+
+
+def _finished(
     ev: Evaluator,
     he: HostEval,
     spec: FleetSpec,
@@ -224,7 +244,8 @@ def _finish(
             roles.append(RoleUse(role_name(f, spec.root), f.path, f.tasks is not None, params))
         decls.extend((n, a, f.loc) for n, a in f.secrets.items())
     config = he.view.materialize()
-    return HostResult(he.name, he.info, config, tuple(roles), tuple(decls))
+    reads = frozenset(ev.reads.pop(he.name, ()))  # all of them: nothing of the host runs now
+    return HostResult(he.name, he.info, config, tuple(roles), tuple(decls), reads)
 
 
 def _holds(ev: Evaluator, he: HostEval, inst: Instance, expr: str, loc: Loc | None) -> bool:

@@ -30,8 +30,8 @@ BATCH = 100  # hosts a copy sends at a time
 
 # finishing a host: its config, roles and secret declarations (fleet.HostResult)
 Finish = Callable[[Evaluator, HostEval, list[Problem], dict[Any, list[str]]], Any]
-# a finished host made again from what a copy sent: (host, config, roles, secret_decls)
-Rebuild = Callable[[HostEval, dict[str, Any], Any, Any], Any]
+# a finished host made again from what a copy sent: (host, config, roles, secret_decls, reads)
+Rebuild = Callable[[HostEval, dict[str, Any], Any, Any, Any], Any]
 Failed = dict[tuple[Loc | None, str], list[str]]
 
 
@@ -119,7 +119,13 @@ def _encode(start: int, batch: list[Done]) -> bytes:
     """A batch as bytes: each config as JSON (orjson reads it back much faster than pickle),
     the rest pickled."""
     rows = [
-        (d.result.name, orjson.dumps(d.result.config), d.result.roles, d.result.secret_decls)
+        (
+            d.result.name,
+            orjson.dumps(d.result.config),
+            d.result.roles,
+            d.result.secret_decls,
+            d.result.reads,
+        )
         for d in batch
     ]
     warnings = [d.warnings for d in batch]
@@ -134,8 +140,10 @@ def _receive(ev: Evaluator, share: _Share, rebuild: Rebuild) -> None:
     pieces, share.ended = forks.take(share.copy)
     for data in pieces:
         start, rows, warnings = pickle.loads(data)
-        for i, ((name, cfg, roles, decls), found) in enumerate(zip(rows, warnings, strict=True)):
+        for i, ((name, cfg, roles, decls, reads), found) in enumerate(
+            zip(rows, warnings, strict=True)
+        ):
             if start + i < share.high:
-                result = rebuild(ev.hosts[name], orjson.loads(cfg), roles, decls)
+                result = rebuild(ev.hosts[name], orjson.loads(cfg), roles, decls, reads)
                 share.done[start + i] = Done(result, found)
         share.low = max(share.low, start + len(rows))

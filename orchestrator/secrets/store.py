@@ -320,18 +320,23 @@ def referenced_names(config: Any) -> set[str]:
 def delivery_plan(ev: Any) -> SecretsDelivery | None:
     """What the compile stage delivers: None when the fleet has no secrets at all (raises
     FleetErrors when anything about them is wrong)."""
-    import orjson
-
-    root = ev.spec.root
-    needle = TARGET_ROOT.encode()
-    if not os.path.isdir(secrets_dir(root)) and not any(
-        h.secret_decls or needle in orjson.dumps(h.config) for h in ev.hosts.values()
-    ):
+    if nothing_to_deliver(ev.spec.root, ev.hosts.values()):
         return None
     plan = plan_for(ev)
     if plan.problems:
         raise FleetErrors(plan.problems)
     return plan.delivery()
+
+
+def nothing_to_deliver(root: str, hosts: Any) -> bool:
+    """Whether the fleet has no secrets folder and none of ``hosts`` (evaluator HostResults)
+    declares or refers to a secret: a build then delivers none."""
+    import orjson
+
+    needle = TARGET_ROOT.encode()
+    return not os.path.isdir(secrets_dir(root)) and not any(
+        h.secret_decls or needle in orjson.dumps(h.config) for h in hosts
+    )
 
 
 def plan_for(ev: Any) -> SecretsPlan:
