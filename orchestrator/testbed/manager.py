@@ -66,9 +66,15 @@ def save_record(state_dir: str, hosts: dict[str, TestbedHost]) -> None:
     os.makedirs(state_dir, exist_ok=True)
     record = {"hosts": {n: asdict(h) for n, h in sorted(hosts.items())}}
     atomic_write(record_path(state_dir), json.dumps(record, indent=2, sort_keys=True).encode())
-    lines = [f"[{h.address}]:{h.port} {h.host_key}\n" for h in hosts.values() if h.host_key]
+    known = [(h.address, h.port, h.host_key) for h in hosts.values() if h.host_key]
     os.makedirs(os.path.dirname(known_hosts_path(state_dir)), mode=0o700, exist_ok=True)
-    atomic_write(known_hosts_path(state_dir), "".join(sorted(lines)).encode())
+    atomic_write(known_hosts_path(state_dir), known_hosts_text(known).encode())
+
+
+def known_hosts_text(entries: list[tuple[str, int, str]]) -> str:
+    """known_hosts lines for (address, port, public host key) entries, as ssh writes them for
+    a port other than 22, sorted."""
+    return "".join(sorted(f"[{address}]:{port} {key}\n" for address, port, key in entries))
 
 
 def known_hosts_path(state_dir: str) -> str:

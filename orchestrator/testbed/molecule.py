@@ -19,7 +19,7 @@ from orchestrator import strategy
 from orchestrator.errors import UsageError
 from orchestrator.paths import shipped_roles_dir
 from orchestrator.testbed.images import podman, podman_env, ssh_image
-from orchestrator.testbed.manager import HOST_KEY, free_port, testbed_key
+from orchestrator.testbed.manager import HOST_KEY, free_port, known_hosts_text, testbed_key
 
 
 @dataclass
@@ -111,7 +111,7 @@ def _run_env(work: str, ports: dict[str, int]) -> dict[str, str]:
     host_key, host_pub = testbed_key(work, HOST_KEY)
     known_hosts = os.path.join(work, "known_hosts")
     with open(known_hosts, "w", encoding="utf-8") as fh:
-        fh.writelines(f"[127.0.0.1]:{port} {host_pub}\n" for port in ports.values())
+        fh.write(known_hosts_text([("127.0.0.1", port, host_pub) for port in ports.values()]))
     return {
         "ORCHESTRATE_MOLECULE_KEY": key,
         "ORCHESTRATE_MOLECULE_PUBKEY": pub,
