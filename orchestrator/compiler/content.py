@@ -101,10 +101,6 @@ HOST_FILES = ("fleet.json", "inventory.json")
 Spans = dict[str, list[tuple[int, int]]]
 
 
-def render_outputs(ev: Evaluation, secrets: SecretsDelivery | None) -> dict[str, bytes]:
-    return render_build(ev, secrets)[0]
-
-
 def render_build(
     ev: Evaluation, secrets: SecretsDelivery | None
 ) -> tuple[dict[str, bytes], Spans | None]:

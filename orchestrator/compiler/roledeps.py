@@ -14,7 +14,8 @@ from orchestrator.errors import FleetErrors, Loc, Problem
 from orchestrator.fsutil import MAX_ROLE_FILE_BYTES, read_regular
 from orchestrator.loader.files import inside
 
-_IMPORTS = frozenset(
+# the task keys that name another role to run
+ROLE_IMPORTS = frozenset(
     {"import_role", "include_role", "ansible.builtin.import_role", "ansible.builtin.include_role"}
 )
 # the files of a role where another role can be named
@@ -32,7 +33,8 @@ def referenced_roles(data: Any) -> set[str]:
             stack.extend(node)
         elif isinstance(node, dict):
             for key, value in node.items():
-                name = value.get("name") if key in _IMPORTS and isinstance(value, dict) else None
+                named = key in ROLE_IMPORTS and isinstance(value, dict)
+                name = value.get("name") if named else None
                 if isinstance(name, str) and "{{" not in name:
                     found.add(name)
                 else:
@@ -70,7 +72,7 @@ def _imports(path: str, root: yaml.Node | None) -> dict[str, Loc]:
             stack.extend(node.value)
         elif isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                name = _literal(_get(v, "name")) if k.value in _IMPORTS else None
+                name = _literal(_get(v, "name")) if k.value in ROLE_IMPORTS else None
                 if name is not None:
                     found.setdefault(name, _loc(path, v))
                 else:

@@ -12,12 +12,12 @@ from typing import Any
 
 import yaml
 
+from orchestrator.compiler.roledeps import ROLE_IMPORTS
 from orchestrator.fsutil import MAX_ROLE_FILE_BYTES, read_regular
 
 # Debian package names (policy 5.6.1), with an optional :arch; anything else is not preloaded
 PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
 APT_MODULES = ("ansible.builtin.apt", "apt")
-INCLUDES = ("ansible.builtin.include_role", "ansible.builtin.import_role", "include_role")
 COMPONENT = re.compile(r"[a-z][a-z-]*")
 
 
@@ -112,9 +112,7 @@ def _apt_names(node: Any, plain: set[str], full: set[str]) -> None:
                     continue  # from another suite, which the image does not have
                 given = args.get("name")
                 into = plain if args.get("install_recommends", True) is False else full
-                for n in [given] if isinstance(given, str) else given or []:
-                    if isinstance(n, str) and "{{" not in n:
-                        into.add(n)
+                _add_names([given] if isinstance(given, str) else given, into)
         _common_packages(node, plain, full)
         for key in ("block", "rescue", "always"):
             _apt_names(node.get(key), plain, full)
@@ -123,13 +121,17 @@ def _apt_names(node: Any, plain: set[str], full: set[str]) -> None:
 def _common_packages(task: dict[str, Any], plain: set[str], full: set[str]) -> None:
     """The names a role hands orchestrate_common's `packages` tasks (which install them the
     way an apt task of the role would)."""
-    for module in INCLUDES:
+    for module in ROLE_IMPORTS:
         args = task.get(module)
         if isinstance(args, dict) and args.get("tasks_from") == "packages":
             given = task.get("vars")
             given = given if isinstance(given, dict) else {}
-            names = given.get("orchestrate_common_packages")
             into = full if given.get("orchestrate_common_recommends") is True else plain
-            for n in names if isinstance(names, list) else []:
-                if isinstance(n, str) and "{{" not in n:
-                    into.add(n)
+            _add_names(given.get("orchestrate_common_packages"), into)
+
+
+def _add_names(names: Any, into: set[str]) -> None:
+    """The package names of a list that are written out (a templated one is left to apply)."""
+    for n in names if isinstance(names, list) else []:
+        if isinstance(n, str) and "{{" not in n:
+            into.add(n)
