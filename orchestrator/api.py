@@ -135,6 +135,40 @@ def apply(
     return Applied(run_apply(root, opts, plan_file, confirm, on_event, stop, progress))
 
 
+# ----------------------------------------------------------------------------- generations
+@dataclass(frozen=True)
+class HostsAnswered:
+    """`rollback` and `confirm`: each host's answer; a host that refused or could not be
+    reached (``error``) makes the command fail."""
+
+    answers: dict[str, dict[str, Any]]
+
+    @property
+    def exit_code(self) -> int:
+        return exitcodes.for_run(any("error" in a for a in self.answers.values()))
+
+
+def generations(root: str, host: str) -> dict[str, Any]:
+    """`orchestrate generations HOST`: its generations, as it keeps them."""
+    from orchestrator.executor.history import host_generations
+
+    return host_generations(root, host)
+
+
+def rollback(root: str, limit: str | None, to: int | None) -> HostsAnswered:
+    """`orchestrate rollback`: the selected hosts back to generation ``to``."""
+    from orchestrator.executor.history import rollback as run_rollback
+
+    return HostsAnswered(run_rollback(root, limit, to))
+
+
+def confirm(root: str, limit: str | None) -> HostsAnswered:
+    """`orchestrate confirm`: the selected hosts' trial applies stay."""
+    from orchestrator.executor.history import confirm as run_confirm
+
+    return HostsAnswered(run_confirm(root, limit))
+
+
 # ----------------------------------------------------------------------------- schedule, secrets
 @dataclass(frozen=True)
 class ScheduledRun:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         _plan_parser,
         _show_parser,
         _apply_parser,
+        _generation_parsers,
         _testbed_parsers,
         _schedule_parsers,
         _secrets_parsers,
@@ -264,6 +266,7 @@ def _apply_parser(sub: Any) -> None:
     ap.add_argument(
         "--yes", "-y", action="store_true", help="do not ask before touching every host"
     )
+    _rollout_flags(ap)
     ap.add_argument(
         "--json",
         action="store_true",
@@ -271,6 +274,79 @@ def _apply_parser(sub: Any) -> None:
         "document instead of the table; the live display stays on stderr",
     )
     ap.set_defaults(run=_apply)
+
+
+def _rollout_flags(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--on-failure",
+        choices=("rollback", "stop", "continue"),
+        default="rollback",
+        help="a host whose apply failed: rolled back to its previous generation (default), "
+        "or kept as applied (stop: no later batch starts; continue: they do)",
+    )
+    ap.add_argument(
+        "--confirm-timeout",
+        type=int,
+        metavar="S",
+        help="seconds a changed host waits for the control node to reach it over a new SSH "
+        "connection before it rolls the apply back by itself (default: each host's "
+        "deploy.confirm_timeout, 30)",
+    )
+    ap.add_argument(
+        "--no-magic-rollback",
+        dest="magic_rollback",
+        action="store_false",
+        help="do not arm the hosts' own rollback (a warning names the hosts whose sshd, "
+        "firewall, networking or VPN change)",
+    )
+    ap.add_argument(
+        "--trial",
+        metavar="DURATION",
+        type=_duration,
+        default=0,
+        help="apply, and have the hosts undo it after DURATION (90s, 10m, 1h) unless "
+        "`orchestrate confirm` is run first",
+    )
+
+
+def _generation_parsers(sub: Any) -> None:
+    g = sub.add_parser(
+        "generations",
+        help="list a host's generations (what each apply and rollback changed)",
+        description="A host's generations, as the host keeps them under "
+        "/var/lib/orchestrate/generations: number, time, build, files and services changed, "
+        "and which is current. A record changed on the host is refused (docs/rollout.md).",
+    )
+    g.add_argument("host", metavar="HOST")
+    g.add_argument("--json", action="store_true", help=JSON_HELP)
+    g.set_defaults(run=_generations)
+    r = sub.add_parser(
+        "rollback",
+        help="bring hosts back to an earlier generation",
+        description="Restore the selected hosts to generation N (default: the one before "
+        "the current one's configuration): files with their content, owner and mode, files "
+        "created since removed, services reloaded or restarted and their running state "
+        "restored. The rollback is a new generation; the next plan compares the fleet with it.",
+    )
+    r.add_argument("--limit", "-l", metavar="SEL", help=SELECTION + " (default: every host)")
+    r.add_argument("--to", type=int, metavar="N", help="the generation (0: before the first)")
+    r.add_argument("--json", action="store_true", help=JSON_HELP)
+    r.set_defaults(run=_rollback)
+    c = sub.add_parser(
+        "confirm",
+        help="make a trial apply stay (apply --trial)",
+        description="Confirm the selected hosts' trial applies before they undo themselves.",
+    )
+    c.add_argument("--limit", "-l", metavar="SEL", help=SELECTION + " (default: every host)")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
+    c.set_defaults(run=_confirm)
+
+
+def _duration(text: str) -> int:
+    match = re.fullmatch(r"([1-9][0-9]{0,5})([smh]?)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (90s, 10m, 1h)")
+    return int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
 
 
 def _testbed_parsers(sub: Any) -> None:
@@ -668,6 +744,10 @@ def _deploy_options(args: argparse.Namespace) -> Any:
         verbosity=args.verbose,
         diff=args.diff,
         strategy=args.strategy,
+        on_failure=getattr(args, "on_failure", "rollback"),
+        magic_rollback=getattr(args, "magic_rollback", True),
+        trial=getattr(args, "trial", 0),
+        confirm_timeout=getattr(args, "confirm_timeout", None),
     )
 
 
@@ -772,6 +852,7 @@ def _apply(args: argparse.Namespace) -> int:
         _print_json(shapes.apply_result(result))
     else:
         _console().print(apply_table(result))
+    _rollout_report(result)
     rel = os.path.relpath(result.run_dir)
     if result.interrupted:
         _err(f"interrupted; the run record is in {rel}")
@@ -781,6 +862,73 @@ def _apply(args: argparse.Namespace) -> int:
                 _err(f"{t.host}: {t.status} at {t.task!r}: {t.message[:300]}")
         _err(f"failed or unreachable: {', '.join(result.failed_hosts)} (record: {rel})")
     return applied.exit_code
+
+
+def _rollout_report(result: Any) -> None:
+    for h, r in sorted(result.rollouts.items()):
+        if r.outcome == "rolled back":
+            _err(f"{h}: rolled back: {r.message}")
+        elif r.outcome == "trial":
+            _err(f"{h}: on trial (generation {r.generation}): {r.message}")
+        elif r.outcome in ("not reached", "unreachable") and r.message:
+            _err(f"{h}: {r.outcome}: {r.message}")
+
+
+def _generations(args: argparse.Namespace) -> int:
+    from orchestrator.api import generations
+
+    listing = generations(_root(args), args.host)
+    if args.json:
+        _print_json(shapes.generations(args.host, listing))
+        return exitcodes.OK
+    for g in listing["generations"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(g["time"]))
+        what = g["kind"] if g["kind"] != "rollback" else f"rollback to {g['restores']}"
+        state = g["status"].get("state", "")
+        mark = "*" if g["current"] else " "
+        print(f"{mark}{g['number']:>4}  {when}  {what:<16} build {g['build'] or '-':<16}  {state}")
+        for f in g["files"]:
+            print(f"        {f['change']:<8} {f['path']}")
+        if g["services"]:
+            print(f"        services: {', '.join(g['services'])}")
+        for n in g["not_restored"]:
+            print(f"        not restored: {n['path']} ({n['why']})")
+    if not listing["generations"]:
+        print(f"{args.host} has no generations yet (an apply that changes it makes the first)")
+    return exitcodes.OK
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from orchestrator.api import rollback
+
+    done = rollback(_root(args), args.limit, args.to)
+    said = "rolled back to generation {restores} (recorded as {generation})"
+    return _answers(args, "rollback", done, said)
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    from orchestrator.api import confirm
+
+    done = confirm(_root(args), args.limit)
+    if not done.answers:
+        _err("no selected host is on trial")
+    return _answers(args, "confirm", done, "confirmed generation {generation}")
+
+
+def _answers(args: argparse.Namespace, kind: str, done: Any, said: str) -> int:
+    if args.json:
+        _print_json(shapes.answers(kind, done.answers))
+        return int(done.exit_code)
+    for h, a in sorted(done.answers.items()):
+        if "error" in a:
+            _err(f"{h}: {a['error']}")
+        elif a.get("confirmed") is False:
+            _err(f"{h}: not confirmed: {a.get('state')}")
+        else:
+            print(f"{h}: " + said.format(**{"generation": None, "restores": None, **a}))
+            for action in a.get("actions", []):
+                print(f"  {action}")
+    return int(done.exit_code)
 
 
 def _testbed_up(args: argparse.Namespace) -> int:

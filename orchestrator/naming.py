@@ -22,6 +22,10 @@ SECRET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.
 SECRETS_ROLE = "orchestrate_secrets"
 SECRETS_GROUP = f"role_{SECRETS_ROLE}"
 SECRETS_VAR = SECRETS_ROLE
+# the shipped role whose first and last tasks of every apply keep the host's generations, and
+# the variable (set by orchestrate's applies only) that turns it on
+GENERATIONS_ROLE = "orchestrate_generations"
+GENERATIONS_VAR = "orchestrate_generation"
 
 # the architectures a builder may name, and what other tools call them
 ARCHES = ("x86_64", "aarch64")

@@ -143,16 +143,21 @@ def summary(root: Path) -> dict[str, object]:
     return json.loads((runs[-1] / "summary.json").read_text())
 
 
+def start_testbed(root: Path) -> None:
+    """`testbed up` for the fleet at ``root``; its containers become known to the helpers."""
+    up = orchestrate(root, "testbed", "up", timeout=1800)
+    assert up.returncode == 0, up.stderr
+    record = json.loads((root / ".orchestrate" / "testbed.json").read_text())
+    CONTAINERS.update({h: v["container"] for h, v in record["hosts"].items()})
+
+
 @pytest.fixture(scope="module")
 def tb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("tbfleet")
     files = {"fleet.yaml": _fleet_yaml(), "tb.yaml": MODULE}
     files.update({f"hosts/{h}.yaml": "config: {}\n" for h in HOSTS})
     write_tree(root, files)
-    up = orchestrate(root, "testbed", "up", timeout=1800)
-    assert up.returncode == 0, up.stderr
-    record = json.loads((root / ".orchestrate" / "testbed.json").read_text())
-    CONTAINERS.update({h: v["container"] for h, v in record["hosts"].items()})
+    start_testbed(root)
     yield root
     orchestrate(root, "testbed", "down")
 
@@ -385,11 +390,14 @@ def test_serial_batches_stop_at_max_fail_percent(fresh: Path) -> None:
     set_host(fresh, "tb-4", message="batched", fail=True)
     r = orchestrate(fresh, "apply", "--yes", "--serial", "3", "--max-fail-percent", "0")
     assert r.returncode == 3, r.stdout + r.stderr
-    # batches [0-2] [3-5] [6-8] [9]: the second fails, so the play stops before the third
+    # batches [0-2] [3-5] [6-8] [9]: the second fails, so the play stops before the third;
+    # the failed host is rolled back to what it ran before (--on-failure rollback)
     assert all(
         host_file(h, "/etc/orchestrate-tb/message") == "batched\n"
         for h in ("tb-0", "tb-1", "tb-2", "tb-3", "tb-5")
     )
+    assert host_file("tb-4", "/etc/orchestrate-tb/message") == "hello\n"
+    assert "tb-4: rolled back: a task failed" in r.stderr
     assert all(
         host_file(h, "/etc/orchestrate-tb/message") == "hello\n"
         for h in ("tb-6", "tb-7", "tb-8", "tb-9")

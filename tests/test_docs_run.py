@@ -112,6 +112,35 @@ E2E: dict[str, tuple[str, str]] = {
         "converges the hosts over SSH",
         "tests/test_bundled_e2e.py::test_bundled_fleet_converges_then_changes_nothing",
     ),
+    # docs/rollout.md: generations, rollback, trials on hosts
+    "orchestrate generations cortex-alpha": (
+        "asks the host over SSH",
+        "tests/test_rollout_e2e.py::test_rollback_restores_content_owner_and_mode_and_removes_created_files",
+    ),
+    "orchestrate generations cortex-alpha --json": (
+        "asks the host over SSH",
+        "tests/test_rollout_e2e.py::test_rollback_restores_content_owner_and_mode_and_removes_created_files",
+    ),
+    "orchestrate rollback --limit cortex-alpha": (
+        "restores files on the host over SSH",
+        "tests/test_rollout_e2e.py::test_a_tampered_generation_record_is_refused",
+    ),
+    "orchestrate rollback --limit cortex-alpha --to 3": (
+        "restores files on the host over SSH",
+        "tests/test_rollout_e2e.py::test_rollback_restores_content_owner_and_mode_and_removes_created_files",
+    ),
+    "orchestrate rollback --limit @tag_board --json": (
+        "restores files on the hosts over SSH",
+        "tests/test_rollout_e2e.py::test_a_tampered_generation_record_is_refused",
+    ),
+    "orchestrate apply --limit cortex-alpha --trial 10m": (
+        "converges the host over SSH, and it reverts by itself",
+        "tests/test_rollout_e2e.py::test_a_trial_reverts_without_confirm_and_stays_with_it",
+    ),
+    "orchestrate confirm --limit cortex-alpha": (
+        "confirms the host's trial over SSH",
+        "tests/test_rollout_e2e.py::test_a_trial_reverts_without_confirm_and_stays_with_it",
+    ),
     "edge=$(orchestrate testbed status | awk '$1 == \"cortex-alpha\" {print $2}')": (
         "reads the running testbed",
         "tests/test_bundled_e2e.py::test_testbed_has_both_architectures",
@@ -755,6 +784,9 @@ NOT_HERE = {
     ("schedule", "remove"): "changes the crontab",
     ("schedule", "run"): "runs a scheduled plan or apply",
     ("test",): "runs molecule in podman",
+    ("generations",): "asks the host over SSH",
+    ("rollback",): "restores hosts over SSH",
+    ("confirm",): "confirms hosts' trials over SSH",
 }
 
 

@@ -76,7 +76,9 @@ def test_a_fleet_imports_the_library_by_name(
     r = cli("--fleet", str(root), "compile")
     assert r.code == 0, r.err
     site = yaml.safe_load((root / ".orchestrate/build/site.yml").read_text())
-    roles = {e["ansible.builtin.include_role"]["name"]: e for e in site[0]["tasks"]}
+    tasks = site[0]["tasks"]
+    roles = {e["ansible.builtin.include_role"]["name"]: e for e in tasks[1:-1]}
+    assert [t["name"] for t in (tasks[0], tasks[-1])] == ["Generation: begin", "Generation: end"]
     assert "base_system_timezone" in roles["base"]["vars"]
     import json
 

@@ -39,7 +39,7 @@ from orchestrator.compiler.freshness import (
 from orchestrator.errors import UsageError
 from orchestrator.evaluator.fleet import Evaluation
 from orchestrator.fsutil import atomic_write, file_kind, private_folder
-from orchestrator.naming import SECRETS_ROLE
+from orchestrator.naming import GENERATIONS_ROLE, SECRETS_ROLE
 from orchestrator.paths import shipped_roles_dir, state_dir
 
 # Every build holds this file: only a folder that has it (or an earlier build's manifest) is
@@ -88,14 +88,21 @@ def input_files(ev: Evaluation) -> list[str]:
         for base, dirs, names in os.walk(secrets):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             files.update(os.path.join(base, n) for n in names if not n.startswith("."))
-        role = os.path.join(shipped_roles_dir(), SECRETS_ROLE)
-        for base, dirs, names in os.walk(role):
-            dirs[:] = [d for d in dirs if d != "__pycache__"]
-            files.update(os.path.join(base, n) for n in names)
+        files.update(_tree(os.path.join(shipped_roles_dir(), SECRETS_ROLE)))
+    files.update(_tree(os.path.join(shipped_roles_dir(), GENERATIONS_ROLE)))
     for folder in ev.spec.lib_dirs:
         if os.path.isdir(folder):
             files.update(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py"))
     return sorted(files)
+
+
+def _tree(folder: str) -> list[str]:
+    """Every file of a shipped role's folder (its compiled Python aside)."""
+    out: list[str] = []
+    for base, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        out.extend(os.path.join(base, n) for n in names)
+    return out
 
 
 def input_hashes(ev: Evaluation, files: list[str] | None = None) -> dict[str, str]:
@@ -125,7 +132,8 @@ def write_build(ev: Evaluation, out_dir: str, secrets: SecretsDelivery | None) -
     manifest_sha = hashlib.sha256(outputs[MANIFEST]).hexdigest()
     target = _write_atomically(outputs, out_dir, ev.spec.root)
     write_stamp(target, ev.spec.root, inputs, ev.spec.lib_dirs, manifest_sha)
-    roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")}
+    # the roles of the fleet's modules (the generations plumbing, in every build, is not one)
+    roles = {n.split("/")[1] for n in outputs if n.startswith("roles/")} - {GENERATIONS_ROLE}
     return BuildResult(
         out_dir, len(outputs), len(ev.hosts), len(roles), spans, tuple(inputs), manifest_sha
     )

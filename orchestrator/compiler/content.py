@@ -31,7 +31,14 @@ from orchestrator.evaluator.fleet import Evaluation, HostResult, role_name
 from orchestrator.fsutil import MAX_ROLE_FILE_BYTES, read_regular
 from orchestrator.loader.files import inside
 from orchestrator.loader.fleet import ModuleFile
-from orchestrator.naming import ARCHES, SECRETS_GROUP, SECRETS_ROLE, SECRETS_VAR, group_name
+from orchestrator.naming import (
+    ARCHES,
+    GENERATIONS_ROLE,
+    SECRETS_GROUP,
+    SECRETS_ROLE,
+    SECRETS_VAR,
+    group_name,
+)
 from orchestrator.paths import shipped_roles_dir
 
 
@@ -117,6 +124,7 @@ def render_build(
         data = out[f"inventory/host_vars/{name}.json"] = _json(host_vars(h, secrets))
         hostvars[name] = data[:-1]  # without _json's final newline
     roles = _generated_roles(ev)
+    roles[GENERATIONS_ROLE] = _read_tree(os.path.join(shipped_roles_dir(), GENERATIONS_ROLE))
     if secrets is not None and secrets.delivered:
         roles[SECRETS_ROLE] = _read_tree(os.path.join(shipped_roles_dir(), SECRETS_ROLE))
         for file, data in secrets.ciphertexts.items():
@@ -369,9 +377,22 @@ def _site(ev: Evaluation, groups: dict[str, list[str]]) -> list[dict[str, Any]]:
                 "config": "{{ orchestrate_config }}",
                 "params": "{{ orchestrate_params[ansible_role_name] | default({}) }}",
             },
-            "tasks": [_role_entry(r, generated.get(r), r in checked) for r in used],
+            "tasks": [
+                _generation_step("begin"),
+                *(_role_entry(r, generated.get(r), r in checked) for r in used),
+                _generation_step("end"),
+            ],
         }
     ]
+
+
+def _generation_step(step: str) -> dict[str, Any]:
+    """The first (``begin``) or last (``end``) task of the play: the host's generation of this
+    apply (docs/rollout.md). Imported, not included: its tasks cost no include on every host."""
+    return {
+        "name": f"Generation: {step}",
+        "ansible.builtin.import_role": {"name": GENERATIONS_ROLE, "tasks_from": step},
+    }
 
 
 def _role_entry(name: str, f: ModuleFile | None, checked: bool) -> dict[str, Any]:

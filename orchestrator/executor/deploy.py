@@ -20,7 +20,17 @@ from orchestrator.errors import OrchestrateError, UsageError, quoted
 from orchestrator.evaluator.fleet import Evaluation
 from orchestrator.executor import state
 from orchestrator.executor.connection import run_overrides
+from orchestrator.executor.generations import remember, save_trial
 from orchestrator.executor.lock import FleetLock
+from orchestrator.executor.rollout import (
+    ON_FAILURE,
+    RISKY,
+    Context,
+    Rollout,
+    Settings,
+    build_digest,
+    run_batches,
+)
 from orchestrator.executor.runner import Event, HostStats, RunRequest, RunResult, TaskResult, run
 from orchestrator.naming import SECRETS_GROUP
 from orchestrator.pipeline import build
@@ -43,6 +53,12 @@ class Options:
     verbosity: int = 0
     diff: bool = False
     strategy: str | None = None  # mitogen | ansible; None: what fleet.yaml says
+    # safe rollout (docs/rollout.md): what a failed host gets, whether the hosts roll back by
+    # themselves unless confirmed, a trial's length, and the confirmation's timeout
+    on_failure: str = "rollback"
+    magic_rollback: bool = True
+    trial: int = 0
+    confirm_timeout: int | None = None
 
     def __post_init__(self) -> None:
         if self.strategy is not None:
@@ -53,6 +69,12 @@ class Options:
             raise UsageError(f"--serial {quoted(self.serial)}: give a number of hosts or N%")
         if self.max_fail_percent is not None and not 0 <= self.max_fail_percent <= 100:
             raise UsageError("--max-fail-percent is a percentage, 0 to 100")
+        if self.on_failure not in ON_FAILURE:
+            raise UsageError(f"--on-failure is one of {', '.join(ON_FAILURE)}")
+        if self.confirm_timeout is not None and not 5 <= self.confirm_timeout <= 3600:
+            raise UsageError("--confirm-timeout is a number of seconds, 5 to 3600")
+        if self.trial < 0:
+            raise UsageError("--trial is a duration: 90s, 10m, 1h")
 
     def resolved(self, deploy: dict[str, Any]) -> Options:
         """These options with what the command line left open taken from fleet.yaml's
@@ -192,10 +214,12 @@ class ApplyResult:
     tasks: list[TaskResult]
     interrupted: bool
     duration: float
+    rollouts: dict[str, Rollout] = field(default_factory=dict)
 
     @property
     def failed_hosts(self) -> list[str]:
-        return sorted(h for h, s in self.stats.items() if not s.success)
+        rolled = {h for h, r in self.rollouts.items() if r.failed}
+        return sorted(rolled | {h for h, s in self.stats.items() if not s.success})
 
     @property
     def exit_code(self) -> int:
@@ -406,26 +430,75 @@ def apply(
         hosts = sorted(saved["hosts"]) if saved is not None else select(data, opts.limit)
         if saved is None and not confirm(hosts):
             return None
+        _warn_unguarded(ev, hosts, opts, progress)
         run_id, run_dir = state.new_run_dir(root, "apply")
         started = time.monotonic()
-        res = run(
+        settings = Settings(
+            run_id, build_digest(inputs), opts.magic_rollback, opts.on_failure, opts.trial,
+            opts.confirm_timeout,
+        )  # fmt: skip
+        res, rollouts = run_batches(
+            Context(root, data, settings, progress),
             _request(root, result.out_dir, run_dir, hosts, opts, False, progress, data),
+            opts.max_fail_percent,
             on_event,
             cancelled,
         )
         duration = time.monotonic() - started
         for h in hosts:
-            s = res.stats.get(h)
+            s, r = res.stats.get(h), rollouts.get(h)
             reached = s is not None and (s.reached or not data["hosts"][h]["roles"])
-            if s is not None and s.success and reached and not res.interrupted:
-                state.save_host_state(
-                    root, h, ev.hosts[h].config, data["hosts"][h]["roles"], run_id, inputs
-                )
-                if h in data["groups"].get(SECRETS_GROUP, []):
-                    _forget_delivered_key(root, h)
-        out = ApplyResult(run_id, run_dir, res.stats, res.tasks, res.interrupted, duration)
+            ok = r is not None and r.outcome in ("applied", "unchanged", "trial")
+            if s is not None and s.success and reached and ok and not res.interrupted:
+                _record_apply(root, h, ev, data, run_id, inputs, r)
+        out = ApplyResult(
+            run_id, run_dir, res.stats, res.tasks, res.interrupted, duration, rollouts
+        )
         state.write_summary(run_dir, summary(out, hosts, opts, res))
         return out
+
+
+def _record_apply(
+    root: str,
+    host: str,
+    ev: Evaluation,
+    data: dict[str, Any],
+    run_id: str,
+    inputs: dict[str, str],
+    r: Rollout | None,
+) -> None:
+    """The host's last-applied state, and the generation that holds it; for a trial, what
+    becomes that state once `orchestrate confirm` makes it stay."""
+    previous = state.load_host_state(root, host)
+    record = state.host_record(
+        host, ev.hosts[host].config, data["hosts"][host]["roles"], run_id, inputs
+    )
+    if r is not None and r.outcome == "trial":
+        save_trial(root, host, {"run": run_id, "generation": r.generation, "state": record,
+                                "previous": previous})  # fmt: skip
+        return
+    state.put_host_state(root, host, record)
+    if r is not None and r.generation is not None and r.digest:
+        remember(root, host, r.generation, r.digest, {"state": record, "previous": previous})
+    if host in data["groups"].get(SECRETS_GROUP, []):
+        _forget_delivered_key(root, host)
+
+
+def _warn_unguarded(ev: Evaluation, hosts: list[str], opts: Options, progress: Progress) -> None:
+    """--no-magic-rollback, when a change could cut the control node off its hosts."""
+    if opts.magic_rollback:
+        return
+    risky = []
+    for h in hosts:
+        old = state.load_host_state(root=ev.spec.root, host=h)
+        paths = [c["path"] for c in config_changes(ev, h, old["config"] if old else None)]
+        if any(p == r or p.startswith(r + ".") for p in paths for r in RISKY):
+            risky.append(h)
+    if risky:
+        progress(
+            "warning: --no-magic-rollback, and this apply changes sshd, the firewall, networking "
+            f"or the VPN of {', '.join(risky)}: a mistake there is not undone by the host"
+        )
 
 
 def _forget_delivered_key(root: str, host: str) -> None:
@@ -449,4 +522,5 @@ def summary(out: ApplyResult, hosts: list[str], opts: Options, res: RunResult) -
         "limit": opts.limit,
         "strategy": opts.strategy,
         "artifacts": os.path.relpath(res.artifacts, out.run_dir),
+        "rollout": {h: asdict(r) for h, r in sorted(out.rollouts.items())},
     }

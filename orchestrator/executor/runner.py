@@ -40,6 +40,8 @@ class TaskResult:
     diff: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
     uuid: str = ""
+    # what an orchestrate module returned for the control node (its ``orchestrate`` key)
+    returned: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class RunRequest:
     envvars: dict[str, str] = field(default_factory=dict)  # e.g. an image build's fact cache
     # Ansible's own unless the caller says: plan and apply pass the fleet's or the flag's
     strategy: str = strategy.ANSIBLE
+    ident: str = "artifacts"  # the artifacts folder of this run (a batch of an apply: its own)
 
 
 @dataclass
@@ -144,7 +147,7 @@ def run(
         cmdline=cmdline or None,
         verbosity=req.verbosity or None,
         quiet=True,
-        ident="artifacts",
+        ident=req.ident,
         event_handler=collector.handle,
         cancel_callback=cancelled.is_set,
         suppress_env_files=True,
@@ -161,7 +164,7 @@ def run(
         stats,
         tasks,
         cancelled.is_set(),
-        os.path.join(req.run_dir, "artifacts", "artifacts"),
+        os.path.join(req.run_dir, "artifacts", req.ident),
     )
 
 
@@ -337,6 +340,7 @@ class _Collector:
                 status,
                 diff=diff if isinstance(diff, list) else [diff],
                 message=_msg(res) if status == "changed" else "",
+                returned=res["orchestrate"] if isinstance(res.get("orchestrate"), dict) else {},
             )
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -25,6 +26,21 @@ def load_host_state(root: str, host: str) -> dict[str, Any] | None:
     return data
 
 
+def host_record(
+    host: str, config: dict[str, Any], roles: list[str], run_id: str, inputs: dict[str, str]
+) -> dict[str, Any]:
+    """What a successful apply records: the configuration and the roles it ran (so that a later
+    plan can say which roles stopped running)."""
+    return {
+        "host": host,
+        "config": config,
+        "roles": roles,
+        "run": run_id,
+        "applied_at": int(time.time()),
+        "inputs": inputs,
+    }
+
+
 def save_host_state(
     root: str,
     host: str,
@@ -33,19 +49,18 @@ def save_host_state(
     run_id: str,
     inputs: dict[str, str],
 ) -> None:
-    """Record a successful apply: the configuration and the roles it ran (so that a later plan
-    can say which roles stopped running)."""
-    atomic_json(
-        host_state_path(root, host),
-        {
-            "host": host,
-            "config": config,
-            "roles": roles,
-            "run": run_id,
-            "applied_at": int(time.time()),
-            "inputs": inputs,
-        },
-    )
+    """Record a successful apply (:func:`host_record`)."""
+    atomic_json(host_state_path(root, host), host_record(host, config, roles, run_id, inputs))
+
+
+def put_host_state(root: str, host: str, record: dict[str, Any] | None) -> None:
+    """Make ``record`` the host's last-applied state (None: as if never applied), as a
+    rollback does with the state of the generation it restored."""
+    if record is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(host_state_path(root, host))
+    else:
+        atomic_json(host_state_path(root, host), record)
 
 
 def new_run_dir(root: str, mode: str) -> tuple[str, str]:

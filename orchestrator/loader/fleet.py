@@ -43,9 +43,19 @@ class Deploy:
     user: str
     port: int
     build_on: str
+    # magic rollback: seconds a host waits for the control node's confirmation after an apply
+    confirm_timeout: int = 30
+    keep_generations: int = 10  # generations kept on the host
 
     def as_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "user": self.user, "port": self.port, "build_on": self.build_on}
+        return {
+            "host": self.host,
+            "user": self.user,
+            "port": self.port,
+            "build_on": self.build_on,
+            "confirm_timeout": self.confirm_timeout,
+            "keep_generations": self.keep_generations,
+        }
 
 
 @dataclass(frozen=True)
@@ -241,6 +251,8 @@ def _hosts(
             user=d.get("user", defaults.get("user", "root")),
             port=d.get("port", defaults.get("port", 22)),
             build_on=d.get("build_on", "local"),
+            confirm_timeout=d.get("confirm_timeout", defaults.get("confirm_timeout", 30)),
+            keep_generations=d.get("keep_generations", defaults.get("keep_generations", 10)),
         )
         out[name] = HostSpec(
             name,

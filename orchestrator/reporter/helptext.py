@@ -118,12 +118,31 @@ HELP: dict[tuple[str, ...], tuple[tuple[str, ...], Codes]] = {
             "orchestrate apply --limit cortex-alpha",
             "orchestrate apply tonight.plan",
             "orchestrate apply --yes --serial 2 --max-fail-percent 0 --json",
+            "orchestrate apply --limit cortex-alpha --confirm-timeout 60 --on-failure stop",
         ),
         (
             (INVALID, "invalid input, a saved plan that no longer holds, or nothing applied"),
             FAILED,
             LOCK_HELD,
         ),
+    ),
+    ("generations",): (
+        ("orchestrate generations cortex-alpha", "orchestrate generations pi-1 --json"),
+        ((INVALID, "no such host, or a generation record changed on the host"),),
+    ),
+    ("rollback",): (
+        (
+            "orchestrate rollback --limit cortex-alpha",
+            "orchestrate rollback --limit @tag_board --to 3",
+        ),
+        ((FAILED, "a host refused (a record changed on it) or could not be reached"), LOCK_HELD),
+    ),
+    ("confirm",): (
+        (
+            "orchestrate apply --trial 10m --limit cortex-alpha",
+            "orchestrate confirm --limit cortex-alpha",
+        ),
+        ((FAILED, "a host's trial had ended, or it could not be reached"), LOCK_HELD),
     ),
     ("testbed",): (
         (

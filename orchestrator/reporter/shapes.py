@@ -32,6 +32,9 @@ SHAPES: dict[str, int] = {
     "schedule-run": 1,
     "testbed-status": 1,
     "image-list": 1,
+    "generations": 1,
+    "rollback": 1,
+    "confirm": 1,
 }
 
 
@@ -172,6 +175,28 @@ def plan(p: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- apply
+def _rollout(r: Any) -> dict[str, Any]:
+    return {"outcome": r.outcome, "generation": r.generation, "message": r.message}
+
+
+def generations(host: str, listing: dict[str, Any]) -> dict[str, Any]:
+    """`generations HOST --json`: the host's generations as it keeps them."""
+    return document(
+        "generations",
+        {
+            "host": host,
+            "generations": listing["generations"],
+            "pending": listing.get("pending"),
+            "trial": listing.get("trial"),
+        },
+    )
+
+
+def answers(kind: str, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`rollback --json` and `confirm --json`: each host's answer."""
+    return document(kind, {"hosts": dict(sorted(answers.items()))})
+
+
 def apply_result(result: Any) -> dict[str, Any]:
     """`apply --json`: the final table's numbers per host, and the tasks that failed
     (``result`` is an orchestrator.executor.deploy.ApplyResult)."""
@@ -195,6 +220,7 @@ def apply_result(result: Any) -> dict[str, Any]:
                 for h, s in sorted(result.stats.items())
             },
             "failed_hosts": result.failed_hosts,
+            "rollout": {h: _rollout(r) for h, r in sorted(result.rollouts.items())},
             "failures": [
                 {
                     "host": t.host,

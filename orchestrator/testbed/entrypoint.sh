@@ -8,6 +8,9 @@ key=/etc/ssh/ssh_host_ed25519_key
 mkdir -p /root/.ssh /run/sshd
 printf '%s\n' "$AUTHORIZED_KEY" > /root/.ssh/authorized_keys
 chmod 700 /root/.ssh && chmod 600 /root/.ssh/authorized_keys
-# -p: sshd listens on the fleet's deploy port whatever its configuration says (kept across
-# the re-exec a SIGHUP causes), as a real host does once the base role configured it
-exec /usr/sbin/sshd -D -e -h "$key" -p "${SSH_PORT:-22}"
+# sshd listens where its configuration says, as a real host's does: a new container is a host
+# provisioned to listen on its deploy port, in the file the base role writes, and an apply that
+# moves the port moves it here too (and a container started again keeps what the apply wrote)
+conf=/etc/ssh/sshd_config.d/10-orchestrate.conf
+[ -e "$conf" ] || printf 'Port %s\n' "${SSH_PORT:-22}" > "$conf"
+exec /usr/sbin/sshd -D -e -h "$key"
