@@ -300,6 +300,22 @@ def _rollout_flags(ap: argparse.ArgumentParser) -> None:
         "firewall, networking or VPN change)",
     )
     ap.add_argument(
+        "--no-generations",
+        dest="generations",
+        action="store_false",
+        help="keep no generation on the hosts (and so no magic rollback, no rollback of a "
+        "failed host): an apply as plain Ansible runs it",
+    )
+    ap.add_argument(
+        "--reboot",
+        nargs="?",
+        const="needed",
+        choices=("needed", "always"),
+        help="reboot the changed hosts that ask for it (/run/reboot-required, which packages "
+        "and roles' handlers create), or with --reboot=always every changed host; each is "
+        "waited for, then its checks run",
+    )
+    ap.add_argument(
         "--trial",
         metavar="DURATION",
         type=_duration,
@@ -748,6 +764,8 @@ def _deploy_options(args: argparse.Namespace) -> Any:
         magic_rollback=getattr(args, "magic_rollback", True),
         trial=getattr(args, "trial", 0),
         confirm_timeout=getattr(args, "confirm_timeout", None),
+        reboot=getattr(args, "reboot", None),
+        generations=getattr(args, "generations", True),
     )
 
 
@@ -868,6 +886,8 @@ def _rollout_report(result: Any) -> None:
     for h, r in sorted(result.rollouts.items()):
         if r.outcome == "rolled back":
             _err(f"{h}: rolled back: {r.message}")
+        elif r.outcome == "unhealthy":
+            _err(f"{h}: applied, and a check failed (kept, --on-failure): {r.message}")
         elif r.outcome == "trial":
             _err(f"{h}: on trial (generation {r.generation}): {r.message}")
         elif r.outcome in ("not reached", "unreachable") and r.message:
@@ -928,6 +948,8 @@ def _answers(args: argparse.Namespace, kind: str, done: Any, said: str) -> int:
             print(f"{h}: " + said.format(**{"generation": None, "restores": None, **a}))
             for action in a.get("actions", []):
                 print(f"  {action}")
+            if a.get("note"):
+                print(f"  note: {a['note']}")
     return int(done.exit_code)
 
 

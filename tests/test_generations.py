@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, orchestrate
 
 CORE = (
     REPO / "orchestrator/roles/orchestrate_generations/module_utils/orchestrate_generation_core.py"
@@ -169,3 +169,133 @@ def test_an_apply_whose_connection_was_lost_midway_is_undone(host: Path) -> None
     core.watch(store, poll=0.1)
     assert (host / "etc/app/app.conf").read_text() == "port 1\n"
     assert store.status(1)["state"] == "rolled back: the connection was lost before the apply ended"
+
+
+# -- health checks: how they are declared, and the ones that start on this machine -----------
+
+
+CHECKS_FLEET = {
+    "fleet.yaml": "name: ck\nbuilders:\n  x86_64: {arch: x86_64}\ndefaults: [m.yaml]\nhosts:\n"
+    "  a: {builder: x86_64, modules: [a.yaml]}\n  b: {builder: x86_64, modules: [a.yaml]}\n",
+    "a.yaml": "config: {}\n",
+}
+
+
+def _module(checks: str) -> str:
+    return (
+        "options:\n  svc.port: {type: integer, default: 8080}\n"
+        "  svc.on: {type: boolean, default: true}\nchecks:\n" + checks
+    )
+
+
+def test_checks_are_evaluated_per_host_and_kept_in_the_build(fleet: Any, cli: Any) -> None:
+    root = fleet({**CHECKS_FLEET, "m.yaml": _module(
+        "  - name: port answers\n    when: config.svc.on\n"
+        "    tcp: {port: \"${config.svc.port}\", from: b}\n    timeout: 10\n"
+        "  - name: idle\n    when: '!config.svc.on'\n    command: {run: 'false'}\n"
+    )})  # fmt: skip
+    r = cli("--fleet", str(root), "compile")
+    assert r.code == 0, r.err
+    data = json.loads((root / ".orchestrate/build/fleet.json").read_text())
+    assert data["hosts"]["a"]["checks"] == [
+        {"name": "port answers", "tcp": {"from": "b", "port": 8080}, "timeout": 10}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("check", "said"),
+    [
+        ('    http: {url: "http://x/", status: "${config.svc.port}"}\n',
+         "status is 8080: give a whole number from 100 to 599"),
+        ("    command: {run: x, output: '(['}\n", "output is not a regular expression"),
+        ("    tcp: {port: 22, from: nowhere}\n", "from is 'nowhere': control, self or a host"),
+        ("    command: {run: x}\n    http: {url: y}\n", "has command and http: give one of"),
+        ("    timeout: 5\n", "check 'broken' has none: give one of command, http, tcp"),
+    ],
+)  # fmt: skip
+def test_a_bad_check_is_located_and_nothing_is_written(
+    fleet: Any, cli: Any, check: str, said: str
+) -> None:
+    root = fleet({**CHECKS_FLEET, "m.yaml": _module("  - name: broken\n" + check)})
+    r = cli("--fleet", str(root), "compile")
+    assert r.code == 1
+    assert "m.yaml:" in r.err and said in r.err, r.err
+    assert not (root / ".orchestrate/build").exists()
+
+
+def test_http_and_tcp_checks_from_this_machine_retry_until_they_pass_or_time_out() -> None:
+    import http.server
+    import socket
+    import threading
+
+    from orchestrator.executor import checks
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        calls = 0
+
+        def do_GET(self) -> None:
+            Ready.calls += 1
+            code = 200 if Ready.calls >= 2 else 503  # ready at the second attempt
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(b"Ready\n" if code == 200 else b"starting\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    found = checks.run_all(
+        "h",
+        [
+            {"name": "ready", "http": {"url": f"http://127.0.0.1:{port}/", "body": "^Ready"},
+             "timeout": 10, "interval": 1},
+            {"name": "open", "tcp": {"port": port, "address": "127.0.0.1"}},
+            {"name": "dead", "tcp": {"port": dead}, "timeout": 2, "interval": 1},
+        ],
+        {},
+        "127.0.0.1",
+    )  # fmt: skip
+    server.shutdown()
+    by = {c.name: c for c in found}
+    assert by["ready"].passed and by["ready"].output == "HTTP 200: Ready"
+    assert by["open"].passed
+    assert not by["dead"].passed and "closed" in by["dead"].output
+    assert by["dead"].seconds >= 2
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("apply", "--trial", "soon"), "'soon' is not a duration (90s, 10m, 1h)"),
+        (("apply", "--on-failure", "panic"), "invalid choice: 'panic'"),
+        (("apply", "--confirm-timeout", "2", "--yes"), "--confirm-timeout is a number of seconds"),
+        (("apply", "--reboot=sometimes"), "invalid choice: 'sometimes'"),
+        (("generations", "nosuchhost"), "no host named 'nosuchhost' in the fleet"),
+        (("rollback", "--limit", "@nogroup"), "no host or group named '@nogroup'"),
+    ],
+)
+def test_bad_rollout_flags_are_refused_before_anything_runs(
+    fleet: Any, cli: Any, args: tuple[str, ...], said: str
+) -> None:
+    root = fleet({**CHECKS_FLEET, "m.yaml": "options:\n  svc.port: {type: integer, default: 1}\n"})
+    r = orchestrate(root, *args)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert said in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (root / ".orchestrate" / "runs").exists()
+
+
+def test_an_apply_during_a_trial_keeps_the_trial_and_begins_anew(host: Path) -> None:
+    store = core.Store(str(host))
+    core.begin(store, "r1", "b", {"magic": True, "timeout": 30})
+    second(host)
+    assert core.end(store, "r1", trial=600)["generation"] == 1
+    apply(host, "r2", lambda r: (r / "etc/keep").write_text("later\n"))
+    assert store.status(1)["state"] == "kept: a later apply began"
+    assert store.pending() is None and store.numbers() == [1, 2]

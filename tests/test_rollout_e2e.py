@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import orchestrate, write_tree
-from test_deploy_e2e import podman_exec, start_testbed
+from test_deploy_e2e import CONTAINERS, podman_exec, start_testbed
 
 pytestmark = pytest.mark.containers
 
@@ -25,6 +25,14 @@ options:
   rt.extra: {type: boolean, default: false}
   rt.ssh_port: {type: integer, default: 22}
   rt.fail: {type: boolean, default: false}
+  rt.expect: {type: string, default: ""}
+  rt.ask_reboot: {type: boolean, default: false}
+checks:
+  - name: the message says what is expected
+    when: config.rt.expect != ''
+    command: {run: "cat /etc/rt/message", output: "^${config.rt.expect}$"}
+    timeout: 4
+    interval: 1
 tasks:
   - name: Make the folder
     ansible.builtin.file: {path: /etc/rt, state: directory, mode: "0755"}
@@ -36,6 +44,9 @@ tasks:
   - name: Write the extra file
     ansible.builtin.copy: {dest: /etc/rt/extra, content: "extra\\n", mode: "0644"}
     when: config.rt.extra
+  - name: Ask for a reboot, as a package would
+    ansible.builtin.copy: {dest: /run/reboot-required, content: "", mode: "0644"}
+    when: config.rt.ask_reboot
   - name: Fail on purpose
     ansible.builtin.fail: {msg: failing as configured}
     when: config.rt.fail
@@ -189,6 +200,44 @@ def test_a_tampered_generation_record_is_refused(fleet: Path) -> None:
     assert "was changed on the host" in r.stderr and "refusing" in r.stderr
     assert cat("rt-2", "/etc/rt/message") == "tamper\n"
     podman_exec("rt-2", "rm", "-rf", f"/var/lib/orchestrate/generations/{n}")
+
+
+def test_a_failing_check_in_the_first_batch_rolls_back_and_stops_the_rollout(fleet: Path) -> None:
+    set_host(fleet, "rt-0", message="batch", expect="nope")
+    for h in ("rt-1", "rt-2"):
+        set_host(fleet, h, message="batch")
+    plan = orchestrate(fleet, "plan", "--offline", "--limit", "rt-0")
+    assert "check after the apply: the message says what is expected" in plan.stdout
+    r = orchestrate(fleet, "apply", "--yes", "--serial", "1")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "rt-0: rolled back: check 'the message says what is expected' failed" in r.stderr
+    assert "exit 0: batch" in r.stderr  # the check's own output
+    assert cat("rt-0", "/etc/rt/message") == "one\n"
+    assert cat("rt-1", "/etc/rt/message") == cat("rt-2", "/etc/rt/message") == "one\n"
+    stop = orchestrate(fleet, "apply", "--yes", "--serial", "1", "--on-failure", "stop")
+    assert stop.returncode == 3 and "a check failed (kept" in stop.stderr
+    assert cat("rt-0", "/etc/rt/message") == "batch\n"  # stays as applied
+    assert cat("rt-1", "/etc/rt/message") == "one\n"  # and the next batch never started
+
+
+def started_at(host: str) -> str:
+    from test_deploy_e2e import podman
+
+    return podman("inspect", "-f", "{{.State.StartedAt}}", CONTAINERS[host]).stdout.strip()
+
+
+def test_reboot_restarts_only_the_hosts_that_ask_and_checks_run_after(fleet: Path) -> None:
+    before = {h: started_at(h) for h in HOSTS}
+    set_host(fleet, "rt-0", message="after-reboot", ask_reboot=True, expect="after-reboot")
+    set_host(fleet, "rt-1", message="no-reboot")
+    r = orchestrate(fleet, "apply", "--yes", "--reboot", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rollout = json.loads(r.stdout)["rollout"]
+    assert rollout["rt-0"]["outcome"] == "applied" and rollout["rt-1"]["outcome"] == "applied"
+    assert started_at("rt-0") != before["rt-0"]  # its container was restarted
+    assert started_at("rt-1") == before["rt-1"] and started_at("rt-2") == before["rt-2"]
+    assert cat("rt-0", "/etc/rt/message") == "after-reboot\n"
+    assert cat("rt-0", "/run/reboot-required") is None  # gone with the boot
 
 
 def _wait_for(check: object, timeout: float) -> None:

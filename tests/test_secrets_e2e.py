@@ -341,6 +341,10 @@ def test_canary_sweep_finds_no_plaintext_anywhere_but_the_target_files(
         pattern = "\\|".join(CANARIES.values())
         r = on_host(h, f"grep -rl '{pattern}' /tmp /var/tmp /root /var/log /var/lib/orchestrate")
         assert r.stdout == "", (h, r.stdout)
+    # ... and the sweep reached the generations, which keep the rotated secret's ciphertext
+    listed = json.loads(orchestrate(sec, "generations", "alpha", "--json").stdout)
+    changed = {f["path"] for g in listed["generations"] for f in g["files"]}
+    assert "/var/lib/orchestrate/secrets.json" in changed
 
 
 def test_rekey_after_removing_a_host_locks_it_out(sec: Path, delivered: object) -> None:

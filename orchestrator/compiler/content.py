@@ -185,6 +185,8 @@ def host_entry(h: HostResult) -> bytes:
         "roles": [r.name for r in h.roles],
         "params": {r.name: r.params for r in h.roles if r.params},
     }
+    if h.checks:  # what a rollout runs after the host's roles (docs/rollout.md)
+        entry["checks"] = list(h.checks)
     data: bytes = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
     return data
 

@@ -23,7 +23,7 @@ from orchestrator.evaluator.engine import (
 )
 from orchestrator.evaluator.expressions import load_lib_functions, make_functions, plain, truthy
 from orchestrator.evaluator.shape import Instance, ShapeBuilder
-from orchestrator.loader.fleet import FleetSpec, ModuleCache, ModuleFile, OptionDecl
+from orchestrator.loader.fleet import FleetSpec, HealthCheck, ModuleCache, ModuleFile, OptionDecl
 from orchestrator.loader.preload import preload
 from orchestrator.paths import library_functions_dir
 
@@ -49,6 +49,8 @@ class HostResult:
     secret_decls: tuple[tuple[str, dict[str, str], Loc | None], ...] = ()
     # what its evaluation read of other hosts: (host, option or group path), see engine.WHOLE
     reads: frozenset[tuple[str, tuple[str, ...]]] = frozenset()
+    # its modules' health checks whose `when` holds, with their expressions evaluated
+    checks: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass
@@ -185,10 +187,10 @@ def _finisher(spec: FleetSpec) -> parallel.Finish:
 
 
 def _rebuilt(
-    he: HostEval, config: dict[str, Any], roles: Any, decls: Any, reads: Any
+    he: HostEval, config: dict[str, Any], roles: Any, decls: Any, reads: Any, checks: Any
 ) -> HostResult:
     """A host another part finished, from what it sent."""
-    return HostResult(he.name, he.info, config, roles, decls, reads)
+    return HostResult(he.name, he.info, config, roles, decls, reads, checks)
 
 
 def _unchecked(broken: frozenset[str]) -> str:
@@ -225,6 +227,7 @@ def _finished(
 ) -> HostResult:
     roles: list[RoleUse] = []
     decls: list[tuple[str, dict[str, str], Loc | None]] = []
+    checks: list[dict[str, Any] | None] = []
     for inst in he.shape.instances:
         f = inst.file
         if f.params:
@@ -243,9 +246,57 @@ def _finished(
             params = _params(he, inst) if f.params else {}
             roles.append(RoleUse(role_name(f, spec.root), f.path, f.tasks is not None, params))
         decls.extend((n, a, f.loc) for n, a in f.secrets.items())
+        checks.extend(_health(ev, he, inst, c) for c in f.checks)
     config = he.view.materialize()
     reads = frozenset(ev.reads.pop(he.name, ()))  # all of them: nothing of the host runs now
-    return HostResult(he.name, he.info, config, tuple(roles), tuple(decls), reads)
+    found = tuple(c for c in checks if c is not None)
+    return HostResult(he.name, he.info, config, tuple(roles), tuple(decls), reads, found)
+
+
+def _health(
+    ev: Evaluator, he: HostEval, inst: Instance, check: HealthCheck
+) -> dict[str, Any] | None:
+    """A health check for this host, its `${...}` evaluated (None where `when` does not hold,
+    or where an expression failed: that is reported)."""
+    if check.when is not None and not _holds(ev, he, inst, check.when, check.loc):
+        return None
+    try:
+        spec = plain(he.resolve(check.spec, inst, check.loc))
+    except ExprFailure as exc:
+        ev.problem(check.loc, exc.message, exc.hint)
+        return None
+    except Unusable:
+        return None
+    problem = _health_problem(spec, set(ev.hosts))
+    if problem:
+        ev.problem(check.loc, f"check {check.name!r}: {problem}")
+        return None
+    return {"name": check.name, **spec}
+
+
+def _health_problem(spec: dict[str, Any], hosts: set[str]) -> str:
+    """What is wrong with a check once its expressions are evaluated ("" when nothing)."""
+    ranges = {"timeout": (1, 3600), "interval": (1, 600)}
+    kind = next(k for k in ("command", "http", "tcp") if k in spec)
+    body = spec[kind]
+    if kind == "tcp":
+        ranges["port"] = (1, 65535)
+    if kind == "http" and "status" in body:
+        ranges["status"] = (100, 599)
+    for key, (low, high) in ranges.items():
+        value = body.get(key) if key in ("port", "status") else spec.get(key)
+        if value is not None and not (type(value) is int and low <= value <= high):
+            return f"{key} is {value!r}: give a whole number from {low} to {high}"
+    for key in ("output", "body"):
+        if isinstance(body.get(key), str):
+            try:
+                re.compile(body[key])
+            except re.error as exc:
+                return f"{key} is not a regular expression: {exc}"
+    origin = body.get("from", "control")
+    if origin not in ("control", "self") and origin not in hosts:
+        return f"from is {origin!r}: control, self or a host of the fleet"
+    return ""
 
 
 def _holds(ev: Evaluator, he: HostEval, inst: Instance, expr: str, loc: Loc | None) -> bool:

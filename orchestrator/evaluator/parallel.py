@@ -30,8 +30,9 @@ BATCH = 100  # hosts a copy sends at a time
 
 # finishing a host: its config, roles and secret declarations (fleet.HostResult)
 Finish = Callable[[Evaluator, HostEval, list[Problem], dict[Any, list[str]]], Any]
-# a finished host made again from what a copy sent: (host, config, roles, secret_decls, reads)
-Rebuild = Callable[[HostEval, dict[str, Any], Any, Any, Any], Any]
+# a finished host made again from what a copy sent: (host, config, roles, secret_decls, reads,
+# health checks)
+Rebuild = Callable[[HostEval, dict[str, Any], Any, Any, Any, Any], Any]
 Failed = dict[tuple[Loc | None, str], list[str]]
 
 
@@ -125,6 +126,7 @@ def _encode(start: int, batch: list[Done]) -> bytes:
             d.result.roles,
             d.result.secret_decls,
             d.result.reads,
+            d.result.checks,
         )
         for d in batch
     ]
@@ -140,10 +142,10 @@ def _receive(ev: Evaluator, share: _Share, rebuild: Rebuild) -> None:
     pieces, share.ended = forks.take(share.copy)
     for data in pieces:
         start, rows, warnings = pickle.loads(data)
-        for i, ((name, cfg, roles, decls, reads), found) in enumerate(
+        for i, ((name, cfg, roles, decls, reads, checks), found) in enumerate(
             zip(rows, warnings, strict=True)
         ):
             if start + i < share.high:
-                result = rebuild(ev.hosts[name], orjson.loads(cfg), roles, decls, reads)
+                result = rebuild(ev.hosts[name], orjson.loads(cfg), roles, decls, reads, checks)
                 share.done[start + i] = Done(result, found)
         share.low = max(share.low, start + len(rows))

@@ -13,7 +13,7 @@ from orchestrator.naming import SECRETS_GROUP
 from orchestrator.paths import state_dir
 from orchestrator.secrets.sops import binary_for
 from orchestrator.secrets.store import pending_key
-from orchestrator.testbed.manager import TestbedHost, known_hosts_path, load_record
+from orchestrator.testbed.manager import TestbedHost, known_hosts_path, load_record, restart
 
 Progress = Callable[[str], None]
 # a container started before the testbed knew its host key: reached without checking it
@@ -89,3 +89,9 @@ def run_overrides(
     for h, extra in secrets_overrides(root, data, hosts, progress).items():
         overrides.setdefault(h, {}).update(extra)
     return overrides
+
+
+def restart_testbed_host(root: str, host: str, deploy_address: str) -> bool:
+    """Reboot ``host`` the testbed's way (its container restarted) when it is a testbed host;
+    False when it is not (a real host reboots itself)."""
+    return restart(state_dir(root), host, deploy_address)

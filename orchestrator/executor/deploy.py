@@ -19,8 +19,9 @@ from orchestrator.compiler.freshness import input_path, load_build_data, sha256_
 from orchestrator.errors import OrchestrateError, UsageError, quoted
 from orchestrator.evaluator.fleet import Evaluation
 from orchestrator.executor import state
+from orchestrator.executor.checks import describe
 from orchestrator.executor.connection import run_overrides
-from orchestrator.executor.generations import remember, save_trial
+from orchestrator.executor.generations import drop_trial, remember, save_trial
 from orchestrator.executor.lock import FleetLock
 from orchestrator.executor.rollout import (
     ON_FAILURE,
@@ -59,6 +60,8 @@ class Options:
     magic_rollback: bool = True
     trial: int = 0
     confirm_timeout: int | None = None
+    reboot: str | None = None  # needed | always
+    generations: bool = True
 
     def __post_init__(self) -> None:
         if self.strategy is not None:
@@ -109,6 +112,8 @@ class HostPlan:
     check: dict[str, Any] | None = None
     configuration: list[dict[str, Any]] = field(default_factory=list)
     stopped_roles: list[str] = field(default_factory=list)
+    # the health checks that run after the apply changes the host (name: what it tries)
+    checks: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -168,7 +173,7 @@ class Plan:
                     str(h["host"]), _names(h["roles"]), bool(h["first_apply"]),
                     _entries(h["config_changes"], "old", "new"), h.get("check"),
                     _entries(h.get("configuration", []), "value"),
-                    _names(h.get("stopped_roles", [])),
+                    _names(h.get("stopped_roles", [])), _names(h.get("checks", [])),
                 )
                 for name, h in data["hosts"].items()
             }  # fmt: skip
@@ -332,6 +337,7 @@ def make_plan(
                 config_changes(ev, h, old["config"] if old else None),
                 configuration=configuration(ev, h) if old is None else [],
                 stopped_roles=stopped_roles(roles, old),
+                checks=[f"{c['name']}: {describe(c)}" for c in data["hosts"][h].get("checks", [])],
             )
         if offline or not hosts:
             return plan
@@ -435,7 +441,7 @@ def apply(
         started = time.monotonic()
         settings = Settings(
             run_id, build_digest(inputs), opts.magic_rollback, opts.on_failure, opts.trial,
-            opts.confirm_timeout,
+            opts.confirm_timeout, opts.reboot, opts.generations,
         )  # fmt: skip
         res, rollouts = run_batches(
             Context(root, data, settings, progress),
@@ -448,7 +454,9 @@ def apply(
         for h in hosts:
             s, r = res.stats.get(h), rollouts.get(h)
             reached = s is not None and (s.reached or not data["hosts"][h]["roles"])
-            ok = r is not None and r.outcome in ("applied", "unchanged", "trial")
+            # a host whose check failed and that stays as applied runs the new configuration
+            kept = ("applied", "unchanged", "trial", "unhealthy")
+            ok = r is not None and r.outcome in kept
             if s is not None and s.success and reached and ok and not res.interrupted:
                 _record_apply(root, h, ev, data, run_id, inputs, r)
         out = ApplyResult(
@@ -478,6 +486,7 @@ def _record_apply(
                                 "previous": previous})  # fmt: skip
         return
     state.put_host_state(root, host, record)
+    drop_trial(root, host)  # a trial this apply built on is the past now
     if r is not None and r.generation is not None and r.digest:
         remember(root, host, r.generation, r.digest, {"state": record, "previous": previous})
     if host in data["groups"].get(SECRETS_GROUP, []):
@@ -486,7 +495,7 @@ def _record_apply(
 
 def _warn_unguarded(ev: Evaluation, hosts: list[str], opts: Options, progress: Progress) -> None:
     """--no-magic-rollback, when a change could cut the control node off its hosts."""
-    if opts.magic_rollback:
+    if opts.magic_rollback and opts.generations:
         return
     risky = []
     for h in hosts:
@@ -496,7 +505,7 @@ def _warn_unguarded(ev: Evaluation, hosts: list[str], opts: Options, progress: P
             risky.append(h)
     if risky:
         progress(
-            "warning: --no-magic-rollback, and this apply changes sshd, the firewall, networking "
+            "warning: without magic rollback, this apply changes sshd, the firewall, networking "
             f"or the VPN of {', '.join(risky)}: a mistake there is not undone by the host"
         )
 

@@ -157,14 +157,16 @@ def checked_listing(root: str, link: Link) -> dict[str, Any]:
     return listing
 
 
-def state_at(root: str, host: str, number: int) -> dict[str, Any] | None:
-    """The last-applied state that generation ``number`` holds (None: never applied)."""
+def state_at(root: str, host: str, number: int) -> tuple[bool, dict[str, Any] | None]:
+    """Whether this control node knows the last-applied state that generation ``number``
+    holds, and that state (None: never applied)."""
     gens = load_history(root, host)["generations"]
     if str(number) in gens:
-        state: dict[str, Any] | None = gens[str(number)].get("state")
-        return state
+        return True, gens[str(number)].get("state")
     after = gens.get(str(number + 1))
-    return after.get("previous") if after else None
+    if after is not None:
+        return True, after.get("previous")
+    return number == 0 and not gens, None
 
 
 # -- the commands ---------------------------------------------------------------------------------

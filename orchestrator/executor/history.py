@@ -53,8 +53,12 @@ def _rollback_one(root: str, link: gens.Link, to: int | None) -> dict[str, Any]:
     except gens.GenerationError as e:
         return {"error": str(e)}
     previous = state.load_host_state(root, link.host)
-    record = gens.state_at(root, link.host, int(answer["restores"]))
-    state.put_host_state(root, link.host, record)
+    known, record = gens.state_at(root, link.host, int(answer["restores"]))
+    if known:
+        state.put_host_state(root, link.host, record)
+    else:  # made by another control node: what it applied is not known here
+        record = previous
+        answer["note"] = "its configuration is not known here: the last-applied state is kept"
     if answer.get("generation"):
         entry = {"state": record, "previous": previous}
         gens.remember(root, link.host, int(answer["generation"]), answer["digest"], entry)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from orchestrator.executor import checks as health
 from orchestrator.executor import generations as gens
+from orchestrator.executor.connection import restart_testbed_host
 from orchestrator.executor.runner import Event, HostStats, RunRequest, RunResult, TaskResult, run
 from orchestrator.naming import GENERATIONS_VAR
 
@@ -24,17 +27,22 @@ RISKY = ("services.openssh", "networking", "vpn")
 @dataclass
 class Rollout:
     """What became of one host: ``outcome`` is applied (a new generation), unchanged, trial,
-    rolled back, failed (kept as applied), unreachable or not reached (a later batch)."""
+    rolled back, failed (kept as applied), unhealthy (applied, a check failed, kept as
+    `--on-failure stop|continue` says), unreachable or not reached (a later batch)."""
 
     host: str
     outcome: str
     generation: int | None = None
     message: str = ""
     digest: str = ""  # the new generation's record, as the host reported it
+    checks: list[dict[str, Any]] = field(default_factory=list)  # name, passed, output, seconds
+    rebooted: bool = False
+    # seconds from the failed confirmation to the host answering again (after rolling back)
+    recovered: float | None = None
 
     @property
     def failed(self) -> bool:
-        return self.outcome in ("rolled back", "failed", "unreachable")
+        return self.outcome in ("rolled back", "failed", "unhealthy", "unreachable")
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class Settings:
     on_failure: str
     trial: int  # seconds; 0: not a trial
     confirm_timeout: int | None  # None: each host's deploy.confirm_timeout
+    reboot: str | None = None  # needed (when the host asks) | always (every changed host)
+    generations: bool = True  # False: the hosts keep none, and nothing is confirmed
 
 
 def build_digest(inputs: dict[str, str]) -> str:
@@ -62,7 +72,9 @@ def batches(hosts: list[str], serial: str | None) -> list[list[str]]:
 
 def host_vars(data: dict[str, Any], hosts: list[str], s: Settings) -> dict[str, dict[str, Any]]:
     """The variable that turns generations on, per host (its own timeout and how many kept)."""
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
+    if not s.generations:
+        return out
     for h in hosts:
         deploy = data["hosts"][h]["deploy"]
         out[h] = {
@@ -107,12 +119,14 @@ def run_batches(
         res = run(req, on_event, cancelled)
         _merge(total, res, first=i == 1)
         if res.interrupted:
-            rollouts.update(interrupted(ctx, batch))
+            if ctx.settings.generations:
+                rollouts.update(interrupted(ctx, batch))
             break
         rollouts.update(settle(ctx, batch, res))
         failed = [h for h in batch if rollouts[h].failed]
         limit = 100 if max_fail_percent is None else max_fail_percent
-        if failed and (len(failed) == len(batch) or 100 * len(failed) > limit * len(batch)):
+        whole = len(failed) == len(batch) or ctx.settings.on_failure == "stop"
+        if failed and (whole or 100 * len(failed) > limit * len(batch)):
             for h in (h for later in parts[i:] for h in later):
                 rollouts[h] = Rollout(h, "not reached", message="an earlier batch failed")
                 total.stats.setdefault(h, HostStats())
@@ -141,6 +155,8 @@ def settle(ctx: Context, batch: list[str], res: RunResult) -> dict[str, Rollout]
         s = res.stats.get(h, HostStats())
         if s.unreachable:
             out[h] = Rollout(h, "unreachable", message=_first_message(res.tasks, h))
+        elif s.failed and not ctx.settings.generations:
+            out[h] = Rollout(h, "failed", message=_first_message(res.tasks, h))
         elif s.failed:
             out[h] = _failed(ctx, links[h], res.tasks)
         elif h in made and ctx.settings.trial:
@@ -157,7 +173,75 @@ def settle(ctx: Context, batch: list[str], res: RunResult) -> dict[str, Rollout]
             out[h] = Rollout(h, "unchanged")
     for r in gens.in_parallel(lambda h: _confirm(ctx, links[h]), confirm):
         out[r.host] = r
+    applied = [r for r in out.values() if r.outcome == "applied"]
+    for r in gens.in_parallel(lambda r: _checked(ctx, _rebooted(ctx, r)), applied):
+        out[r.host] = r
     return out
+
+
+REBOOT_TIMEOUT = 600  # seconds a host has to answer again after a reboot
+
+
+def _rebooted(ctx: Context, r: Rollout) -> Rollout:
+    """`apply --reboot`: the host rebooted when it asks for it (or always), and waited for."""
+    if ctx.settings.reboot is None:
+        return r
+    link = gens.links(ctx.root, ctx.data, [r.host])[r.host]
+    try:
+        before = gens.call(link, "boot")
+        if ctx.settings.reboot != "always" and not before.get("required"):
+            return r
+        ctx.progress(f"{r.host}: rebooting ...")
+        address = str(ctx.data["hosts"][r.host]["deploy"]["host"])
+        if not restart_testbed_host(ctx.root, r.host, address):
+            gens.call(link, "reboot")
+            _wait_new_boot(link, str(before.get("boot_id")))
+    except gens.GenerationError as e:
+        return replace(r, outcome="unhealthy", message=f"the reboot failed: {e}")
+    return replace(r, rebooted=True)
+
+
+def _wait_new_boot(link: gens.Link, old: str) -> None:
+    deadline = time.monotonic() + REBOOT_TIMEOUT
+    time.sleep(3)
+    while time.monotonic() < deadline:
+        try:
+            if gens.call(link, "boot", timeout=20).get("boot_id") != old:
+                return
+        except gens.GenerationError:
+            pass
+        time.sleep(2)
+    raise gens.GenerationError(f"it did not answer within {REBOOT_TIMEOUT}s of its reboot")
+
+
+def _checks_of(ctx: Context, host: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = ctx.data["hosts"][host].get("checks", [])
+    return found
+
+
+def _checked(ctx: Context, r: Rollout) -> Rollout:
+    """The host's health checks; a failure rolls the apply back (or is kept, as
+    `--on-failure` says)."""
+    checks = _checks_of(ctx, r.host)
+    if not checks or r.outcome != "applied":
+        return r
+    origins = {c[k]["from"] for c in checks for k in ("http", "tcp") if k in c and "from" in c[k]}
+    names = sorted({r.host} | (origins - {"control", "self"}))
+    links = gens.links(ctx.root, ctx.data, names)
+    address = str(ctx.data["hosts"][r.host]["deploy"]["host"])
+    results = health.run_all(r.host, checks, links, address)
+    r = replace(r, checks=[asdict(c) for c in results])
+    bad = [c for c in results if not c.passed]
+    if not bad:
+        return r
+    why = "; ".join(f"check {c.name!r} failed after {c.seconds}s: {c.output}" for c in bad)
+    if ctx.settings.on_failure != "rollback" or r.generation is None:
+        return replace(r, outcome="unhealthy", message=why)
+    try:
+        gens.call(links[r.host], "rollback", str(r.generation - 1))
+    except gens.GenerationError as e:
+        return replace(r, outcome="unhealthy", message=f"{why}; the rollback failed: {e}")
+    return replace(r, outcome="rolled back", message=why)
 
 
 def interrupted(ctx: Context, batch: list[str]) -> dict[str, Rollout]:
@@ -230,8 +314,10 @@ def _lost(ctx: Context, link: gens.Link, error: str) -> Rollout:
         f"{link.host}: not reachable over a new connection after the apply ({error}); "
         f"waiting for it to roll back by itself (within {timeout}s) ..."
     )
+    lost = time.monotonic()
     back = gens.wait_back(link, None, timeout + 90)
     message = f"not reachable after apply: {error}"
     if back is None:
         return Rollout(link.host, "unreachable", message=message + "; it has not answered since")
-    return Rollout(link.host, "rolled back", message=message)
+    took = round(time.monotonic() - lost, 1)
+    return Rollout(link.host, "rolled back", message=message, recovered=took)

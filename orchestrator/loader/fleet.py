@@ -318,6 +318,17 @@ class Check:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """A module's health check, as written: ``spec`` holds its `command`, `http` or `tcp` and
+    its `timeout` and `interval`, expressions not yet evaluated."""
+
+    name: str
+    when: str | None
+    spec: dict[str, Any]
+    loc: Loc
+
+
+@dataclass(frozen=True)
 class ModuleFile:
     """A parsed, schema-checked module file."""
 
@@ -338,6 +349,7 @@ class ModuleFile:
     assertions: tuple[Check, ...]
     warnings: tuple[Check, ...]
     loc: Loc
+    checks: tuple[HealthCheck, ...] = ()
 
 
 class ModuleCache:
@@ -417,7 +429,23 @@ class ModuleCache:
             assertions=_checks(doc.get("assertions"), "assert"),
             warnings=_checks(doc.get("warnings"), "when"),
             loc=doc.loc,
+            checks=self._health_checks(doc.get("checks")),
         )
+
+    def _health_checks(self, seq: Any) -> tuple[HealthCheck, ...]:
+        out = []
+        for item in seq or ():
+            loc = loc_of(item, "name") or item.loc
+            kinds = [k for k in ("command", "http", "tcp") if k in item]
+            if len(kinds) != 1:
+                said = "has " + " and ".join(kinds) if kinds else "has none"
+                self.problems.append(
+                    Problem(loc, f"check {item['name']!r} {said}: give one of command, http, tcp")
+                )
+                continue
+            spec = {k: v for k, v in item.items() if k not in ("name", "when")}
+            out.append(HealthCheck(item["name"], item.get("when"), spec, loc))
+        return tuple(out)
 
     def _options(self, doc: Map) -> tuple[OptionDecl, ...]:
         section = doc.get("options")

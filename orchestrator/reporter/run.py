@@ -159,6 +159,8 @@ def _host_lines(hp: HostPlan) -> list[Text]:
         )
     if hp.check is not None:
         lines.extend(_check_lines(hp.check))
+    if hp.changed:
+        lines.extend(_labelled("check", "blue", f" after the apply: {c}") for c in hp.checks)
     return lines
 
 
@@ -183,12 +185,18 @@ def _labelled(label: str, style: str, rest: str) -> Text:
     return Text.assemble(PLAN_INDENT, (label, style), one_line(rest))
 
 
+# modules whose changes a rollback leaves in place (docs/rollout.md): installed packages stay
+PACKAGE_ACTIONS = {"apt", "package", "dpkg_selections", "pip"}
+
+
 def _check_lines(check: dict[str, Any]) -> list[Text]:
     lines = []
     if check["unreachable"]:
         lines.append(_labelled("unreachable", "magenta", ": check mode could not run"))
     for t in check["changed"]:
         note = f" ({t['message']})" if t["message"] and not t["diff"] else ""
+        if t["action"].rsplit(".", 1)[-1] in PACKAGE_ACTIONS:
+            note += " (packages: a rollback does not undo this)"
         lines.append(_labelled("would change", "yellow", f": {t['task']}{note}"))
         for d in t["diff"]:
             lines.extend(_diff_lines(d))

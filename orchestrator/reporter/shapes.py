@@ -176,7 +176,14 @@ def plan(p: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------- apply
 def _rollout(r: Any) -> dict[str, Any]:
-    return {"outcome": r.outcome, "generation": r.generation, "message": r.message}
+    return {
+        "outcome": r.outcome,
+        "generation": r.generation,
+        "message": r.message,
+        "checks": r.checks,
+        "rebooted": r.rebooted,
+        "recovered": r.recovered,
+    }
 
 
 def generations(host: str, listing: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ set -e
 key=/etc/ssh/ssh_host_ed25519_key
 [ -f "$key" ] || ssh-keygen -q -t ed25519 -N '' -f "$key"
 mkdir -p /root/.ssh /run/sshd
+# a start is a boot: what asked for the reboot is gone, as /run is empty after a real one
+rm -f /run/reboot-required /run/reboot-required.pkgs
 printf '%s\n' "$AUTHORIZED_KEY" > /root/.ssh/authorized_keys
 chmod 700 /root/.ssh && chmod 600 /root/.ssh/authorized_keys
 # sshd listens where its configuration says, as a real host's does: a new container is a host

@@ -290,6 +290,19 @@ def status(state_dir: str) -> list[tuple[str, TestbedHost, bool, bool]]:
     return out
 
 
+def restart(state_dir: str, host: str, deploy_address: str | None) -> bool:
+    """A testbed host's reboot: its container restarted, waited for until sshd answers, its
+    deploy address given back. False when the host has no container here."""
+    record = load_record(state_dir)
+    h = record.get(host)
+    if h is None:
+        return False
+    podman("restart", "-t", "2", h.container, check=False)
+    wait_ssh([h])
+    bridge_addresses({host: h}, {host: deploy_address} if deploy_address else {})
+    return True
+
+
 def down(state_dir: str) -> list[str]:
     """Remove every recorded container and the record."""
     record = load_record(state_dir)

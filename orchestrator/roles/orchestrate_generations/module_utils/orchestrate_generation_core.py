@@ -444,7 +444,10 @@ def begin(store: Store, run: str, build: str, opts: dict) -> dict:
     script (this file on the host, for the watchdog)."""
     with store.locked():
         old = store.pending()
-        if old is not None:  # an apply that never ended: what it changed becomes a generation
+        if old is not None and old.get("generation") is not None:
+            # one awaiting its confirmation, or on trial: the new apply builds on it
+            store.set_status(old["generation"], state="kept: a later apply began")
+        elif old is not None:  # one that never ended: what it changed becomes a generation
             make_generation(store, old, "apply", status="interrupted: a later apply began")
         snapshot(store)
         pending = {
@@ -843,9 +846,65 @@ def change_word(f: dict) -> str:
     return "removed" if not f["after"]["exists"] else "changed"
 
 
+def probe(kind: str, args: list[str], stdin: str) -> dict:
+    """One attempt of a health check, from this host: ``command`` (the command on stdin, run
+    by the shell), ``http URL`` or ``tcp ADDRESS PORT``. What it found, never an error."""
+    if kind == "command":
+        try:
+            done = subprocess.run(
+                ["sh", "-c", stdin], capture_output=True, text=True, timeout=300, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return {"rc": -1, "output": "timed out after 300s"}
+        return {"rc": done.returncode, "output": (done.stdout + done.stderr)[-4000:]}
+    if kind == "http":
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(args[0], timeout=10) as resp:
+                return {"status": resp.status, "body": resp.read(65536).decode("utf-8", "replace")}
+        except urllib.error.HTTPError as e:
+            return {"status": e.code, "body": e.read(65536).decode("utf-8", "replace")}
+        except (OSError, ValueError) as e:
+            return {"status": None, "error": str(e)[:300]}
+    import socket
+
+    try:
+        with socket.create_connection((args[0], int(args[1])), timeout=5):
+            return {"open": True}
+    except OSError as e:
+        return {"open": False, "error": str(e)[:300]}
+
+
+def boot_state(store: Store) -> dict:
+    """This boot's id, and whether the host asks for a reboot (Debian's /run/reboot-required,
+    which packages and roles' handlers create)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="utf-8") as fh:
+            boot = fh.read().strip()
+    except OSError:
+        boot = ""
+    return {"boot_id": boot, "required": os.path.exists(store.at("/run/reboot-required"))}
+
+
+def reboot() -> dict:
+    """Reboot in a second, once this answer has left (systemd's, else the init's)."""
+    cmd = "sleep 1; systemctl reboot || /sbin/reboot"
+    subprocess.Popen(
+        ["sh", "-c", cmd],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return {"rebooting": True}
+
+
 def main(argv: list[str]) -> int:
     """``generation.py [--prefix P] watch | list | confirm RUN | revert RUN REASON |
-    rollback [N]``: JSON on stdout (notes for confirm on stdin)."""
+    rollback [N] | probe command|http URL|tcp ADDRESS PORT``: JSON on stdout (confirm's notes
+    and probe command's command on stdin)."""
     prefix = "/"
     if argv[:1] == ["--prefix"]:
         prefix, argv = argv[1], argv[2:]
@@ -861,6 +920,12 @@ def main(argv: list[str]) -> int:
             result = confirm(store, args[0], json.loads(sys.stdin.read() or "[]"))
         elif command == "revert":
             result = revert(store, args[0], args[1])
+        elif command == "probe":
+            result = probe(args[0], args[1:], sys.stdin.read() if args[0] == "command" else "")
+        elif command == "boot":
+            result = boot_state(store)
+        elif command == "reboot":
+            result = reboot()
         elif command == "rollback":
             with store.locked():
                 if store.pending() is not None:
