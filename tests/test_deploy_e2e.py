@@ -469,3 +469,36 @@ def test_scheduled_apply(fresh: Path) -> None:
         )
     finally:
         orchestrate(fresh, "schedule", "remove", "converge")
+
+
+def test_testbed_up_steps_over_a_port_forward_a_killed_container_left(tmp_path: Path) -> None:
+    """A session stopped hard kills podman's monitors but leaves their port forwards in the NAT
+    table, on ports nothing listens on: a new container published there is never reached."""
+    from orchestrator.testbed.images import ssh_image
+    from orchestrator.testbed.manager import free_port
+
+    port = free_port(set())
+    stale = f"orch-stale-{os.getpid()}"
+    image = ssh_image("x86_64", "bookworm", lambda _: None)
+    run = podman("run", "-d", "--name", stale, "-p", f"127.0.0.1:{port}:22", image, "sleep", "600")
+    assert run.returncode == 0, run.stderr
+    try:
+        pids = podman("inspect", "-f", "{{.State.ConmonPid}} {{.State.Pid}}", stale).stdout.split()
+        subprocess.run(["kill", "-9", *pids], check=True)
+        time.sleep(1)
+        assert (
+            f"--dport {port} "
+            in subprocess.run(
+                ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        root = tmp_path / "one"
+        fleet = "name: one\nbuilders: {x86_64: {arch: x86_64}}\nhosts: {solo: {builder: x86_64}}\n"
+        write_tree(root, {"fleet.yaml": fleet})
+        up = orchestrate(root, "testbed", "up", timeout=600)
+        assert up.returncode == 0, up.stderr
+        record = json.loads((root / ".orchestrate" / "testbed.json").read_text())
+        assert record["hosts"]["solo"]["port"] != port
+        orchestrate(root, "testbed", "down")
+    finally:
+        podman("rm", "-f", stale)

@@ -121,3 +121,22 @@ def test_testbed_host_keys_are_checked(tmp_path: Path) -> None:
     assert any("b started before the testbed knew host keys" in s for s in said), said
     record = json.loads((state / "testbed.json").read_text())
     assert record["hosts"]["a"]["host_key"] == "ssh-ed25519 AAAAone"
+
+
+def test_the_testbed_skips_ports_the_nat_table_forwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = "\n".join(
+        [
+            "*nat",
+            "-A NETAVARK-DN-1 -s 127.0.0.1/32 -d 127.0.0.1/32 -p tcp -m tcp --dport 22001 "
+            "-j NETAVARK-HOSTPORT-SETMARK",
+            "-A NETAVARK-DN-1 -d 127.0.0.1/32 -p tcp -m tcp --dport 22001 -j DNAT "
+            "--to-destination 10.88.0.16:22",
+            "-A NETAVARK-DN-1 -d 127.0.0.1/32 -p tcp -m tcp --dport 22003 -j DNAT "
+            "--to-destination 10.88.0.17:2222",
+            "COMMIT",
+        ]
+    )
+    assert manager.forwards_in(rules) == {22001, 22003}
+    assert manager.forwards_in("") == set()
+    monkeypatch.setattr(manager, "forwarded_ports", lambda: {22001, 22003})
+    assert manager.free_port({22002}) >= 22004

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -106,6 +107,10 @@ def testbed_key(state_dir: str, name: str = "id_ed25519") -> tuple[str, str]:
 
 
 def free_port(taken: set[int]) -> int:
+    """The first port from FIRST_PORT that nothing listens on and no port forward claims: a
+    forward outlives a container whose podman monitor was killed (a hard-stopped session), and
+    a new container published on its port would never be reached."""
+    taken = taken | forwarded_ports()
     port = FIRST_PORT
     while True:
         if port not in taken:
@@ -116,6 +121,29 @@ def free_port(taken: set[int]) -> int:
                 except OSError:
                     pass
         port += 1
+
+
+def forwarded_ports() -> set[int]:
+    """The TCP ports the kernel's NAT table sends elsewhere (podman's published ports), or
+    nothing where the table cannot be read (no iptables, not root)."""
+    try:
+        done = run(["iptables-save", "-t", "nat"], None, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    if done.returncode != 0:
+        return set()
+    return forwards_in(done.stdout)
+
+
+def forwards_in(rules: str) -> set[int]:
+    """The destination ports of the DNAT rules in ``iptables-save`` output."""
+    return {
+        int(m.group(1))
+        for line in rules.splitlines()
+        if "-j DNAT" in line
+        for m in [re.search(r"--dport (\d+)\b", line)]
+        if m
+    }
 
 
 def up(
