@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from bench_apply import orchestrate  # the CLI as a user runs it
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -60,16 +60,6 @@ handlers:
   - name: Signal sshd
     ansible.builtin.shell: kill -HUP "$(cat /run/sshd.pid)"
 """
-
-
-def orchestrate(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "--fleet", str(root), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def make_fleet(n: int) -> Path:

@@ -5,15 +5,17 @@ the host itself (`self`) or on another host of the fleet."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
 import re
-import socket
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.executor import generations as gens
+from orchestrator.naming import GENERATIONS_ROLE
+from orchestrator.paths import shipped_roles_dir
 
 DEFAULT_TIMEOUT = 30
 DEFAULT_INTERVAL = 2
@@ -90,27 +92,38 @@ def _origin(host: str, spec: dict[str, Any]) -> str | None:
     return None if origin == "control" else host if origin == "self" else str(origin)
 
 
-def _http(host: str, spec: dict[str, Any], links: dict[str, gens.Link]) -> tuple[bool, str]:
-    origin = _origin(host, spec)
-    if origin is None:
-        got = _http_here(spec["url"])
+def _probe(origin: str | None, links: dict[str, gens.Link], *args: str) -> dict[str, Any]:
+    """One attempt from ``origin`` (None: this machine) by the host script's own probe: the
+    same request whichever end makes it."""
+    found: dict[str, Any]
+    if origin is not None:
+        found = gens.call(links[origin], "probe", *args, timeout=60)
     else:
-        got = gens.call(links[origin], "probe", "http", spec["url"], timeout=60)
+        found = _host_script().probe(args[0], list(args[1:]), "")
+    return found
+
+
+@functools.cache
+def _host_script() -> Any:
+    """The generations role's host script, loaded as a module: it needs only the standard
+    library, on this machine as on a host."""
+    path = os.path.join(
+        shipped_roles_dir(), GENERATIONS_ROLE, "module_utils", "orchestrate_generation_core.py"
+    )
+    spec = importlib.util.spec_from_file_location("orchestrate_generation_core", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _http(host: str, spec: dict[str, Any], links: dict[str, gens.Link]) -> tuple[bool, str]:
+    got = _probe(_origin(host, spec), links, "http", str(spec["url"]))
     status, body = got.get("status"), str(got.get("body", ""))
     if status is None:
         return False, f"no answer: {got.get('error', '')}"
     ok = status == int(spec.get("status", 200)) and _matches(spec.get("body"), body)
     return ok, f"HTTP {status}: {body.strip()}"
-
-
-def _http_here(url: str) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return {"status": resp.status, "body": resp.read(65536).decode("utf-8", "replace")}
-    except urllib.error.HTTPError as e:
-        return {"status": e.code, "body": e.read(65536).decode("utf-8", "replace")}
-    except (OSError, ValueError) as e:
-        return {"status": None, "error": str(e)}
 
 
 def _tcp(
@@ -119,13 +132,7 @@ def _tcp(
     origin = _origin(host, spec)
     target = spec.get("address") or ("127.0.0.1" if origin == host else address)
     port = int(spec["port"])
-    if origin is not None:
-        got = gens.call(links[origin], "probe", "tcp", str(target), str(port), timeout=60)
-        return bool(got.get("open")), f"{target}:{port} " + (
-            "open" if got.get("open") else f"closed: {got.get('error', '')}"
-        )
-    try:
-        with socket.create_connection((str(target), port), timeout=5):
-            return True, f"{target}:{port} open"
-    except OSError as e:
-        return False, f"{target}:{port} closed: {e}"
+    got = _probe(origin, links, "tcp", str(target), str(port))
+    return bool(got.get("open")), f"{target}:{port} " + (
+        "open" if got.get("open") else f"closed: {got.get('error', '')}"
+    )

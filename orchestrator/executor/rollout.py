@@ -248,23 +248,27 @@ def interrupted(ctx: Context, batch: list[str]) -> dict[str, Rollout]:
     """A stopped apply: what it began on each host is undone now (or, with `--on-failure
     stop|continue`, kept); a host out of reach undoes it by itself."""
     links = gens.links(ctx.root, ctx.data, batch)
-    verb = "revert" if ctx.settings.on_failure == "rollback" else "confirm"
+    why = "the apply was interrupted"
+    return dict(
+        zip(
+            batch, gens.in_parallel(lambda h: _undo_or_keep(ctx, links[h], why), batch), strict=True
+        )
+    )
 
-    def one(h: str) -> Rollout:
-        try:
-            if verb == "revert":
-                answer = gens.call(
-                    links[h], "revert", ctx.settings.run_id, "the apply was interrupted"
-                )
-            else:
-                answer = gens.call(links[h], "confirm", ctx.settings.run_id, stdin="[]")
-        except gens.GenerationError as e:
-            return Rollout(h, "failed", message=f"interrupted, and then: {e}")
-        if answer.get("reverted"):
-            return Rollout(h, "rolled back", answer.get("generation"), "the apply was interrupted")
-        return Rollout(h, "failed", answer.get("generation"), "the apply was interrupted")
 
-    return dict(zip(batch, gens.in_parallel(one, batch), strict=True))
+def _undo_or_keep(ctx: Context, link: gens.Link, why: str) -> Rollout:
+    """A host whose apply went wrong (``why``): rolled back with `--on-failure rollback` (the
+    default), else its new generation kept as it is."""
+    try:
+        if ctx.settings.on_failure == "rollback":
+            answer = gens.call(link, "revert", ctx.settings.run_id, why[:160])
+        else:
+            answer = gens.call(link, "confirm", ctx.settings.run_id, stdin="[]")
+    except gens.GenerationError as e:
+        return Rollout(link.host, "failed", message=f"{why}; and then: {e}")
+    if answer.get("reverted"):
+        return Rollout(link.host, "rolled back", answer.get("generation"), why)
+    return Rollout(link.host, "failed", answer.get("generation"), why)
 
 
 def _first_message(tasks: list[TaskResult], host: str) -> str:
@@ -276,19 +280,7 @@ def _first_message(tasks: list[TaskResult], host: str) -> str:
 
 def _failed(ctx: Context, link: gens.Link, tasks: list[TaskResult]) -> Rollout:
     """A host whose apply failed: rolled back (the default), or kept as it is."""
-    why = _first_message(tasks, link.host)
-    verb = "revert" if ctx.settings.on_failure == "rollback" else "confirm"
-    args = [ctx.settings.run_id, f"a task failed ({why[:120]})"] if verb == "revert" else []
-    try:
-        if verb == "revert":
-            answer = gens.call(link, "revert", *args)
-        else:
-            answer = gens.call(link, "confirm", ctx.settings.run_id, stdin="[]")
-    except gens.GenerationError as e:
-        return Rollout(link.host, "failed", message=f"{why}; and then: {e}")
-    if verb == "revert" and answer.get("reverted"):
-        return Rollout(link.host, "rolled back", answer.get("generation"), f"a task failed: {why}")
-    return Rollout(link.host, "failed", answer.get("generation"), why)
+    return _undo_or_keep(ctx, link, f"a task failed: {_first_message(tasks, link.host)}")
 
 
 def _confirm(ctx: Context, link: gens.Link) -> Rollout:

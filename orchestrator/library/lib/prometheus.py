@@ -48,3 +48,16 @@ def scrape_jobs(hosts: dict[str, Any]) -> list[dict[str, Any]]:
             kinds.update(group.keys())
     jobs = [{"job_name": k, "targets": scrape_targets(hosts, k)} for k in sorted(kinds)]
     return [j for j in jobs if j["targets"]]
+
+
+@jmespath_function("any")
+def route_prefix(url: Any) -> str:
+    """The path Prometheus serves under when reached at external URL ``url`` (its route
+    prefix), without a trailing slash: "" for no URL or a URL with no path."""
+    if url is None:
+        return ""
+    if not isinstance(url, str):
+        raise ExprFailure(f"route_prefix(): the URL is {kind_name(url)}")
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path.rstrip("/")

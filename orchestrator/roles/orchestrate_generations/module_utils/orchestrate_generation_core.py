@@ -472,10 +472,14 @@ def arm(store: Store, run: str, script: str) -> None:
     argv = [sys.executable, script, "--prefix", store.prefix, "watch"]
     if systemd(store):
         unit = "orchestrate-rollback-" + "".join(c if c.isalnum() else "-" for c in run)
-        subprocess.run(
-            ["systemd-run", "--quiet", "--collect", f"--unit={unit}", *argv], check=False
+        started = subprocess.run(
+            ["systemd-run", "--quiet", "--collect", f"--unit={unit}", *argv],
+            check=False,
+            capture_output=True,
         )
-        return
+        if started.returncode == 0:
+            return
+        # systemd would not start it (no D-Bus, say): the watchdog runs detached instead
     if os.fork() == 0:  # the child leaves the session, forks again, and its child watches
         os.setsid()
         if os.fork() == 0:
