@@ -299,3 +299,27 @@ def test_an_apply_during_a_trial_keeps_the_trial_and_begins_anew(host: Path) -> 
     apply(host, "r2", lambda r: (r / "etc/keep").write_text("later\n"))
     assert store.status(1)["state"] == "kept: a later apply began"
     assert store.pending() is None and store.numbers() == [1, 2]
+
+
+def test_a_rollback_reloads_a_one_shot_unit_whose_files_it_restored(host: Path) -> None:
+    """On a host without systemd a one-shot unit (nftables loading its ruleset) has no state to
+    ask; a rollback that restores its files runs its work again. A daemon's unit is not run."""
+    units = host / "lib/systemd/system"
+    units.mkdir(parents=True)
+    (units / "nftables.service").write_text(
+        "[Service]\nType=oneshot\nExecReload=/usr/sbin/nft -f /etc/nftables.conf\n"
+    )
+    (units / "daemon.service").write_text("[Service]\nType=simple\nExecStart=/usr/bin/daemon\n")
+    (host / "etc/nftables.conf").write_text("accept\n")
+    (host / "etc/daemon.conf").write_text("one\n")
+
+    def change(root: Path) -> None:
+        (root / "etc/nftables.conf").write_text("drop\n")
+        (root / "etc/daemon.conf").write_text("two\n")
+
+    assert apply(host, "r1", change)["generation"] == 1
+    store = core.Store(str(host))
+    with store.locked():
+        out = core.rollback(store, 0, "test")
+    assert (host / "etc/nftables.conf").read_text() == "accept\n"
+    assert out["actions"] == ["nftables: reload (not run in a test folder)"]

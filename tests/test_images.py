@@ -495,12 +495,37 @@ def test_first_plan_against_a_machine_made_from_the_image_shows_no_change(
         assert host["first_apply"] and not host["config_changes"]
         assert host["check"]["changed"] == [] and host["check"]["failed"] == []
         assert host["check"]["ok"] > 20  # the roles really ran against it
+        _a_trial_is_undone_by_a_transient_systemd_unit(fleet_copy, box)
     finally:
         down = orchestrate(fleet_copy, "testbed", "down")
     assert down.returncode == 0, down.stderr
     assert not (fleet_copy / ".orchestrate/testbed-images").exists() or not any(
         (fleet_copy / ".orchestrate/testbed-images").iterdir()
     )
+
+
+def _a_trial_is_undone_by_a_transient_systemd_unit(fleet: Path, box: str) -> None:
+    """Where systemd runs the host, an apply's watchdog is a transient unit (systemd-run), and
+    a trial nobody confirms is undone by it."""
+    import time
+
+    host_file = fleet / "hosts/terminal-zero.yaml"
+    original = host_file.read_text()
+    aliases = "/etc/profile.d/orchestrate-aliases.sh"
+    before = podman_exec(box, f"cat {aliases}")
+    host_file.write_text(original.replace("apply --yes", "apply --yes --serial 1"))
+    try:
+        r = orchestrate(fleet, "apply", "--limit", "terminal-zero", "--trial", "20s")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "--serial 1" in podman_exec(box, f"cat {aliases}")
+        units = podman_exec(box, "systemctl list-units --all --plain --no-legend 'orchestrate-*'")
+        assert "orchestrate-rollback-" in units, units
+        deadline = time.monotonic() + 90
+        while podman_exec(box, f"cat {aliases}") != before and time.monotonic() < deadline:
+            time.sleep(2)
+        assert podman_exec(box, f"cat {aliases}") == before
+    finally:
+        host_file.write_text(original)
 
 
 @pytest.mark.images

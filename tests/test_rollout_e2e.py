@@ -27,6 +27,7 @@ options:
   rt.fail: {type: boolean, default: false}
   rt.expect: {type: string, default: ""}
   rt.ask_reboot: {type: boolean, default: false}
+  rt.firewall: {enum: ["", open, drop-ssh], default: ""}
 checks:
   - name: the message says what is expected
     when: config.rt.expect != ''
@@ -57,9 +58,30 @@ tasks:
       mode: "0644"
       validate: /usr/sbin/sshd -t -f %s
     notify: Signal sshd
+  - name: Install nftables
+    ansible.builtin.apt: {name: nftables, update_cache: true, install_recommends: false}
+    when: config.rt.firewall != ''
+  # new SSH connections are dropped, as on a host whose firewall lets SSH in only over the VPN;
+  # the apply's own connection, already established, finishes
+  - name: Write the ruleset
+    ansible.builtin.copy:
+      dest: /etc/nftables.conf
+      content: |
+        flush ruleset
+        table inet rtest {
+          chain input {
+            type filter hook input priority 0; policy accept;
+            {{ 'tcp dport 22 ct state new drop' if config.rt.firewall == 'drop-ssh' else '' }}
+          }
+        }
+      mode: "0644"
+    when: config.rt.firewall != ''
+    notify: Load the ruleset
 handlers:
   - name: Signal sshd
     ansible.builtin.shell: kill -HUP "$(cat /run/sshd.pid)"
+  - name: Load the ruleset
+    ansible.builtin.command: /usr/sbin/nft -f /etc/nftables.conf
 """
 FLEET = (
     "name: rttest\nbuilders:\n  x86_64: {arch: x86_64}\ndefaults: [rt.yaml]\n"
@@ -149,6 +171,23 @@ def test_a_port_the_control_node_cannot_reach_rolls_back_by_itself(fleet: Path) 
     summary = json.loads(sorted((fleet / ".orchestrate/runs").glob("*-apply*"))[-1].joinpath(
         "summary.json").read_text())  # fmt: skip
     assert summary["rollout"]["rt-0"]["outcome"] == "unchanged"
+
+
+def test_a_firewall_rule_that_drops_ssh_rolls_back_by_itself(fleet: Path) -> None:
+    set_host(fleet, "rt-2", firewall="open")
+    opened = orchestrate(fleet, "apply", "--yes", "--limit", "rt-2", timeout=600)
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    set_host(fleet, "rt-2", firewall="drop-ssh")
+    r = orchestrate(fleet, "apply", "--yes", "--limit", "rt-2", timeout=600)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "rt-2: rolled back: not reachable after apply" in r.stderr
+    # the old ruleset is back on disk and loaded again (by nftables's one-shot unit's command,
+    # on a host without systemd), and SSH answers
+    assert "drop" not in (cat("rt-2", "/etc/nftables.conf") or "drop")
+    assert "drop" not in podman_exec("rt-2", "nft", "list", "ruleset").stdout
+    assert orchestrate(fleet, "generations", "rt-2").returncode == 0
+    state = json.loads((fleet / ".orchestrate/state/rt-2.json").read_text())
+    assert state["config"]["rt"]["firewall"] == "open"
 
 
 def test_a_failed_host_is_rolled_back_unless_told_to_stop(fleet: Path) -> None:

@@ -293,7 +293,10 @@ def _confirm(ctx: Context, link: gens.Link) -> Rollout:
     if answer.get("confirmed"):
         number = int(answer["generation"])
         return Rollout(link.host, "applied", number, digest=str(answer["digest"]))
-    return Rollout(link.host, "rolled back", message=str(answer.get("state")))
+    # the host answered only once it had undone the apply (a firewall that dropped new
+    # connections until then): its own words, "rolled back: REASON", give the reason
+    state = str(answer.get("state"))
+    return Rollout(link.host, "rolled back", message=state.removeprefix("rolled back: "))
 
 
 def _lost(ctx: Context, link: gens.Link, error: str) -> Rollout:

@@ -698,9 +698,16 @@ def restore(store: Store, plan: dict[str, tuple[int, dict]], desired: dict) -> l
             actions.append(service_action(store, name, "stop"))
         elif want.get("running") and not running:
             actions.append(service_action(store, name, "start"))
-        elif name in touched and running:
+        elif name in touched and (running or (name not in now and oneshot(store, name))):
+            # a one-shot unit on a host without systemd has no state to ask: its work (nftables
+            # loading its ruleset) is done again from its unit's command lines
             actions.append(service_action(store, name, "reload"))
     return actions
+
+
+def oneshot(store: Store, name: str) -> bool:
+    """Whether NAME's systemd unit is Type=oneshot: its commands run and end."""
+    return unit_lines(store, name, "Type") == ["oneshot"]
 
 
 def _order(path: str, before: dict) -> tuple[int, int, str]:
