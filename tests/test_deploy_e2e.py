@@ -475,9 +475,9 @@ def test_testbed_up_steps_over_a_port_forward_a_killed_container_left(tmp_path: 
     """A session stopped hard kills podman's monitors but leaves their port forwards in the NAT
     table, on ports nothing listens on: a new container published there is never reached."""
     from orchestrator.testbed.images import ssh_image
-    from orchestrator.testbed.manager import free_port
+    from orchestrator.testbed.manager import free_ports
 
-    port = free_port(set())
+    port = next(free_ports(set()))
     stale = f"orch-stale-{os.getpid()}"
     image = ssh_image("x86_64", "bookworm", lambda _: None)
     run = podman("run", "-d", "--name", stale, "-p", f"127.0.0.1:{port}:22", image, "sleep", "600")

@@ -139,4 +139,4 @@ def test_the_testbed_skips_ports_the_nat_table_forwards(monkeypatch: pytest.Monk
     assert manager.forwards_in(rules) == {22001, 22003}
     assert manager.forwards_in("") == set()
     monkeypatch.setattr(manager, "forwarded_ports", lambda: {22001, 22003})
-    assert manager.free_port({22002}) >= 22004
+    assert next(manager.free_ports({22002})) >= 22004

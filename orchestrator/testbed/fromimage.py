@@ -21,7 +21,7 @@ from orchestrator.testbed.manager import (
     TestbedHost,
     bridge_addresses,
     container_name,
-    free_port,
+    free_ports,
     load_record,
     save_record,
     testbed_key,
@@ -62,7 +62,7 @@ def up_from_image(
     replacing the host's testbed container if it has one."""
     record = load_record(state_dir)
     key, pub = testbed_key(state_dir)
-    taken = {h.port for n, h in record.items() if n not in images}
+    ports = free_ports({h.port for n, h in record.items() if n not in images})
     started = []
     roots = {}
     for host, (image_file, arch) in sorted(images.items()):
@@ -80,8 +80,7 @@ def up_from_image(
         if os.path.lexists(masked):
             os.unlink(masked)
         os.symlink("/dev/null", masked)
-        port = free_port(taken)
-        taken.add(port)
+        port = next(ports)
         inner = ssh_ports.get(host, 22)
         podman(
             "run", "-d", "--name", cname, "--hostname", host,

@@ -12,7 +12,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from orchestrator.errors import display_path
@@ -106,20 +106,23 @@ def testbed_key(state_dir: str, name: str = "id_ed25519") -> tuple[str, str]:
         return key, " ".join(fh.read().split()[:2])
 
 
-def free_port(taken: set[int]) -> int:
-    """The first port from FIRST_PORT that nothing listens on and no port forward claims: a
-    forward outlives a container whose podman monitor was killed (a hard-stopped session), and
-    a new container published on its port would never be reached."""
-    taken = taken | forwarded_ports()
+def free_ports(taken: set[int]) -> Iterator[int]:
+    """Ports from FIRST_PORT, each one nothing listens on, no port forward claims and not in
+    ``taken`` (nor handed out before): a forward outlives a container whose podman monitor was
+    killed (a hard-stopped session), and a new container published on its port would never be
+    reached. The NAT table is read once."""
+    skip = taken | forwarded_ports()
     port = FIRST_PORT
     while True:
-        if port not in taken:
+        if port not in skip:
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", port))
-                    return port
                 except OSError:
-                    pass
+                    port += 1
+                    continue
+            skip.add(port)
+            yield port
         port += 1
 
 
@@ -172,7 +175,7 @@ def up(
         arch: preloaded_image(arch, suite, (preload or {}).get(arch), progress)
         for arch in sorted(set(hosts.values()))
     }
-    taken = {h.port for h in record.values()}
+    ports = free_ports({h.port for h in record.values()})
     started = []
     for name, arch in sorted(hosts.items()):
         cname = container_name(fleet, name, state_dir)
@@ -180,8 +183,7 @@ def up(
             continue
         podman("rm", "-f", cname, check=False)
         release(image_root_dir(state_dir, name))  # it ran from an image before
-        port = free_port(taken)
-        taken.add(port)
+        port = next(ports)
         inner = (ssh_ports or {}).get(name, 22)
         box = _Container(cname, name, arch, port, inner, pub, host_key, name in (builders or set()))
         podman(*box.run_args(fleet, images[arch]))

@@ -19,7 +19,7 @@ from orchestrator import strategy
 from orchestrator.errors import UsageError
 from orchestrator.paths import shipped_roles_dir
 from orchestrator.testbed.images import podman, podman_env, ssh_image
-from orchestrator.testbed.manager import HOST_KEY, free_port, known_hosts_text, testbed_key
+from orchestrator.testbed.manager import HOST_KEY, free_ports, known_hosts_text, testbed_key
 
 
 @dataclass
@@ -138,7 +138,5 @@ def _remove_leftovers(folder: str) -> None:
 
 def _ports(roles: list[str]) -> dict[str, int]:
     """A free port of 127.0.0.1 for each scenario's sshd (scenarios run side by side)."""
-    taken: set[int] = set()
-    for _role in roles:
-        taken.add(free_port(taken))
-    return dict(zip(roles, sorted(taken), strict=True))
+    ports = free_ports(set())
+    return {role: next(ports) for role in roles}
